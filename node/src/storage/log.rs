@@ -1,0 +1,1039 @@
+//! `Log`: the segmented log's public face. One writer appends (serialized by a mutex), any number
+//! of readers read concurrently without taking the writer's lock, and group commit lets
+//! concurrent appends under `Durability::Always` share one `fdatasync`.
+//!
+//! Lock order, where more than one is held: `writer` -> `checkpoint_lock` -> `segments` ->
+//! `sync`. Readers take only `segments` (briefly, to clone the segment list) and each segment's
+//! state lock (briefly, to copy a size and an index entry).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::batch::{self, ATTR_CONTROL, Batch, Record};
+use super::checkpoint::{self, TEMP_SUFFIX};
+use super::dir_lock::{DirLock, LOCK_FILE};
+use super::epochs::EpochCache;
+use super::error::{Result, StorageError};
+use super::options::{Durability, LogOptions};
+use super::recovery::{self, TornTail};
+use super::segment::{self, Segment};
+
+/// Checkpoint file holding the log start offset (moved by `truncate_prefix` and retention).
+pub const START_OFFSET_FILE: &str = "log-start-offset";
+/// Checkpoint file holding the leader-epoch cache.
+pub const EPOCHS_FILE: &str = "leader-epochs";
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Offset of the last record.
+    pub last_offset: u64,
+}
+
+/// What opening the log found and did. Logged by the caller; asserted by tests.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Segments opened.
+    pub segments: usize,
+    /// Bytes of batches read to recover (beyond the checkpoints).
+    pub scanned_bytes: u64,
+    /// A torn write cut off the end of the log, if any.
+    pub torn_tail: Option<TornTail>,
+    /// Indexes that were missing or disagreed with their log, and why, now rebuilt.
+    pub rebuilt_indexes: Vec<(PathBuf, String)>,
+    /// Leftover files removed (temp files, orphan indexes, segments below the start offset).
+    pub removed_files: Vec<PathBuf>,
+    /// Unknown files left alone.
+    pub unknown_files: Vec<PathBuf>,
+    /// Wall time spent opening.
+    pub duration: Duration,
+}
+
+/// What `apply_retention` deleted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes freed.
+    pub bytes_deleted: u64,
+    /// The log start offset afterwards.
+    pub start_offset: u64,
+}
+
+/// Counters for the node's metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    /// `fdatasync` calls made for appends.
+    pub syncs: u64,
+    /// Total time spent in them.
+    pub sync_nanos: u64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    encode_buf: Vec<u8>,
+    bytes_since_checkpoint: u64,
+    /// Wall-clock time (ms) the active segment started, for roll by age.
+    segment_started_ms: i64,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// Offsets below this are on stable storage.
+    durable_offset: u64,
+    /// A thread is in `fdatasync` on behalf of the others.
+    syncing: bool,
+    /// Bumped by every suffix truncation, so a waiter never mistakes new data at a reused
+    /// offset for its own.
+    truncations: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    options: LogOptions,
+    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    writer: Mutex<Writer>,
+    checkpoint_lock: Mutex<()>,
+    start_offset: AtomicU64,
+    end_offset: AtomicU64,
+    epochs: Mutex<EpochCache>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    stopped: AtomicBool,
+    syncs: AtomicU64,
+    sync_nanos: AtomicU64,
+    _lock: DirLock,
+}
+
+#[derive(Debug)]
+struct Flusher {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A segmented, checksummed, crash-safe commit log in one directory.
+#[derive(Debug)]
+pub struct Log {
+    inner: Arc<Inner>,
+    flusher: Option<Flusher>,
+    report: RecoveryReport,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering from a crash if there was one.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Log> {
+        let started = Instant::now();
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(StorageError::io("create directory", &dir))?;
+        let lock = DirLock::acquire(&dir)?;
+        let mut report = RecoveryReport::default();
+
+        let mut bases = Vec::new();
+        let mut index_bases = Vec::new();
+        let listing = fs::read_dir(&dir).map_err(StorageError::io("list directory", &dir))?;
+        for entry in listing {
+            let entry = entry.map_err(StorageError::io("list directory", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.ends_with(TEMP_SUFFIX) {
+                segment::remove_if_exists(&path)?;
+                report.removed_files.push(path);
+            } else if let Some(base) = segment::parse_file_name(&name, "log") {
+                bases.push(base);
+            } else if let Some(base) = segment::parse_file_name(&name, "index") {
+                index_bases.push((base, path));
+            } else if ![LOCK_FILE, START_OFFSET_FILE, EPOCHS_FILE].contains(&name.as_str()) {
+                tracing::warn!(path = %path.display(), "ignoring unknown file in the data directory");
+                report.unknown_files.push(path);
+            }
+        }
+        bases.sort_unstable();
+        for (base, path) in index_bases {
+            if bases.binary_search(&base).is_err() {
+                segment::remove_if_exists(&path)?;
+                report.removed_files.push(path);
+            }
+        }
+
+        let checkpointed_start = checkpoint::read(&dir, START_OFFSET_FILE)?
+            .map(|bytes| {
+                <[u8; 8]>::try_from(bytes.as_slice())
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| StorageError::Corruption {
+                        path: dir.join(START_OFFSET_FILE),
+                        position: 0,
+                        expected_offset: 0,
+                        reason: "start offset checkpoint is not 8 bytes".into(),
+                    })
+            })
+            .transpose()?;
+
+        let mut segments = BTreeMap::new();
+        let mut scanned_epochs = Vec::new();
+        let mut previous_next: Option<u64> = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let is_last = i + 1 == bases.len();
+            if let Some(expected) = previous_next
+                && expected != base
+            {
+                return Err(StorageError::Corruption {
+                    path: dir.join(segment::log_file_name(base)),
+                    position: 0,
+                    expected_offset: expected,
+                    reason: format!(
+                        "segment starts at offset {base}; the one before ends at {expected} (a segment is missing or overlaps)"
+                    ),
+                });
+            }
+            let (seg, seg_report) = recovery::open_segment(&dir, base, is_last, &options)?;
+            report.scanned_bytes += seg_report.scanned_bytes;
+            if let Some(reason) = seg_report.rebuilt_index {
+                report
+                    .rebuilt_indexes
+                    .push((seg.log_path().to_path_buf(), reason));
+            }
+            if seg_report.torn_tail.is_some() {
+                report.torn_tail = seg_report.torn_tail;
+            }
+            scanned_epochs.extend(seg_report.epochs);
+            previous_next = Some(seg.next_offset());
+            segments.insert(base, Arc::new(seg));
+        }
+        if segments.is_empty() {
+            let base = checkpointed_start.unwrap_or(0);
+            let seg = Segment::create(
+                &dir,
+                base,
+                options.preallocate.then_some(options.segment_bytes),
+            )?;
+            segments.insert(base, Arc::new(seg));
+        }
+        report.segments = segments.len();
+
+        let Some(active) = segments.values().next_back().cloned() else {
+            unreachable!("a segment was created above");
+        };
+        let end = active.next_offset();
+        let first_base = segments.keys().next().copied().unwrap_or(end);
+        let start = checkpointed_start
+            .unwrap_or(first_base)
+            .clamp(first_base, end);
+        // Segments wholly below the start offset: retention was interrupted after moving it.
+        let below: Vec<u64> = segments
+            .iter()
+            .filter(|(_, seg)| {
+                seg.next_offset() <= start && seg.base_offset() != active.base_offset()
+            })
+            .map(|(&base, _)| base)
+            .collect();
+        for base in below {
+            if let Some(seg) = segments.remove(&base) {
+                seg.delete_files()?;
+                report.removed_files.push(seg.log_path().to_path_buf());
+            }
+        }
+
+        let stored_epochs = match checkpoint::read(&dir, EPOCHS_FILE) {
+            Ok(Some(bytes)) => EpochCache::decode(&bytes),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "leader epoch checkpoint unreadable; rebuilding it from the log");
+                None
+            }
+        };
+        let mut epochs = match stored_epochs {
+            Some(cache) => {
+                let mut cache = cache;
+                for (epoch, start_offset) in scanned_epochs {
+                    cache.assign(epoch, start_offset);
+                }
+                cache
+            }
+            None => {
+                let mut cache = EpochCache::default();
+                for seg in segments.values() {
+                    for (epoch, start_offset) in seg.epoch_changes(options.max_batch_bytes)? {
+                        cache.assign(epoch, start_offset);
+                    }
+                }
+                cache
+            }
+        };
+        epochs.truncate_from_end(end);
+        epochs.truncate_from_start(start);
+        checkpoint::write(&dir, EPOCHS_FILE, &epochs.encode())?;
+
+        let now = now_ms();
+        let segment_started_ms = active
+            .first_timestamp(options.max_batch_bytes)?
+            .map_or(now, |ts| ts.min(now));
+        let inner = Arc::new(Inner {
+            dir,
+            segments: RwLock::new(segments),
+            writer: Mutex::new(Writer {
+                encode_buf: Vec::new(),
+                bytes_since_checkpoint: 0,
+                segment_started_ms,
+            }),
+            checkpoint_lock: Mutex::new(()),
+            start_offset: AtomicU64::new(start),
+            end_offset: AtomicU64::new(end),
+            epochs: Mutex::new(epochs),
+            // Everything recovered was read back from the file; sync it once before claiming it
+            // durable (a process crash leaves written-but-unsynced data in the page cache).
+            sync: Mutex::new(SyncState {
+                durable_offset: 0,
+                syncing: false,
+                truncations: 0,
+            }),
+            synced: Condvar::new(),
+            stopped: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            sync_nanos: AtomicU64::new(0),
+            options,
+            _lock: lock,
+        });
+        inner.wait_durable(end, 0)?;
+        let flusher =
+            (inner.options.durability == Durability::Interval).then(|| Flusher::start(&inner));
+        report.duration = started.elapsed();
+        tracing::info!(
+            dir = %inner.dir.display(),
+            start_offset = start,
+            end_offset = end,
+            segments = report.segments,
+            scanned_bytes = report.scanned_bytes,
+            torn_tail = report.torn_tail.is_some(),
+            duration_ms = report.duration.as_millis() as u64,
+            "log opened"
+        );
+        Ok(Log {
+            inner,
+            flusher,
+            report,
+        })
+    }
+
+    /// What opening the log found and did.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.inner.options
+    }
+
+    /// The first offset the log holds.
+    pub fn start_offset(&self) -> u64 {
+        self.inner.start_offset.load(Ordering::Acquire)
+    }
+
+    /// One past the last offset the log holds: the offset the next record gets.
+    pub fn end_offset(&self) -> u64 {
+        self.inner.end_offset.load(Ordering::Acquire)
+    }
+
+    /// Offsets below this are on stable storage.
+    pub fn durable_offset(&self) -> u64 {
+        self.inner.sync.lock().durable_offset
+    }
+
+    /// The latest leader epoch in the log.
+    pub fn latest_epoch(&self) -> Option<u64> {
+        self.inner.epochs.lock().latest()
+    }
+
+    /// The largest epoch `<= epoch` in the log and the offset where it ends (KIP-595's
+    /// `EpochEndOffset`), used to find where a follower's log diverged from the leader's.
+    pub fn epoch_end_offset(&self, epoch: u64) -> Option<(u64, u64)> {
+        self.inner
+            .epochs
+            .lock()
+            .end_offset_for(epoch, self.end_offset())
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.inner.segments.read().len()
+    }
+
+    /// Bytes of data in all segments (not counting preallocated space).
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.segment_list().iter().map(|seg| seg.size()).sum()
+    }
+
+    /// fsync counters, for metrics.
+    pub fn sync_stats(&self) -> SyncStats {
+        SyncStats {
+            syncs: self.inner.syncs.load(Ordering::Relaxed),
+            sync_nanos: self.inner.sync_nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// True once a fatal I/O error stopped the log.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    /// Appends `records` as one batch written by the leader of `epoch`. Returns once the batch is
+    /// durable under `Durability::Always`, or once it is written otherwise.
+    pub fn append(&self, epoch: u64, records: &[Record<'_>]) -> Result<AppendInfo> {
+        self.inner.append(epoch, 0, records)
+    }
+
+    /// Appends a control batch (leader change, voter change): never user data.
+    pub fn append_control(&self, epoch: u64, records: &[Record<'_>]) -> Result<AppendInfo> {
+        self.inner.append(epoch, ATTR_CONTROL, records)
+    }
+
+    /// Appends a batch exactly as another replica encoded it (a follower copying the leader's
+    /// log). Its base offset must be the log's end offset.
+    pub fn append_batch(&self, batch: &Batch) -> Result<AppendInfo> {
+        self.inner.append_encoded(batch)
+    }
+
+    /// Reads whole batches from the one containing `offset`, up to about `max_bytes` (at least
+    /// one batch, so a consumer always progresses). The first batch may start before `offset`;
+    /// callers skip the records they did not ask for. Empty at the end of the log. Batches are
+    /// returned as soon as they are written; callers that must only expose durable or committed
+    /// data bound what they serve by `durable_offset()` or their high watermark.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        self.inner.read(offset, max_bytes)
+    }
+
+    /// The offset of the first record with a timestamp at or after `timestamp_ms`, or `None`
+    /// when there is none (a consumer then starts at the end).
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        self.inner.offset_for_time(timestamp_ms)
+    }
+
+    /// Removes every record at or after `offset` (a follower whose tail diverged from the
+    /// leader's). Whole segments after it are deleted; a batch that straddles `offset` is
+    /// rewritten with only its records before `offset`.
+    pub fn truncate_suffix(&self, offset: u64) -> Result<()> {
+        self.inner.truncate_suffix(offset)
+    }
+
+    /// Moves the start of the log to `offset`: records before it are no longer served and
+    /// segments wholly before it are deleted.
+    pub fn truncate_prefix(&self, offset: u64) -> Result<()> {
+        let mut writer = self.inner.writer.lock();
+        self.inner.truncate_prefix_locked(&mut writer, offset)
+    }
+
+    /// Deletes the oldest sealed segments beyond the size and age limits.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        self.inner.apply_retention(now_ms)
+    }
+
+    /// Makes every appended record durable.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Flushes and writes the active segment's index, so a reopen need not scan.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint()
+    }
+
+    /// Clean shutdown: stops the flusher, syncs everything and checkpoints the index, so the
+    /// next open reads no data. Dropping a `Log` without closing it is safe; the next open then
+    /// recovers as after a crash.
+    pub fn close(mut self) -> Result<()> {
+        if let Some(mut flusher) = self.flusher.take() {
+            flusher.stop();
+        }
+        self.inner.flush()?;
+        self.inner.checkpoint()
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Some(mut flusher) = self.flusher.take() {
+            flusher.stop();
+        }
+    }
+}
+
+impl Flusher {
+    fn start(inner: &Arc<Inner>) -> Flusher {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread_stop = Arc::clone(&stop);
+        let inner = Arc::clone(inner);
+        let interval = inner.options.flush_interval;
+        let thread = std::thread::Builder::new()
+            .name("proglog-flusher".into())
+            .spawn(move || {
+                let (stopped, wake) = &*thread_stop;
+                let mut guard = stopped.lock();
+                while !*guard {
+                    wake.wait_for(&mut guard, interval);
+                    if *guard {
+                        break;
+                    }
+                    // Sync without holding the stop flag, so `stop()` never waits on a disk.
+                    drop(guard);
+                    if let Err(err) = inner.flush() {
+                        tracing::error!(error = %err, "periodic flush failed; the log is stopped");
+                        return;
+                    }
+                    guard = stopped.lock();
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::error!(
+                "could not start the flusher thread; data will be synced only at roll and close"
+            );
+        }
+        Flusher { stop, thread }
+    }
+
+    fn stop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock() = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the flusher thread panicked");
+        }
+    }
+}
+
+impl Inner {
+    fn segment_list(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().values().cloned().collect()
+    }
+
+    fn active(&self) -> Arc<Segment> {
+        match self.segments.read().values().next_back() {
+            Some(seg) => Arc::clone(seg),
+            None => unreachable!("the log always has an active segment"),
+        }
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(StorageError::Stopped);
+        }
+        Ok(())
+    }
+
+    /// Marks the log stopped after a failed write or sync and wakes every waiter.
+    fn stop(&self, err: StorageError) -> StorageError {
+        self.stopped.store(true, Ordering::Release);
+        tracing::error!(error = %err, "fatal storage error; the log accepts no more writes");
+        let _guard = self.sync.lock();
+        self.synced.notify_all();
+        err
+    }
+
+    fn append(&self, epoch: u64, attributes: u16, records: &[Record<'_>]) -> Result<AppendInfo> {
+        self.check_running()?;
+        let mut writer = self.writer.lock();
+        let base_offset = self.end_offset.load(Ordering::Acquire);
+        let mut buf = std::mem::take(&mut writer.encode_buf);
+        let encoded = batch::encode(
+            &mut buf,
+            base_offset,
+            epoch,
+            attributes,
+            records,
+            self.options.max_record_bytes,
+            self.options.max_batch_bytes,
+        );
+        let result = encoded.and_then(|header| self.write_locked(&mut writer, &buf, &header));
+        writer.encode_buf = buf;
+        self.finish_append(writer, result)
+    }
+
+    fn append_encoded(&self, batch: &Batch) -> Result<AppendInfo> {
+        self.check_running()?;
+        let bytes = batch.as_bytes();
+        if bytes.len() > self.options.max_batch_bytes as usize {
+            return Err(StorageError::BatchTooLarge {
+                size: bytes.len(),
+                max: self.options.max_batch_bytes as usize,
+            });
+        }
+        let mut writer = self.writer.lock();
+        let expected = self.end_offset.load(Ordering::Acquire);
+        if batch.base_offset() != expected {
+            return Err(StorageError::NonContiguousBatch {
+                expected,
+                found: batch.base_offset(),
+            });
+        }
+        let result = self.write_locked(&mut writer, bytes, batch.header());
+        self.finish_append(writer, result)
+    }
+
+    /// After the write: release the writer, wait for durability, checkpoint when due.
+    fn finish_append(
+        &self,
+        writer: parking_lot::MutexGuard<'_, Writer>,
+        result: Result<(AppendInfo, bool)>,
+    ) -> Result<AppendInfo> {
+        let truncations = self.sync.lock().truncations;
+        drop(writer);
+        let (info, checkpoint_due) = result?;
+        if self.options.durability == Durability::Always {
+            self.wait_durable(info.last_offset + 1, truncations)?;
+        }
+        if checkpoint_due {
+            self.checkpoint()?;
+        }
+        Ok(info)
+    }
+
+    /// Writes one encoded batch at the end of the log, rolling first if due. Any I/O error here
+    /// stops the log: the file's state past the last good batch is unknown.
+    fn write_locked(
+        &self,
+        writer: &mut Writer,
+        bytes: &[u8],
+        header: &batch::BatchHeader,
+    ) -> Result<(AppendInfo, bool)> {
+        {
+            let mut epochs = self.epochs.lock();
+            match epochs.latest() {
+                Some(latest) if header.leader_epoch < latest => {
+                    return Err(StorageError::EpochRegression {
+                        epoch: header.leader_epoch,
+                        latest,
+                    });
+                }
+                _ => {
+                    if epochs.assign(header.leader_epoch, header.base_offset) {
+                        // Persisted before the batch is written; a crash in between leaves an
+                        // epoch past the end, which open clamps away.
+                        checkpoint::write(&self.dir, EPOCHS_FILE, &epochs.encode())
+                            .map_err(|err| self.stop(err))?;
+                    }
+                }
+            }
+        }
+        let active = self.active();
+        let now = now_ms();
+        let too_big = active.size() + bytes.len() as u64 > self.options.segment_bytes;
+        let too_old = self.options.segment_max_age.is_some_and(|age| {
+            now.saturating_sub(writer.segment_started_ms) >= age.as_millis() as i64
+        });
+        let offsets_full = header.next_offset() - active.base_offset() > u64::from(u32::MAX);
+        let active = if !active.is_empty() && (too_big || too_old || offsets_full) {
+            self.roll(writer).map_err(|err| self.stop(err))?
+        } else {
+            active
+        };
+        active
+            .append(bytes, header, self.options.index_interval_bytes)
+            .map_err(|err| self.stop(err))?;
+        self.end_offset
+            .store(header.next_offset(), Ordering::Release);
+        writer.bytes_since_checkpoint += bytes.len() as u64;
+        let checkpoint_due =
+            writer.bytes_since_checkpoint >= self.options.checkpoint_interval_bytes;
+        if checkpoint_due {
+            writer.bytes_since_checkpoint = 0;
+        }
+        Ok((
+            AppendInfo {
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+            },
+            checkpoint_due,
+        ))
+    }
+
+    /// Seals the active segment and starts a new one at the end offset.
+    fn roll(&self, writer: &mut Writer) -> Result<Arc<Segment>> {
+        let _checkpoint = self.checkpoint_lock.lock();
+        let old = self.active();
+        old.seal()?;
+        {
+            let mut sync = self.sync.lock();
+            sync.durable_offset = sync.durable_offset.max(old.next_offset());
+        }
+        let end = old.next_offset();
+        let new = Arc::new(Segment::create(
+            &self.dir,
+            end,
+            self.options
+                .preallocate
+                .then_some(self.options.segment_bytes),
+        )?);
+        self.segments.write().insert(end, Arc::clone(&new));
+        writer.segment_started_ms = now_ms();
+        writer.bytes_since_checkpoint = 0;
+        tracing::debug!(base_offset = end, "rolled to a new segment");
+        Ok(new)
+    }
+
+    /// Blocks until offsets below `target` are durable. The first waiter syncs for everyone
+    /// waiting (group commit); the others sleep until it is done.
+    fn wait_durable(&self, target: u64, truncations: u64) -> Result<()> {
+        let mut state = self.sync.lock();
+        loop {
+            self.check_running()?;
+            if state.truncations != truncations {
+                return Err(StorageError::Truncated {
+                    offset: target.saturating_sub(1),
+                });
+            }
+            if state.durable_offset >= target {
+                return Ok(());
+            }
+            if state.syncing {
+                self.synced.wait(&mut state);
+                continue;
+            }
+            state.syncing = true;
+            let generation = state.truncations;
+            drop(state);
+            // End first, then the segment: if a roll happens in between, the older segment was
+            // synced when it was sealed.
+            let end = self.end_offset.load(Ordering::Acquire);
+            let active = self.active();
+            let started = Instant::now();
+            let result = active.file().sync_data();
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            self.sync_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            state = self.sync.lock();
+            state.syncing = false;
+            match result {
+                Ok(()) if state.truncations == generation => {
+                    state.durable_offset = state.durable_offset.max(end);
+                }
+                Ok(()) => {}
+                Err(source) => {
+                    drop(state);
+                    return Err(self.stop(StorageError::SyncFailed {
+                        path: active.log_path().to_path_buf(),
+                        source,
+                    }));
+                }
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        let truncations = self.sync.lock().truncations;
+        self.wait_durable(self.end_offset.load(Ordering::Acquire), truncations)
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.check_running()?;
+        let _checkpoint = self.checkpoint_lock.lock();
+        let active = self.active();
+        let Some(snapshot) = active.snapshot() else {
+            return Ok(());
+        };
+        let truncations = self.sync.lock().truncations;
+        self.wait_durable(snapshot.1.next_offset, truncations)?;
+        active
+            .write_checkpoint(&snapshot)
+            .map_err(|err| self.stop(err))
+    }
+
+    fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        // A concurrent suffix truncation can cut a segment under a reader; the read is then
+        // retried against the new end instead of reporting the vanished bytes as corruption.
+        let mut attempts = 0;
+        loop {
+            let truncations = self.sync.lock().truncations;
+            match self.read_once(offset, max_bytes) {
+                Err(StorageError::Corruption { .. })
+                    if attempts == 0 && self.sync.lock().truncations != truncations =>
+                {
+                    attempts += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn read_once(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        let start = self.start_offset.load(Ordering::Acquire);
+        let end = self.end_offset.load(Ordering::Acquire);
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let segments: Vec<Arc<Segment>> = {
+            let map = self.segments.read();
+            let first = map
+                .range(..=offset)
+                .next_back()
+                .map_or(0, |(&base, _)| base);
+            map.range(first..).map(|(_, seg)| Arc::clone(seg)).collect()
+        };
+        let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = offset;
+        for seg in segments {
+            if next >= end || (bytes >= max_bytes && !batches.is_empty()) {
+                break;
+            }
+            if next >= seg.next_offset() {
+                continue;
+            }
+            let read = seg.read(
+                next,
+                max_bytes.saturating_sub(bytes),
+                self.options.max_batch_bytes,
+            )?;
+            bytes += read.bytes;
+            if let Some(last) = read.batches.last() {
+                next = last.next_offset();
+            }
+            batches.extend(read.batches);
+            if next < seg.next_offset() {
+                // The byte budget ended inside this segment.
+                break;
+            }
+        }
+        // Batches written after `end` was read are left for the next call.
+        batches.retain(|batch| batch.base_offset() < end);
+        Ok(batches)
+    }
+
+    fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        let start = self.start_offset.load(Ordering::Acquire);
+        for seg in self.segment_list() {
+            if seg.next_offset() <= start || seg.max_timestamp() < timestamp_ms {
+                continue;
+            }
+            let mut next = seg.time_floor(timestamp_ms).max(start);
+            while next < seg.next_offset() {
+                let read = seg.read(next, 1 << 20, self.options.max_batch_bytes)?;
+                for batch in &read.batches {
+                    if batch.header().max_timestamp >= timestamp_ms
+                        && let Some(record) = batch.records().find(|record| {
+                            record.offset >= start && record.timestamp_ms >= timestamp_ms
+                        })
+                    {
+                        return Ok(Some(record.offset));
+                    }
+                }
+                match read.batches.last() {
+                    Some(last) => next = last.next_offset(),
+                    None => break,
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn truncate_suffix(&self, offset: u64) -> Result<()> {
+        self.check_running()?;
+        let mut writer = self.writer.lock();
+        let _checkpoint = self.checkpoint_lock.lock();
+        let start = self.start_offset.load(Ordering::Acquire);
+        let end = self.end_offset.load(Ordering::Acquire);
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        if offset == end {
+            return Ok(());
+        }
+        let (target, later): (Arc<Segment>, Vec<Arc<Segment>>) = {
+            let map = self.segments.read();
+            let Some((_, target)) = map.range(..=offset).next_back() else {
+                unreachable!("offset >= start, and the first segment starts at or before start");
+            };
+            let later = map
+                .range(offset + 1..)
+                .map(|(_, seg)| Arc::clone(seg))
+                .collect();
+            (Arc::clone(target), later)
+        };
+        let (position, header) = target.locate(offset, self.options.max_batch_bytes)?;
+        // A batch that straddles the cut is rewritten with its records before `offset`.
+        let straddling = if header.base_offset < offset {
+            let read = target.read(header.base_offset, 0, self.options.max_batch_bytes)?;
+            read.batches.into_iter().next()
+        } else {
+            None
+        };
+        let result = (|| {
+            for seg in later.iter().rev() {
+                seg.delete_files()?;
+                self.segments.write().remove(&seg.base_offset());
+            }
+            checkpoint::sync_dir(&self.dir)?;
+            target.truncate_to(
+                position,
+                header.base_offset,
+                self.options
+                    .preallocate
+                    .then_some(self.options.segment_bytes),
+            )
+        })();
+        result.map_err(|err| self.stop(err))?;
+        self.end_offset.store(header.base_offset, Ordering::Release);
+        {
+            let mut sync = self.sync.lock();
+            sync.truncations += 1;
+            sync.durable_offset = sync.durable_offset.min(header.base_offset);
+            self.synced.notify_all();
+        }
+        {
+            let mut epochs = self.epochs.lock();
+            epochs.truncate_from_end(header.base_offset);
+            checkpoint::write(&self.dir, EPOCHS_FILE, &epochs.encode())
+                .map_err(|err| self.stop(err))?;
+        }
+        writer.bytes_since_checkpoint = 0;
+        if target.is_empty() {
+            writer.segment_started_ms = now_ms();
+        }
+        if let Some(batch) = straddling {
+            let keep: Vec<_> = batch
+                .records()
+                .take_while(|record| record.offset < offset)
+                .collect();
+            let records: Vec<Record<'_>> = keep
+                .iter()
+                .map(|record| Record {
+                    value: &record.value,
+                    key: record.key.as_deref(),
+                    timestamp_ms: record.timestamp_ms,
+                    record_type: record.record_type,
+                })
+                .collect();
+            let mut buf = Vec::new();
+            let header = batch::encode(
+                &mut buf,
+                batch.base_offset(),
+                batch.leader_epoch(),
+                batch.header().attributes,
+                &records,
+                u32::MAX,
+                u32::MAX,
+            )?;
+            self.write_locked(&mut writer, &buf, &header)?;
+        }
+        drop(writer);
+        self.flush()
+    }
+
+    fn truncate_prefix_locked(&self, writer: &mut Writer, offset: u64) -> Result<()> {
+        self.check_running()?;
+        let start = self.start_offset.load(Ordering::Acquire);
+        let end = self.end_offset.load(Ordering::Acquire);
+        if offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        if offset <= start {
+            return Ok(());
+        }
+        checkpoint::write(&self.dir, START_OFFSET_FILE, &offset.to_le_bytes())
+            .map_err(|err| self.stop(err))?;
+        self.start_offset.store(offset, Ordering::Release);
+        {
+            let mut epochs = self.epochs.lock();
+            epochs.truncate_from_start(offset);
+            checkpoint::write(&self.dir, EPOCHS_FILE, &epochs.encode())
+                .map_err(|err| self.stop(err))?;
+        }
+        let active = self.active();
+        if active.next_offset() <= offset && !active.is_empty() {
+            self.roll(writer).map_err(|err| self.stop(err))?;
+        }
+        let doomed: Vec<Arc<Segment>> = {
+            let mut map = self.segments.write();
+            let Some(&active_base) = map.keys().next_back() else {
+                unreachable!("the log always has an active segment");
+            };
+            let bases: Vec<u64> = map
+                .iter()
+                .filter(|&(&base, seg)| base != active_base && seg.next_offset() <= offset)
+                .map(|(&base, _)| base)
+                .collect();
+            bases.iter().filter_map(|base| map.remove(base)).collect()
+        };
+        for seg in &doomed {
+            seg.delete_files().map_err(|err| self.stop(err))?;
+        }
+        if !doomed.is_empty() {
+            checkpoint::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        let mut writer = self.writer.lock();
+        let segments = self.segment_list();
+        let mut total: u64 = segments.iter().map(|seg| seg.size()).sum();
+        let mut outcome = RetentionOutcome::default();
+        let mut new_start = None;
+        // Never the active segment, which is always last.
+        for seg in segments.iter().take(segments.len().saturating_sub(1)) {
+            let size = seg.size();
+            let over_size = self
+                .options
+                .retention_bytes
+                .is_some_and(|limit| total.saturating_sub(size) >= limit);
+            let too_old = self.options.retention_age.is_some_and(|age| {
+                seg.max_timestamp() < now_ms.saturating_sub(age.as_millis() as i64)
+            });
+            if !(over_size || too_old) {
+                break;
+            }
+            total -= size;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += size;
+            new_start = Some(seg.next_offset());
+        }
+        if let Some(offset) = new_start {
+            self.truncate_prefix_locked(&mut writer, offset)?;
+            tracing::info!(
+                segments = outcome.segments_deleted,
+                bytes = outcome.bytes_deleted,
+                start_offset = offset,
+                "retention deleted old segments"
+            );
+        }
+        outcome.start_offset = self.start_offset.load(Ordering::Acquire);
+        Ok(outcome)
+    }
+}

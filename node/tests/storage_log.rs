@@ -1,0 +1,309 @@
+//! Behaviour of the segmented log through its public API: appends, reads, rolls, reopen,
+//! truncation at both ends, retention, time lookup, locking, limits, group commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proglog_node::storage::{
+    Durability, Log, LogOptions, Record, StorageError, index_file_name, log_file_name,
+};
+
+fn small_options() -> LogOptions {
+    LogOptions {
+        segment_bytes: 8 * 1024,
+        max_batch_bytes: 4 * 1024,
+        max_record_bytes: 2 * 1024,
+        index_interval_bytes: 256,
+        checkpoint_interval_bytes: 16 * 1024,
+        durability: Durability::Never,
+        ..LogOptions::default()
+    }
+}
+
+fn value(i: u64) -> Vec<u8> {
+    format!("record-{i:06}-{}", "x".repeat((i % 97) as usize)).into_bytes()
+}
+
+/// Appends records `from..to`, `per_batch` per batch, at timestamp `1000 + offset`.
+fn append_range(log: &Log, epoch: u64, from: u64, to: u64, per_batch: u64) {
+    let mut offset = from;
+    while offset < to {
+        let end = (offset + per_batch).min(to);
+        let values: Vec<Vec<u8>> = (offset..end).map(value).collect();
+        let records: Vec<Record<'_>> = values
+            .iter()
+            .zip(offset..)
+            .map(|(v, o)| Record::new(v, 1000 + o as i64))
+            .collect();
+        let info = log.append(epoch, &records).unwrap();
+        assert_eq!(info.base_offset, offset);
+        assert_eq!(info.last_offset, end - 1);
+        offset = end;
+    }
+}
+
+/// Reads every record from `from` to the end, one small read at a time.
+fn read_all(log: &Log, from: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < log.end_offset() {
+        let batches = log.read(next, 1000).unwrap();
+        assert!(!batches.is_empty(), "read at {next} returned nothing before the end");
+        for batch in batches {
+            for record in batch.records().filter(|r| r.offset >= next) {
+                out.push((record.offset, record.value.to_vec()));
+            }
+            next = batch.next_offset();
+        }
+    }
+    out
+}
+
+fn assert_holds(log: &Log, from: u64, to: u64) {
+    let records = read_all(log, from);
+    let expected: Vec<(u64, Vec<u8>)> = (from..to).map(|o| (o, value(o))).collect();
+    assert_eq!(records.len(), expected.len());
+    assert!(records == expected, "log content differs from what was appended");
+}
+
+#[test]
+fn appends_roll_and_survive_clean_and_unclean_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 1, 0, 500, 3);
+    assert!(log.segment_count() > 3, "small segments must roll");
+    assert_holds(&log, 0, 500);
+    assert_holds(&log, 123, 500);
+    log.close().unwrap();
+
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(log.recovery_report().scanned_bytes, 0, "a clean reopen reads no data");
+    assert_eq!(log.end_offset(), 500);
+    append_range(&log, 2, 500, 700, 5);
+    drop(log); // no checkpoint: the next open recovers as after a crash
+
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert!(log.recovery_report().torn_tail.is_none());
+    assert_eq!(log.end_offset(), 700);
+    assert_holds(&log, 0, 700);
+    assert_eq!(log.epoch_end_offset(1), Some((1, 500)));
+    assert_eq!(log.epoch_end_offset(2), Some((2, 700)));
+}
+
+#[test]
+fn out_of_range_reads_name_the_valid_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 0, 0, 10, 1);
+    assert!(log.read(10, 100).unwrap().is_empty(), "reading at the end is empty, not an error");
+    match log.read(11, 100) {
+        Err(StorageError::OffsetOutOfRange { requested: 11, start: 0, end: 10 }) => {}
+        other => panic!("expected OffsetOutOfRange, got {other:?}"),
+    }
+    let message = log.read(11, 100).unwrap_err().to_string();
+    assert!(message.contains("0..10"), "{message}");
+}
+
+#[test]
+fn truncate_suffix_cuts_anywhere_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 1, 0, 300, 4);
+    append_range(&log, 2, 300, 400, 4);
+    // Mid-batch and segments away from the end.
+    log.truncate_suffix(151).unwrap();
+    assert_eq!(log.end_offset(), 151);
+    assert_holds(&log, 0, 151);
+    assert_eq!(log.epoch_end_offset(2), Some((1, 151)));
+    append_range(&log, 3, 151, 200, 2);
+    assert_holds(&log, 0, 200);
+    drop(log);
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_holds(&log, 0, 200);
+    log.truncate_suffix(0).unwrap();
+    assert_eq!(log.end_offset(), 0);
+    append_range(&log, 4, 0, 20, 3);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_holds(&log, 0, 20);
+}
+
+#[test]
+fn truncate_prefix_and_retention_delete_whole_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions { retention_bytes: Some(20 * 1024), ..small_options() };
+    let log = Log::open(dir.path(), options.clone()).unwrap();
+    append_range(&log, 1, 0, 1000, 4);
+    let before = log.segment_count();
+    let outcome = log.apply_retention(i64::MAX).unwrap();
+    assert!(outcome.segments_deleted > 0);
+    assert_eq!(log.segment_count(), before - outcome.segments_deleted);
+    assert!(log.size_bytes() >= 20 * 1024, "retention keeps at least the limit");
+    let start = log.start_offset();
+    assert_eq!(start, outcome.start_offset);
+    assert!(matches!(log.read(start - 1, 10), Err(StorageError::OffsetOutOfRange { .. })));
+    assert_holds(&log, start, 1000);
+    assert!(!dir.path().join(log_file_name(0)).exists());
+    assert!(!dir.path().join(index_file_name(0)).exists());
+
+    log.truncate_prefix(start + 5).unwrap();
+    assert_eq!(log.start_offset(), start + 5);
+    drop(log);
+    let log = Log::open(dir.path(), options).unwrap();
+    assert_eq!(log.start_offset(), start + 5);
+    assert_holds(&log, start + 5, 1000);
+    // Truncating everything keeps an empty active segment at the end.
+    log.truncate_prefix(1000).unwrap();
+    assert_eq!(log.start_offset(), 1000);
+    assert_eq!(log.segment_count(), 1);
+    append_range(&log, 1, 1000, 1010, 2);
+    assert_holds(&log, 1000, 1010);
+}
+
+#[test]
+fn retention_by_age_and_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        retention_age: Some(Duration::from_secs(60)),
+        segment_max_age: Some(Duration::from_millis(1)),
+        ..small_options()
+    };
+    let log = Log::open(dir.path(), options).unwrap();
+    // Records stamped 1000 + offset ms after the Unix epoch: long expired.
+    append_range(&log, 1, 0, 3, 1);
+    // Keep appending until the first segment is older than 1 ms and the log rolls.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut next = 3;
+    while log.segment_count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the active segment never rolled by age");
+        append_range(&log, 1, next, next + 1, 1);
+        next += 1;
+    }
+    let first_in_new_segment = next - 1;
+    let outcome = log.apply_retention(super_now()).unwrap();
+    assert!(outcome.segments_deleted >= 1);
+    assert_eq!(log.start_offset(), first_in_new_segment);
+    assert_eq!(log.segment_count(), 1);
+}
+
+fn super_now() -> i64 {
+    proglog_node::storage::now_ms()
+}
+
+#[test]
+fn offset_for_time_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 1, 0, 400, 3);
+    assert_eq!(log.offset_for_time(0).unwrap(), Some(0));
+    assert_eq!(log.offset_for_time(1000 + 250).unwrap(), Some(250));
+    assert_eq!(log.offset_for_time(1000 + 399).unwrap(), Some(399));
+    assert_eq!(log.offset_for_time(1000 + 400).unwrap(), None);
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _log = Log::open(dir.path(), small_options()).unwrap();
+    match Log::open(dir.path(), small_options()) {
+        Err(StorageError::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}
+
+#[test]
+fn limits_and_epochs_are_enforced_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 5, 0, 3, 1);
+    let big = vec![0u8; 2 * 1024 + 1];
+    assert!(matches!(
+        log.append(5, &[Record::new(&big, 0)]),
+        Err(StorageError::RecordTooLarge { size: 2049, max: 2048 })
+    ));
+    assert!(matches!(
+        log.append(4, &[Record::new(b"old leader", 0)]),
+        Err(StorageError::EpochRegression { epoch: 4, latest: 5 })
+    ));
+    assert!(matches!(log.append(5, &[]), Err(StorageError::EmptyBatch)));
+    assert_eq!(log.end_offset(), 3);
+    assert_holds(&log, 0, 3);
+}
+
+#[test]
+fn concurrent_appends_under_always_share_fsyncs_and_are_all_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions { durability: Durability::Always, ..small_options() };
+    let log = Arc::new(Log::open(dir.path(), options.clone()).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..50u32 {
+                    let payload = format!("t{t}-{i}");
+                    let info = log.append(1, &[Record::new(payload.as_bytes(), 0)]).unwrap();
+                    assert!(log.durable_offset() > info.last_offset, "acknowledged before durable");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(log.end_offset(), 400);
+    let stats = log.sync_stats();
+    assert!(stats.syncs >= 1 && stats.syncs <= 400, "{stats:?}");
+    let mut seen: Vec<String> = Vec::new();
+    let mut next = 0;
+    while next < 400 {
+        for batch in log.read(next, 1 << 20).unwrap() {
+            seen.extend(batch.records().map(|r| String::from_utf8(r.value.to_vec()).unwrap()));
+            next = batch.next_offset();
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<String> =
+        (0..8).flat_map(|t| (0..50).map(move |i| format!("t{t}-{i}"))).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn interval_durability_syncs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        durability: Durability::Interval,
+        flush_interval: Duration::from_millis(5),
+        ..small_options()
+    };
+    let log = Log::open(dir.path(), options).unwrap();
+    append_range(&log, 1, 0, 10, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.durable_offset() < 10 {
+        assert!(std::time::Instant::now() < deadline, "the flusher never synced");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    log.close().unwrap();
+}
+
+#[test]
+fn followers_append_the_leaders_batches_byte_for_byte() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let leader = Log::open(leader_dir.path(), small_options()).unwrap();
+    let follower = Log::open(follower_dir.path(), small_options()).unwrap();
+    append_range(&leader, 1, 0, 100, 3);
+    let mut next = 0;
+    while next < leader.end_offset() {
+        for batch in leader.read(next, 2000).unwrap() {
+            follower.append_batch(&batch).unwrap();
+            next = batch.next_offset();
+        }
+    }
+    assert_holds(&follower, 0, 100);
+    let batch = leader.read(0, 10).unwrap().remove(0);
+    assert!(matches!(
+        follower.append_batch(&batch),
+        Err(StorageError::NonContiguousBatch { expected: 100, found: 0 })
+    ));
+}
