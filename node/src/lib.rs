@@ -10,4 +10,5 @@
 //! Next (see `shared/design/architecture.md`): `replication/`, `discovery/`, `api/`,
 //! `security/`, `telemetry/`, `client/`, each depending only on the layers below it.
 
+pub mod fuzzing;
 pub mod storage;

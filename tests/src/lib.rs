@@ -1,1 +1,9 @@
-//! Black-box tests of proglog.
+//! Black-box tests of proglog: helpers shared by the binaries under `src/bin` and the tests under
+//! `tests/`, which start those binaries as real processes.
+//!
+//! # Layout
+//!
+//! - `crash_protocol`: what the crash appender writes and prints (self-verifying record values
+//!   and acknowledgement lines), so `tests/crash.rs` can check a recovered log against it.
+
+pub mod crash_protocol;

@@ -288,6 +288,14 @@ pub fn encode(
             max: MAX_RECORDS_PER_BATCH,
         });
     }
+    if base_offset.checked_add(records.len() as u64).is_none() {
+        return Err(StorageError::InvalidBatch {
+            reason: format!(
+                "offsets {base_offset} + {} records overflow the offset space",
+                records.len()
+            ),
+        });
+    }
     let first_timestamp = first.timestamp_ms;
     let mut max_timestamp = first_timestamp;
     let mut total = BATCH_HEADER_LEN;

@@ -112,12 +112,26 @@ struct Inner {
     stopped: AtomicBool,
     syncs: AtomicU64,
     sync_nanos: AtomicU64,
+    maintenance: Mutex<MaintenanceState>,
+    maintenance_wake: Condvar,
     _lock: DirLock,
 }
 
+/// One job of the background thread.
+type BackgroundTask = fn(&Inner) -> Result<()>;
+
+/// Requests to the log's background thread.
+#[derive(Debug, Default)]
+struct MaintenanceState {
+    stop: bool,
+    checkpoint_requested: bool,
+}
+
+/// The log's background thread: periodic fsync under `Durability::Interval`, and index
+/// checkpoints, which must sync the data they cover and so must not stall an appender.
 #[derive(Debug)]
-struct Flusher {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+struct Maintenance {
+    inner: Arc<Inner>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -125,7 +139,7 @@ struct Flusher {
 #[derive(Debug)]
 pub struct Log {
     inner: Arc<Inner>,
-    flusher: Option<Flusher>,
+    maintenance: Option<Maintenance>,
     report: RecoveryReport,
 }
 
@@ -259,9 +273,10 @@ impl Log {
                 None
             }
         };
-        let mut epochs = match stored_epochs {
-            Some(cache) => {
-                let mut cache = cache;
+        let mut epochs = match stored_epochs.clone() {
+            Some(mut cache) => {
+                // An epoch persisted just before a crash may start past the recovered end.
+                cache.truncate_from_end(end);
                 for (epoch, start_offset) in scanned_epochs {
                     cache.assign(epoch, start_offset);
                 }
@@ -279,7 +294,9 @@ impl Log {
         };
         epochs.truncate_from_end(end);
         epochs.truncate_from_start(start);
-        checkpoint::write(&dir, EPOCHS_FILE, &epochs.encode())?;
+        if stored_epochs.as_ref() != Some(&epochs) {
+            checkpoint::write(&dir, EPOCHS_FILE, &epochs.encode())?;
+        }
 
         let now = now_ms();
         let segment_started_ms = active
@@ -308,12 +325,13 @@ impl Log {
             stopped: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             sync_nanos: AtomicU64::new(0),
+            maintenance: Mutex::new(MaintenanceState::default()),
+            maintenance_wake: Condvar::new(),
             options,
             _lock: lock,
         });
         inner.wait_durable(end, 0)?;
-        let flusher =
-            (inner.options.durability == Durability::Interval).then(|| Flusher::start(&inner));
+        let maintenance = Some(Maintenance::start(&inner));
         report.duration = started.elapsed();
         tracing::info!(
             dir = %inner.dir.display(),
@@ -327,7 +345,7 @@ impl Log {
         );
         Ok(Log {
             inner,
-            flusher,
+            maintenance,
             report,
         })
     }
@@ -460,12 +478,12 @@ impl Log {
         self.inner.checkpoint()
     }
 
-    /// Clean shutdown: stops the flusher, syncs everything and checkpoints the index, so the
-    /// next open reads no data. Dropping a `Log` without closing it is safe; the next open then
-    /// recovers as after a crash.
+    /// Clean shutdown: stops the background thread, syncs everything and checkpoints the
+    /// index, so the next open reads no data. Dropping a `Log` without closing it is safe; the
+    /// next open then recovers as after a crash.
     pub fn close(mut self) -> Result<()> {
-        if let Some(mut flusher) = self.flusher.take() {
-            flusher.stop();
+        if let Some(mut maintenance) = self.maintenance.take() {
+            maintenance.stop();
         }
         self.inner.flush()?;
         self.inner.checkpoint()
@@ -474,59 +492,90 @@ impl Log {
 
 impl Drop for Log {
     fn drop(&mut self) {
-        if let Some(mut flusher) = self.flusher.take() {
-            flusher.stop();
+        if let Some(mut maintenance) = self.maintenance.take() {
+            maintenance.stop();
         }
     }
 }
 
-impl Flusher {
-    fn start(inner: &Arc<Inner>) -> Flusher {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let thread_stop = Arc::clone(&stop);
-        let inner = Arc::clone(inner);
-        let interval = inner.options.flush_interval;
+impl Maintenance {
+    fn start(inner: &Arc<Inner>) -> Maintenance {
+        let worker = Arc::clone(inner);
         let thread = std::thread::Builder::new()
-            .name("proglog-flusher".into())
-            .spawn(move || {
-                let (stopped, wake) = &*thread_stop;
-                let mut guard = stopped.lock();
-                while !*guard {
-                    wake.wait_for(&mut guard, interval);
-                    if *guard {
-                        break;
-                    }
-                    // Sync without holding the stop flag, so `stop()` never waits on a disk.
-                    drop(guard);
-                    if let Err(err) = inner.flush() {
-                        tracing::error!(error = %err, "periodic flush failed; the log is stopped");
-                        return;
-                    }
-                    guard = stopped.lock();
-                }
+            .name("proglog-log-maintenance".into())
+            .spawn(move || worker.run_maintenance())
+            .map_err(|err| {
+                tracing::error!(error = %err, "could not start the log's background thread; checkpoints and interval syncs run only at close");
             })
             .ok();
-        if thread.is_none() {
-            tracing::error!(
-                "could not start the flusher thread; data will be synced only at roll and close"
-            );
+        Maintenance {
+            inner: Arc::clone(inner),
+            thread,
         }
-        Flusher { stop, thread }
     }
 
     fn stop(&mut self) {
-        let (stopped, wake) = &*self.stop;
-        *stopped.lock() = true;
-        wake.notify_all();
+        self.inner.maintenance.lock().stop = true;
+        self.inner.maintenance_wake.notify_all();
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
-            tracing::error!("the flusher thread panicked");
+            tracing::error!("the log's background thread panicked");
         }
     }
 }
 
 impl Inner {
+    /// The background thread's loop: checkpoints on request, syncs on the interval, until
+    /// stopped or the log hits a fatal error. Disk work happens without the request lock held,
+    /// so `stop()` never waits behind a sync for longer than that one sync.
+    fn run_maintenance(&self) {
+        let interval = (self.options.durability == Durability::Interval)
+            .then_some(self.options.flush_interval);
+        let mut next_flush = interval.map(|every| Instant::now() + every);
+        let mut state = self.maintenance.lock();
+        loop {
+            if state.stop {
+                return;
+            }
+            let work: Option<(&str, BackgroundTask)> = if state.checkpoint_requested {
+                state.checkpoint_requested = false;
+                Some(("checkpoint", Inner::checkpoint))
+            } else {
+                match (interval, next_flush) {
+                    (Some(every), Some(deadline)) if Instant::now() >= deadline => {
+                        next_flush = Some(Instant::now() + every);
+                        Some(("interval flush", Inner::flush))
+                    }
+                    (_, Some(deadline)) => {
+                        self.maintenance_wake.wait_until(&mut state, deadline);
+                        None
+                    }
+                    (_, None) => {
+                        self.maintenance_wake.wait(&mut state);
+                        None
+                    }
+                }
+            };
+            if let Some((what, task)) = work {
+                drop(state);
+                if let Err(err) = task(self) {
+                    tracing::error!(error = %err, task = what, "background log task failed");
+                    if self.stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                state = self.maintenance.lock();
+            }
+        }
+    }
+
+    /// Asks the background thread for a checkpoint.
+    fn request_checkpoint(&self) {
+        self.maintenance.lock().checkpoint_requested = true;
+        self.maintenance_wake.notify_all();
+    }
+
     fn segment_list(&self) -> Vec<Arc<Segment>> {
         self.segments.read().values().cloned().collect()
     }
@@ -594,7 +643,7 @@ impl Inner {
         self.finish_append(writer, result)
     }
 
-    /// After the write: release the writer, wait for durability, checkpoint when due.
+    /// After the write: release the writer, wait for durability, ask for a checkpoint when due.
     fn finish_append(
         &self,
         writer: parking_lot::MutexGuard<'_, Writer>,
@@ -607,7 +656,7 @@ impl Inner {
             self.wait_durable(info.last_offset + 1, truncations)?;
         }
         if checkpoint_due {
-            self.checkpoint()?;
+            self.request_checkpoint();
         }
         Ok(info)
     }
@@ -812,6 +861,7 @@ impl Inner {
                 next,
                 max_bytes.saturating_sub(bytes),
                 self.options.max_batch_bytes,
+                batches.is_empty(),
             )?;
             bytes += read.bytes;
             if let Some(last) = read.batches.last() {
@@ -836,7 +886,7 @@ impl Inner {
             }
             let mut next = seg.time_floor(timestamp_ms).max(start);
             while next < seg.next_offset() {
-                let read = seg.read(next, 1 << 20, self.options.max_batch_bytes)?;
+                let read = seg.read(next, 1 << 20, self.options.max_batch_bytes, true)?;
                 for batch in &read.batches {
                     if batch.header().max_timestamp >= timestamp_ms
                         && let Some(record) = batch.records().find(|record| {
@@ -858,7 +908,9 @@ impl Inner {
     fn truncate_suffix(&self, offset: u64) -> Result<()> {
         self.check_running()?;
         let mut writer = self.writer.lock();
-        let _checkpoint = self.checkpoint_lock.lock();
+        // Held until the cut is done, so no checkpoint writes a stale index meanwhile; released
+        // before a straddling batch is re-appended, which may roll (and takes it again).
+        let checkpoint_guard = self.checkpoint_lock.lock();
         let start = self.start_offset.load(Ordering::Acquire);
         let end = self.end_offset.load(Ordering::Acquire);
         if offset < start || offset > end {
@@ -885,7 +937,7 @@ impl Inner {
         let (position, header) = target.locate(offset, self.options.max_batch_bytes)?;
         // A batch that straddles the cut is rewritten with its records before `offset`.
         let straddling = if header.base_offset < offset {
-            let read = target.read(header.base_offset, 0, self.options.max_batch_bytes)?;
+            let read = target.read(header.base_offset, 0, self.options.max_batch_bytes, true)?;
             read.batches.into_iter().next()
         } else {
             None
@@ -912,16 +964,12 @@ impl Inner {
             sync.durable_offset = sync.durable_offset.min(header.base_offset);
             self.synced.notify_all();
         }
-        {
-            let mut epochs = self.epochs.lock();
-            epochs.truncate_from_end(header.base_offset);
-            checkpoint::write(&self.dir, EPOCHS_FILE, &epochs.encode())
-                .map_err(|err| self.stop(err))?;
-        }
+        self.clamp_epochs()?;
         writer.bytes_since_checkpoint = 0;
         if target.is_empty() {
             writer.segment_started_ms = now_ms();
         }
+        drop(checkpoint_guard);
         if let Some(batch) = straddling {
             let keep: Vec<_> = batch
                 .records()
@@ -947,9 +995,25 @@ impl Inner {
                 u32::MAX,
             )?;
             self.write_locked(&mut writer, &buf, &header)?;
+            // The rewritten batch may hold records below the start offset.
+            self.clamp_epochs()?;
         }
         drop(writer);
         self.flush()
+    }
+
+    /// Makes the epoch cache describe exactly the records in `[start, end)`, persisting it if
+    /// that changed it.
+    fn clamp_epochs(&self) -> Result<()> {
+        let mut epochs = self.epochs.lock();
+        let before = epochs.clone();
+        epochs.truncate_from_start(self.start_offset.load(Ordering::Acquire));
+        epochs.truncate_from_end(self.end_offset.load(Ordering::Acquire));
+        if *epochs != before {
+            checkpoint::write(&self.dir, EPOCHS_FILE, &epochs.encode())
+                .map_err(|err| self.stop(err))?;
+        }
+        Ok(())
     }
 
     fn truncate_prefix_locked(&self, writer: &mut Writer, offset: u64) -> Result<()> {
@@ -969,12 +1033,7 @@ impl Inner {
         checkpoint::write(&self.dir, START_OFFSET_FILE, &offset.to_le_bytes())
             .map_err(|err| self.stop(err))?;
         self.start_offset.store(offset, Ordering::Release);
-        {
-            let mut epochs = self.epochs.lock();
-            epochs.truncate_from_start(offset);
-            checkpoint::write(&self.dir, EPOCHS_FILE, &epochs.encode())
-                .map_err(|err| self.stop(err))?;
-        }
+        self.clamp_epochs()?;
         let active = self.active();
         if active.next_offset() <= offset && !active.is_empty() {
             self.roll(writer).map_err(|err| self.stop(err))?;

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::batch::{self, BATCH_HEADER_LEN, BatchError};
+use super::batch::{self, BATCH_HEADER_LEN, BatchError, RECORD_HEADER_LEN};
 use super::error::{Result, StorageError};
 use super::index::{self, Entries, IndexEntry};
 use super::options::LogOptions;
@@ -27,6 +27,9 @@ use super::segment::{self, IndexBuilder, SEGMENT_HEADER_LEN, Segment, SegmentSta
 /// Kill -9 leaves at most one partial write (appends are serialized); a bad batch with valid
 /// data close behind it is damage to data that was written, not an interrupted write.
 pub const TORN_SEARCH_WINDOW: u64 = 1 << 20;
+
+/// Largest read a scan makes at once.
+const MAX_CHUNK: usize = 4 << 20;
 
 /// Sequential reads through one buffer, so scanning costs one syscall per chunk, not per batch.
 struct ChunkReader<'a> {
@@ -56,6 +59,9 @@ impl<'a> ChunkReader<'a> {
         let available_in_file = self.file_len.saturating_sub(pos) as usize;
         let wanted = min_len.min(available_in_file);
         if pos < self.buf_start || pos + wanted as u64 > buf_end {
+            if !self.buf.is_empty() {
+                self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+            }
             let len = self.chunk.max(min_len).min(available_in_file);
             self.buf.resize(len, 0);
             self.file
@@ -102,7 +108,8 @@ pub fn scan(
     builder: &mut IndexBuilder,
 ) -> Result<Scan> {
     let start = builder.size;
-    let mut reader = ChunkReader::new(file, path, file_len, 4 << 20);
+    // Start small (a clean reopen reads one header of zeros) and grow for long scans.
+    let mut reader = ChunkReader::new(file, path, file_len, 64 << 10);
     let mut epochs: Vec<(u64, u64)> = Vec::new();
     let end = loop {
         let pos = builder.size;
@@ -166,25 +173,31 @@ pub fn find_batch_after(
     expected_offset: u64,
     max_batch_bytes: u32,
 ) -> Result<Option<u64>> {
-    let window_end = file_len.min(from + TORN_SEARCH_WINDOW);
-    let mut reader = ChunkReader::new(
-        file,
-        path,
-        file_len,
-        (TORN_SEARCH_WINDOW as usize) + BATCH_HEADER_LEN,
-    );
+    let mut reader = ChunkReader::new(file, path, file_len, 64 << 10);
     let mut pos = from + 1;
+    let window_end = file_len.min(from + TORN_SEARCH_WINDOW);
     while pos < window_end {
         let data = reader.at(pos, BATCH_HEADER_LEN)?;
         if data.len() < BATCH_HEADER_LEN {
             return Ok(None);
         }
-        // Cheap filters first: most positions are zeros or fail the header's bounds.
-        let plausible = batch::peek_header(data, max_batch_bytes)
-            .is_ok_and(|header| header.base_offset >= expected_offset);
-        if plausible {
-            let needed = batch::peek_header(data, max_batch_bytes).map_or(0, |h| h.total_len());
-            let data = reader.at(pos, needed)?;
+        // A batch's length field (bytes 4..8) is never zero, so a run of zeros can be skipped
+        // up to 7 bytes before its end. Most of the window is preallocated zeros.
+        if data[..8].iter().all(|&b| b == 0) {
+            let run = data.iter().position(|&b| b != 0).unwrap_or(data.len());
+            pos += (run.saturating_sub(7)).max(1) as u64;
+            continue;
+        }
+        // A real later batch continues the offsets: every record takes at least
+        // RECORD_HEADER_LEN bytes, so it cannot be further ahead than the bytes in between
+        // allow. This rejects batches that a record's value merely contains (a value may hold
+        // anything, even an encoded batch, and a torn write leaves it inside the search).
+        let max_plausible = expected_offset + (pos - from) / RECORD_HEADER_LEN as u64;
+        let candidate = batch::peek_header(data, max_batch_bytes)
+            .ok()
+            .filter(|header| (expected_offset..=max_plausible).contains(&header.base_offset));
+        if let Some(header) = candidate {
+            let data = reader.at(pos, header.total_len())?;
             if batch::validate(data, max_batch_bytes).is_ok() {
                 return Ok(Some(pos));
             }
@@ -245,21 +258,51 @@ pub fn open_segment(
 
     let mut loaded = None;
     if index_path.exists() {
-        match index::load(&index_path, base_offset).and_then(|(entries, footer)| {
-            verify_index(
-                &file,
-                file_len,
-                base_offset,
-                &entries,
-                &footer,
-                is_last,
-                options,
-            )
-            .map(|()| (entries, footer))
-        }) {
-            Ok(found) => loaded = Some(found),
+        match index::load(&index_path, base_offset) {
+            Ok((entries, footer)) => {
+                // The index is intact, so the data it covers was durable when it was written: if
+                // the log now disagrees, durable data was damaged. Rebuilding would cut it off
+                // as if it were a torn write.
+                verify_index(
+                    &file,
+                    file_len,
+                    base_offset,
+                    &entries,
+                    &footer,
+                    is_last,
+                    options,
+                )
+                .map_err(|reason| {
+                    // Name the first bad batch: rescan the segment from its start (an error
+                    // path, so the cost does not matter).
+                    let mut builder = IndexBuilder::empty(base_offset);
+                    let mut scratch = Vec::new();
+                    let scanned = scan(
+                        &file,
+                        &log_path,
+                        base_offset,
+                        file_len,
+                        options,
+                        &mut scratch,
+                        &mut builder,
+                    );
+                    let position = match scanned {
+                        Ok(_) => builder.size,
+                        Err(_) => footer.logical_size.min(file_len),
+                    };
+                    corruption(
+                        position,
+                        builder.next_offset,
+                        format!(
+                            "the log disagrees with its intact index {}: {reason}",
+                            index_path.display()
+                        ),
+                    )
+                })?;
+                loaded = Some((entries, footer));
+            }
             Err(reason) => {
-                tracing::warn!(path = %index_path.display(), %reason, "index disagrees with its log; rebuilding it");
+                tracing::warn!(path = %index_path.display(), %reason, "index file is damaged; rebuilding it from the log");
                 report.rebuilt_index = Some(reason);
             }
         }

@@ -138,22 +138,41 @@ pub struct SegmentRead {
 impl Segment {
     /// Creates a new, empty segment file (preallocated when asked) and makes it durable.
     pub fn create(dir: &Path, base_offset: u64, preallocate_to: Option<u64>) -> Result<Segment> {
+        // Built under a temporary name and renamed into place once its header and allocation are
+        // durable: a crash part-way leaves a temp file (removed on open), never a headerless
+        // segment that would stop the log from opening.
         let log_path = dir.join(log_file_name(base_offset));
+        let temp_path = dir.join(format!(
+            "{}{}",
+            log_file_name(base_offset),
+            checkpoint::TEMP_SUFFIX
+        ));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&log_path)
-            .map_err(StorageError::io("create segment", &log_path))?;
+            .create(true)
+            .truncate(true)
+            .open(&temp_path)
+            .map_err(StorageError::io("create segment", &temp_path))?;
         file.write_all_at(&encode_header(base_offset), 0)
-            .map_err(StorageError::io("write segment header", &log_path))?;
+            .map_err(StorageError::io("write segment header", &temp_path))?;
         if let Some(len) = preallocate_to {
-            preallocate(&file, &log_path, len)?;
+            preallocate(&file, &temp_path, len)?;
         }
         file.sync_all().map_err(|source| StorageError::SyncFailed {
-            path: log_path.clone(),
+            path: temp_path.clone(),
             source,
         })?;
+        if log_path.exists() {
+            return Err(StorageError::io("create segment", &log_path)(
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a segment with this base offset already exists",
+                ),
+            ));
+        }
+        fs::rename(&temp_path, &log_path)
+            .map_err(StorageError::io("rename segment", &temp_path))?;
         checkpoint::sync_dir(dir)?;
         Ok(Segment {
             base_offset,
@@ -459,11 +478,24 @@ impl Segment {
         }
     }
 
-    /// Reads whole batches starting with the one containing `offset`, up to about `max_bytes`
-    /// (always at least one batch) and never past the segment's end as it was when called.
-    pub fn read(&self, offset: u64, max_bytes: usize, max_batch_bytes: u32) -> Result<SegmentRead> {
+    /// Reads whole batches starting with the one containing `offset`, up to `max_bytes` (but at
+    /// least one batch when `at_least_one`) and never past the segment's end as it was when
+    /// called.
+    pub fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_batch_bytes: u32,
+        at_least_one: bool,
+    ) -> Result<SegmentRead> {
         let size = self.size();
         let (position, first) = self.locate(offset, max_batch_bytes)?;
+        if !at_least_one && first.total_len() > max_bytes {
+            return Ok(SegmentRead {
+                batches: Vec::new(),
+                bytes: 0,
+            });
+        }
         let want = (size - position).min(max_bytes.max(first.total_len()) as u64) as usize;
         let mut buf = vec![0u8; want];
         self.file
