@@ -6,9 +6,17 @@
 //! ## Layout
 //!
 //! - [`storage`]: the segmented log (sync, pure I/O). Everything else stands on it.
+//! - [`api`]: the gRPC services over the log (proglog's `log.v1.Log`), and the async adapter
+//!   to storage.
+//! - [`config`]: [`config::NodeConfig`], validated before anything starts.
+//! - [`server`]: start, serve until shutdown, drain, close.
+//! - `fuzzing`: entry points shared by the fuzz targets and the corpus replay test.
 //!
-//! Next (see `shared/design/architecture.md`): `replication/`, `discovery/`, `api/`,
+//! Next (see `shared/design/architecture.md`): `replication/`, `discovery/`,
 //! `security/`, `telemetry/`, `client/`, each depending only on the layers below it.
 
+pub mod api;
+pub mod config;
 pub mod fuzzing;
+pub mod server;
 pub mod storage;

@@ -5,5 +5,20 @@
 //!
 //! ## Layout
 //!
-//! Empty until the node's gRPC service lands (issue 3): it will hold `log.v1` (wire-compatible
-//! with proglog's `Log` service), the peer service and the admin service.
+//! - `proto/log/v1/log.proto`: the client API, package `log.v1`, wire-compatible with
+//!   proglog's `Log` service; proglog's additions are new fields (numbers 16 and up) and RPCs.
+//! - [`log::v1`]: the generated messages, client and server.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+
+/// Package `log.v1`.
+pub mod log {
+    /// Generated from `proto/log/v1/log.proto`.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("log.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every proto in this crate (for server reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/proglog_descriptor.bin"));

@@ -123,6 +123,10 @@ pub enum StorageError {
     #[error("the log was stopped by an earlier fatal I/O error and must be reopened")]
     Stopped,
 
+    /// The log was closed (clean shutdown); it accepts no more writes.
+    #[error("the log is closed")]
+    Closed,
+
     /// The log was truncated while an append waited for its fsync: the appended records are gone.
     #[error("records from offset {offset} were truncated before they became durable")]
     Truncated {

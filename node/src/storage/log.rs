@@ -110,6 +110,8 @@ struct Inner {
     sync: Mutex<SyncState>,
     synced: Condvar,
     stopped: AtomicBool,
+    /// Set by a clean `close()`: no more writes.
+    closed: AtomicBool,
     syncs: AtomicU64,
     sync_nanos: AtomicU64,
     maintenance: Mutex<MaintenanceState>,
@@ -139,7 +141,7 @@ struct Maintenance {
 #[derive(Debug)]
 pub struct Log {
     inner: Arc<Inner>,
-    maintenance: Option<Maintenance>,
+    maintenance: Mutex<Option<Maintenance>>,
     report: RecoveryReport,
 }
 
@@ -323,6 +325,7 @@ impl Log {
             }),
             synced: Condvar::new(),
             stopped: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             sync_nanos: AtomicU64::new(0),
             maintenance: Mutex::new(MaintenanceState::default()),
@@ -331,7 +334,7 @@ impl Log {
             _lock: lock,
         });
         inner.wait_durable(end, 0)?;
-        let maintenance = Some(Maintenance::start(&inner));
+        let maintenance = Mutex::new(Some(Maintenance::start(&inner)));
         report.duration = started.elapsed();
         tracing::info!(
             dir = %inner.dir.display(),
@@ -481,18 +484,26 @@ impl Log {
     /// Clean shutdown: stops the background thread, syncs everything and checkpoints the
     /// index, so the next open reads no data. Dropping a `Log` without closing it is safe; the
     /// next open then recovers as after a crash.
-    pub fn close(mut self) -> Result<()> {
-        if let Some(mut maintenance) = self.maintenance.take() {
+    ///
+    /// Takes `&self` so a log shared behind an `Arc` can be closed while callers still hold
+    /// it; later writes fail with `StorageError::Closed`.
+    pub fn close(&self) -> Result<()> {
+        if let Some(mut maintenance) = self.maintenance.lock().take() {
             maintenance.stop();
         }
+        let writer = self.inner.writer.lock();
+        self.inner.check_running()?;
         self.inner.flush()?;
-        self.inner.checkpoint()
+        self.inner.checkpoint()?;
+        self.inner.closed.store(true, Ordering::Release);
+        drop(writer);
+        Ok(())
     }
 }
 
 impl Drop for Log {
     fn drop(&mut self) {
-        if let Some(mut maintenance) = self.maintenance.take() {
+        if let Some(mut maintenance) = self.maintenance.get_mut().take() {
             maintenance.stop();
         }
     }
@@ -590,6 +601,9 @@ impl Inner {
     fn check_running(&self) -> Result<()> {
         if self.stopped.load(Ordering::Acquire) {
             return Err(StorageError::Stopped);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
         }
         Ok(())
     }

@@ -1,0 +1,248 @@
+//! `LogService`: proglog's `log.v1.Log` API over the storage engine.
+//!
+//! Every stream is bounded (a fixed channel or pipeline depth per call) and ends cleanly when
+//! the node shuts down; `ConsumeStream` waits for new records on the store's watch channel
+//! rather than polling.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::store::{LogStore, NewRecord};
+use crate::storage::StoredRecord;
+use proglog_proto::log::v1::log_server::Log as LogApi;
+use proglog_proto::log::v1::{
+    ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceBatchRequest,
+    ProduceBatchResponse, ProduceRequest, ProduceResponse, Record, Server,
+};
+
+/// Limits and identity the service needs.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// This node's id.
+    pub id: String,
+    /// The RPC address clients should use for this node.
+    pub rpc_addr: String,
+    /// Bytes read from the log per step of a stream.
+    pub consume_read_bytes: usize,
+    /// Responses buffered per stream.
+    pub stream_buffer: usize,
+    /// Produce requests in flight per `ProduceStream`.
+    pub produce_pipeline: usize,
+}
+
+/// The `log.v1.Log` service.
+#[derive(Debug, Clone)]
+pub struct LogService {
+    store: Arc<LogStore>,
+    settings: Arc<ServiceSettings>,
+    shutdown: CancellationToken,
+}
+
+impl LogService {
+    /// A service over `store`; its streams end when `shutdown` is cancelled.
+    pub fn new(
+        store: Arc<LogStore>,
+        settings: ServiceSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        LogService {
+            store,
+            settings: Arc::new(settings),
+            shutdown,
+        }
+    }
+}
+
+fn to_new_record(record: Option<Record>, what: &str) -> Result<NewRecord, Status> {
+    let record =
+        record.ok_or_else(|| Status::invalid_argument(format!("{what}: `record` is required")))?;
+    Ok(NewRecord {
+        value: record.value,
+        timestamp_ms: record.timestamp_ms,
+        record_type: record.r#type,
+    })
+}
+
+fn to_proto(record: StoredRecord) -> Record {
+    Record {
+        value: record.value,
+        offset: record.offset,
+        term: record.leader_epoch,
+        r#type: record.record_type,
+        timestamp_ms: record.timestamp_ms,
+    }
+}
+
+/// Where a consume starts: `offset`, or the first record at or after `since_timestamp_ms`.
+async fn start_offset(store: &LogStore, request: &ConsumeRequest) -> Result<u64, Status> {
+    if request.since_timestamp_ms != 0 {
+        return store.offset_for_time(request.since_timestamp_ms).await;
+    }
+    Ok(request.offset)
+}
+
+type ProduceStreamOut = Pin<Box<dyn Stream<Item = Result<ProduceResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LogApi for LogService {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let record = to_new_record(request.into_inner().record, "ProduceRequest")?;
+        let info = self.store.append(vec![record]).await?;
+        Ok(Response::new(ProduceResponse {
+            offset: info.base_offset,
+        }))
+    }
+
+    async fn consume(
+        &self,
+        request: Request<ConsumeRequest>,
+    ) -> Result<Response<ConsumeResponse>, Status> {
+        let request = request.into_inner();
+        let offset = start_offset(&self.store, &request).await?;
+        if offset >= self.store.visible_end() {
+            return Err(Status::out_of_range(format!(
+                "offset {offset} is out of range: the log holds offsets {}..{} (end exclusive)",
+                self.store.start_offset(),
+                self.store.visible_end()
+            )));
+        }
+        let batches = self.store.read(offset, 0).await?;
+        let record = batches
+            .iter()
+            .flat_map(|batch| batch.records())
+            .find(|record| record.offset == offset)
+            .ok_or_else(|| {
+                Status::internal(format!("offset {offset} was not in the batch read for it"))
+            })?;
+        Ok(Response::new(ConsumeResponse {
+            record: Some(to_proto(record)),
+        }))
+    }
+
+    type ConsumeStreamStream = ReceiverStream<Result<ConsumeResponse, Status>>;
+
+    async fn consume_stream(
+        &self,
+        request: Request<ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        let request = request.into_inner();
+        let mut next = start_offset(&self.store, &request).await?;
+        let (start, end) = (self.store.start_offset(), self.store.visible_end());
+        if next < start || next > end {
+            return Err(Status::out_of_range(format!(
+                "offset {next} is out of range: the log holds offsets {start}..{end} (end exclusive); a stream may start at {end} to wait for new records"
+            )));
+        }
+        let (tx, rx) = mpsc::channel(self.settings.stream_buffer);
+        let store = Arc::clone(&self.store);
+        let shutdown = self.shutdown.clone();
+        let read_bytes = self.settings.consume_read_bytes;
+        tokio::spawn(async move {
+            let mut visible = store.subscribe();
+            loop {
+                let end = *visible.borrow_and_update();
+                if next >= end {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        changed = visible.changed() => if changed.is_err() { return },
+                    }
+                    continue;
+                }
+                let batches = match store.read(next, read_bytes).await {
+                    Ok(batches) => batches,
+                    Err(status) => {
+                        // The client learns why its stream ended (retention, corruption).
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                for record in batches.iter().flat_map(|batch| batch.records()) {
+                    if record.offset < next || record.offset >= end {
+                        continue;
+                    }
+                    next = record.offset + 1;
+                    let response = ConsumeResponse {
+                        record: Some(to_proto(record)),
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        sent = tx.send(Ok(response)) => if sent.is_err() { return },
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ProduceStreamStream = ProduceStreamOut;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let store = Arc::clone(&self.store);
+        // Up to `produce_pipeline` appends in flight, answered in request order; concurrent
+        // appends share fsyncs (group commit).
+        let responses = request
+            .into_inner()
+            .take_until(self.shutdown.clone().cancelled_owned())
+            .map(move |request| {
+                let store = Arc::clone(&store);
+                async move {
+                    let record = to_new_record(request?.record, "ProduceRequest")?;
+                    let info = store.append(vec![record]).await?;
+                    Ok(ProduceResponse {
+                        offset: info.base_offset,
+                    })
+                }
+            })
+            .buffered(self.settings.produce_pipeline);
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn get_servers(
+        &self,
+        _request: Request<GetServersRequest>,
+    ) -> Result<Response<GetServersResponse>, Status> {
+        // A single node leads itself; the cluster's membership comes with replication.
+        Ok(Response::new(GetServersResponse {
+            servers: vec![Server {
+                id: self.settings.id.clone(),
+                rpc_addr: self.settings.rpc_addr.clone(),
+                is_leader: true,
+            }],
+        }))
+    }
+
+    async fn produce_batch(
+        &self,
+        request: Request<ProduceBatchRequest>,
+    ) -> Result<Response<ProduceBatchResponse>, Status> {
+        let records = request
+            .into_inner()
+            .records
+            .into_iter()
+            .map(|record| to_new_record(Some(record), "ProduceBatchRequest"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if records.is_empty() {
+            return Err(Status::invalid_argument(
+                "ProduceBatchRequest: `records` must hold at least one record",
+            ));
+        }
+        let info = self.store.append(records).await?;
+        Ok(Response::new(ProduceBatchResponse {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+        }))
+    }
+}

@@ -1,0 +1,18 @@
+//! The gRPC services: proglog's client `Log` API (wire-compatible with proglog's `log.v1.Log`)
+//! over the storage engine, plus health and reflection. The only layer (with `client/`) that
+//! knows tonic.
+//!
+//! ## Layout
+//!
+//! - `log_service`: `LogService`, the `log.v1.Log` implementation.
+//! - `store`: `LogStore`, the async adapter to the synchronous storage engine (blocking work on
+//!   the blocking pool, a watch channel announcing new records so streams never poll).
+//! - `status`: the one place storage errors become gRPC statuses.
+
+mod log_service;
+mod status;
+mod store;
+
+pub use log_service::{LogService, ServiceSettings};
+pub use status::to_status;
+pub use store::{LogStore, NewRecord};

@@ -1,0 +1,172 @@
+//! `LogStore`: the one async adapter to the synchronous storage engine.
+//!
+//! Blocking work (appends that fsync, reads) runs on tokio's blocking pool, never on a runtime
+//! thread and never under a lock held across `.await`. A watch channel carries the *visible*
+//! end offset: records below it were acknowledged (durable under `always`), so consumers never
+//! see a record its producer has not been told about, and streams wait on the channel instead of
+//! polling.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::status::to_status;
+use crate::storage::{AppendInfo, Batch, Log, Record, StorageError, now_ms};
+
+/// A record to append, owned (decoded from a request).
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// The payload.
+    pub value: Bytes,
+    /// Milliseconds since the Unix epoch; 0 means "now".
+    pub timestamp_ms: i64,
+    /// proglog's `Record.type`.
+    pub record_type: u32,
+}
+
+/// The log, shared by every service.
+#[derive(Debug)]
+pub struct LogStore {
+    log: Arc<Log>,
+    visible: watch::Sender<u64>,
+    /// Cancelled when the log hits a fatal error: the node must stop.
+    fatal: CancellationToken,
+}
+
+impl LogStore {
+    /// Wraps an open log. `fatal` is cancelled if the log stops on an I/O error.
+    pub fn new(log: Log, fatal: CancellationToken) -> Arc<Self> {
+        let (visible, _) = watch::channel(log.end_offset());
+        Arc::new(LogStore {
+            log: Arc::new(log),
+            visible,
+            fatal,
+        })
+    }
+
+    /// The first offset served.
+    pub fn start_offset(&self) -> u64 {
+        self.log.start_offset()
+    }
+
+    /// One past the last acknowledged offset: what consumers may read.
+    pub fn visible_end(&self) -> u64 {
+        *self.visible.borrow()
+    }
+
+    /// A receiver that changes whenever new records become visible.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.visible.subscribe()
+    }
+
+    /// The storage engine, for metrics and status.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Appends `records` as one batch and returns once it is acknowledged.
+    pub async fn append(&self, records: Vec<NewRecord>) -> Result<AppendInfo, Status> {
+        let log = Arc::clone(&self.log);
+        let result = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let epoch = log.latest_epoch().unwrap_or(0);
+            let batch: Vec<Record<'_>> = records
+                .iter()
+                .map(|record| Record {
+                    value: &record.value,
+                    key: None,
+                    timestamp_ms: if record.timestamp_ms == 0 {
+                        now
+                    } else {
+                        record.timestamp_ms
+                    },
+                    record_type: record.record_type,
+                })
+                .collect();
+            log.append(epoch, &batch)
+        })
+        .await
+        .map_err(|err| Status::internal(format!("append task failed: {err}")))?;
+        match result {
+            Ok(info) => {
+                // Appends return in any order; each one's return means everything before it
+                // is acknowledged too (appends are written in offset order, and a sync covers
+                // all that was written before it).
+                self.visible.send_if_modified(|visible| {
+                    let end = info.last_offset + 1;
+                    let advanced = end > *visible;
+                    *visible = (*visible).max(end);
+                    advanced
+                });
+                Ok(info)
+            }
+            Err(err) => Err(self.fail(err)),
+        }
+    }
+
+    /// Reads batches from the one holding `offset`, up to about `max_bytes`, trimmed to the
+    /// visible end. `OUT_OF_RANGE` (with the valid range) outside `start..=visible_end`.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>, Status> {
+        let visible = self.visible_end();
+        if offset > visible {
+            return Err(to_status(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start: self.start_offset(),
+                end: visible,
+            }));
+        }
+        let log = Arc::clone(&self.log);
+        let mut batches = tokio::task::spawn_blocking(move || log.read(offset, max_bytes))
+            .await
+            .map_err(|err| Status::internal(format!("read task failed: {err}")))?
+            .map_err(|err| self.fail(err))?;
+        batches.retain(|batch| batch.base_offset() < visible);
+        Ok(batches)
+    }
+
+    /// The first offset at or after a time, or the visible end when there is none.
+    pub async fn offset_for_time(&self, timestamp_ms: i64) -> Result<u64, Status> {
+        let log = Arc::clone(&self.log);
+        let found = tokio::task::spawn_blocking(move || log.offset_for_time(timestamp_ms))
+            .await
+            .map_err(|err| Status::internal(format!("lookup task failed: {err}")))?
+            .map_err(|err| self.fail(err))?;
+        Ok(found
+            .unwrap_or_else(|| self.visible_end())
+            .min(self.visible_end()))
+    }
+
+    /// Deletes segments past the retention limits.
+    pub async fn apply_retention(&self) -> Result<(), Status> {
+        let log = Arc::clone(&self.log);
+        tokio::task::spawn_blocking(move || log.apply_retention(now_ms()))
+            .await
+            .map_err(|err| Status::internal(format!("retention task failed: {err}")))?
+            .map(|_| ())
+            .map_err(|err| self.fail(err))
+    }
+
+    /// Clean shutdown of the log: sync and checkpoint. Calls still in flight that write
+    /// afterwards fail with `UNAVAILABLE`.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let log = Arc::clone(&self.log);
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .map_err(|err| StorageError::Io {
+                op: "close",
+                path: "log".into(),
+                source: std::io::Error::other(err.to_string()),
+            })?
+    }
+
+    fn fail(&self, err: StorageError) -> Status {
+        if err.is_fatal() {
+            tracing::error!(error = %err, "fatal storage error; stopping the node");
+            self.fatal.cancel();
+        }
+        to_status(err)
+    }
+}

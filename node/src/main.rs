@@ -1,0 +1,147 @@
+//! `proglog-node`: one proglog node. Flags map onto [`NodeConfig`]; each flag is also an
+//! environment variable `PROGLOG_<FLAG>` (for example `--data-dir` / `PROGLOG_DATA_DIR`).
+//! Runs until SIGTERM or SIGINT, then drains, syncs and closes the log cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use proglog_node::config::{LogFormat, NodeConfig};
+use proglog_node::storage::Durability;
+use tokio_util::sync::CancellationToken;
+
+/// A proglog node: a segmented commit log served over gRPC (proglog's `log.v1.Log` API).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// This node's id, unique in the cluster.
+    #[arg(long, env = "PROGLOG_ID", default_value = "node-0")]
+    id: String,
+    /// Directory of the log's segments (created if missing).
+    #[arg(long, env = "PROGLOG_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the gRPC services (client API, health, reflection).
+    #[arg(long, env = "PROGLOG_RPC_ADDR", default_value = "0.0.0.0:8400")]
+    rpc_addr: SocketAddr,
+    /// RPC address announced to clients (default: the bound address).
+    #[arg(long, env = "PROGLOG_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// When appends are synced: `always` (before acknowledging; group commit), `interval`, or `never`.
+    #[arg(long, env = "PROGLOG_DURABILITY", default_value = "always")]
+    durability: Durability,
+    /// Sync period with `--durability interval`, in milliseconds.
+    #[arg(long, env = "PROGLOG_FLUSH_INTERVAL_MS", default_value_t = 1000)]
+    flush_interval_ms: u64,
+    /// Largest record value accepted, in bytes.
+    #[arg(long, env = "PROGLOG_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
+    max_record_bytes: u32,
+    /// Segment size at which a new segment starts, in bytes.
+    #[arg(long, env = "PROGLOG_SEGMENT_BYTES", default_value_t = 1 << 30)]
+    segment_bytes: u64,
+    /// Delete the oldest segments while the log is larger than this many bytes (unset: keep all).
+    #[arg(long, env = "PROGLOG_RETENTION_BYTES")]
+    retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this many hours (unset: keep all).
+    #[arg(long, env = "PROGLOG_RETENTION_HOURS")]
+    retention_hours: Option<u64>,
+    /// Format of the node's own log lines.
+    #[arg(long, env = "PROGLOG_LOG_FORMAT", value_enum, default_value_t = FormatArg::Json)]
+    log_format: FormatArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Json,
+    Pretty,
+}
+
+impl Cli {
+    fn into_config(self) -> NodeConfig {
+        let mut config = NodeConfig::new(self.id, self.data_dir);
+        config.rpc_addr = self.rpc_addr;
+        config.advertise_addr = self.advertise_addr;
+        config.log.durability = self.durability;
+        config.log.flush_interval = Duration::from_millis(self.flush_interval_ms);
+        config.log.segment_bytes = self.segment_bytes;
+        config.log.max_record_bytes = self.max_record_bytes;
+        // A batch holds at least one record: keep room for the largest.
+        config.log.max_batch_bytes = config
+            .log
+            .max_batch_bytes
+            .max(self.max_record_bytes.saturating_add(4096));
+        config.log.retention_bytes = self.retention_bytes;
+        config.log.retention_age = self
+            .retention_hours
+            .map(|hours| Duration::from_secs(hours * 3600));
+        config.log_format = match self.log_format {
+            FormatArg::Json => LogFormat::Json,
+            FormatArg::Pretty => LogFormat::Pretty,
+        };
+        config
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::error!(error = %err, "cannot listen for signals; stop the node with SIGKILL");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        _ = shutdown.cancelled() => return,
+    }
+    shutdown.cancel();
+}
+
+fn main() -> ExitCode {
+    let config = Cli::parse().into_config();
+    init_tracing(config.log_format);
+    if let Err(err) = config.validate() {
+        tracing::error!(error = %err, "refusing to start");
+        eprintln!("proglog-node: {err}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("proglog-node: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        proglog_node::server::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "node stopped");
+            eprintln!("proglog-node: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Starting and stopping a node: open the log, serve gRPC until shutdown, drain, close the log.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ServiceSettings;
+use crate::api::{LogService, LogStore};
+use crate::config::NodeConfig;
+use crate::storage::Log;
+use proglog_proto::log::v1::log_server::LogServer;
+
+/// Extra bytes allowed in a request beyond the largest batch, for protobuf framing.
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+/// Runs a node until `shutdown` is cancelled (or the log hits a fatal error), then drains calls
+/// in flight, syncs and checkpoints the log. Returns an error if the node stopped on a fatal
+/// error rather than a requested shutdown.
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    let options = config.log.clone();
+    let log = tokio::task::spawn_blocking(move || Log::open(&data_dir, options))
+        .await
+        .context("log open task failed")?
+        .with_context(|| format!("open the log in {}", config.data_dir.display()))?;
+    let fatal = CancellationToken::new();
+    let store = LogStore::new(log, fatal.clone());
+
+    let listener = TcpListener::bind(config.rpc_addr)
+        .await
+        .with_context(|| format!("listen on {} (--rpc-addr)", config.rpc_addr))?;
+    let local_addr = listener.local_addr().context("read the bound address")?;
+    let advertise = config
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| local_addr.to_string());
+    let stop = CancellationToken::new();
+    let service = LogService::new(
+        Arc::clone(&store),
+        ServiceSettings {
+            id: config.id.clone(),
+            rpc_addr: advertise.clone(),
+            consume_read_bytes: config.consume_read_bytes,
+            stream_buffer: config.stream_buffer,
+            produce_pipeline: config.produce_pipeline,
+        },
+        stop.clone(),
+    );
+    let max_message = config.log.max_batch_bytes as usize + MESSAGE_OVERHEAD;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LogServer<LogService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proglog_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build the reflection service")?;
+
+    let retention = tokio::spawn(retention_loop(
+        Arc::clone(&store),
+        config.retention_check_interval,
+        stop.clone(),
+    ));
+
+    let serve_stop = stop.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            LogServer::new(service)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            serve_stop.cancelled_owned(),
+        );
+    tracing::info!(id = %config.id, rpc_addr = %local_addr, advertise_addr = %advertise, "serving");
+
+    let mut server = tokio::spawn(server);
+    let fatal_error = tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = fatal.cancelled() => true,
+        finished = &mut server => {
+            finished.context("server task failed")?.context("gRPC server failed")?;
+            false
+        }
+    };
+    tracing::info!(
+        fatal = fatal_error,
+        "shutting down: refusing new calls, draining calls in flight"
+    );
+    health.set_not_serving::<LogServer<LogService>>().await;
+    stop.cancel();
+    if !server.is_finished() {
+        match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+            Ok(finished) => finished
+                .context("server task failed")?
+                .context("gRPC server failed")?,
+            Err(_) => {
+                tracing::warn!(grace = ?config.shutdown_grace, "calls still running after the grace period; closing anyway");
+                server.abort();
+            }
+        }
+    }
+    retention.await.context("retention task failed")?;
+    store.close().await.context("close the log")?;
+    tracing::info!("log closed cleanly");
+    if fatal_error {
+        anyhow::bail!("stopped after a fatal storage error");
+    }
+    Ok(())
+}
+
+/// Applies retention periodically until `stop`.
+async fn retention_loop(store: Arc<LogStore>, every: std::time::Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(status) = store.apply_retention().await {
+                    tracing::error!(error = %status.message(), "retention failed");
+                }
+            }
+        }
+    }
+}
