@@ -8,6 +8,7 @@
 //! - [`storage`]: the segmented log (sync, pure I/O). Everything else stands on it.
 //! - [`api`]: the gRPC services over the log (proglog's `log.v1.Log`), and the async adapter
 //!   to storage.
+//! - [`client`]: the Rust client the CLI, benches and tests share.
 //! - [`config`]: [`config::NodeConfig`], validated before anything starts.
 //! - [`server`]: start, serve until shutdown, drain, close.
 //! - `fuzzing`: entry points shared by the fuzz targets and the corpus replay test.
@@ -16,6 +17,7 @@
 //! `security/`, `telemetry/`, `client/`, each depending only on the layers below it.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod fuzzing;
 pub mod server;

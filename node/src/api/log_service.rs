@@ -17,8 +17,9 @@ use super::store::{LogStore, NewRecord};
 use crate::storage::StoredRecord;
 use proglog_proto::log::v1::log_server::Log as LogApi;
 use proglog_proto::log::v1::{
-    ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceBatchRequest,
-    ProduceBatchResponse, ProduceRequest, ProduceResponse, Record, Server,
+    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
+    GetServersResponse, ProduceBatchRequest, ProduceBatchResponse, ProduceRequest, ProduceResponse,
+    Record, Server,
 };
 
 /// Limits and identity the service needs.
@@ -243,6 +244,16 @@ impl LogApi for LogService {
         Ok(Response::new(ProduceBatchResponse {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
+        }))
+    }
+
+    async fn get_offsets(
+        &self,
+        _request: Request<GetOffsetsRequest>,
+    ) -> Result<Response<GetOffsetsResponse>, Status> {
+        Ok(Response::new(GetOffsetsResponse {
+            start_offset: self.store.start_offset(),
+            end_offset: self.store.visible_end(),
         }))
     }
 }

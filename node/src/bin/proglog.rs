@@ -1,0 +1,247 @@
+//! `proglog`: the command line client.
+//!
+//! ```text
+//! proglog --addr 127.0.0.1:8400 produce hello world      # one record per value
+//! printf 'a\nb\n' | proglog produce                      # one record per stdin line
+//! proglog consume --from 0 --count 10
+//! proglog consume --since 10m --follow --output json     # or an RFC 3339 time
+//! proglog servers
+//! ```
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use proglog_node::client::{Client, Produce};
+use proglog_proto::log::v1::Record;
+
+/// Produce to and consume from a proglog node.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The node's gRPC address.
+    #[arg(
+        long,
+        env = "PROGLOG_ADDR",
+        default_value = "127.0.0.1:8400",
+        global = true
+    )]
+    addr: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Append records: each VALUE is one record; with no VALUE, each line of stdin is one.
+    Produce {
+        /// Record values.
+        values: Vec<String>,
+    },
+    /// Read records from an offset or a time.
+    Consume {
+        /// First offset to read.
+        #[arg(long, conflicts_with = "since")]
+        from: Option<u64>,
+        /// Start at the first record at or after this time: RFC 3339 (`2026-11-25T10:00:00Z`),
+        /// milliseconds since the Unix epoch, or an age such as `10m` or `2h`.
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep waiting for new records instead of stopping at the end of the log.
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// List the cluster's members and its leader.
+    Servers,
+}
+
+/// Parses `--since`: RFC 3339, epoch milliseconds, or an age back from now.
+fn parse_since(text: &str) -> Result<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(millis(time));
+    }
+    if let Ok(age) = humantime::parse_duration(text) {
+        return Ok(millis(SystemTime::now() - age));
+    }
+    bail!(
+        "cannot read --since `{text}`: give an RFC 3339 time (2026-11-25T10:00:00Z), milliseconds since the Unix epoch, or an age (10m, 2h)"
+    )
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn print_record(out: &mut impl Write, record: &Record, output: Output) -> Result<()> {
+    match output {
+        Output::Text => writeln!(
+            out,
+            "{}\t{}",
+            record.offset,
+            String::from_utf8_lossy(&record.value)
+        )?,
+        Output::Json => {
+            let line = serde_json::json!({
+                "offset": record.offset,
+                "value": String::from_utf8_lossy(&record.value),
+                "term": record.term,
+                "type": record.r#type,
+                "timestamp_ms": record.timestamp_ms,
+            });
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn produce(client: &mut Client, values: Vec<String>, output: Output) -> Result<()> {
+    let records: Vec<Produce> = if values.is_empty() {
+        let stdin = std::io::stdin();
+        let mut records = Vec::new();
+        for line in stdin.lock().lines() {
+            let line = line.context("read stdin")?;
+            records.push(Produce {
+                value: Bytes::from(line),
+                ..Produce::default()
+            });
+        }
+        records
+    } else {
+        values
+            .into_iter()
+            .map(|value| Produce {
+                value: Bytes::from(value),
+                ..Produce::default()
+            })
+            .collect()
+    };
+    let mut offsets = client
+        .produce_stream(futures_util::stream::iter(records))
+        .await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(offset) = offsets.next().await {
+        let offset = offset?;
+        match output {
+            Output::Text => writeln!(out, "{offset}")?,
+            Output::Json => writeln!(out, "{}", serde_json::json!({ "offset": offset }))?,
+        }
+    }
+    Ok(())
+}
+
+async fn consume(
+    client: &mut Client,
+    from: Option<u64>,
+    since: Option<String>,
+    follow: bool,
+    count: Option<u64>,
+    output: Output,
+) -> Result<()> {
+    let since_ms = since.as_deref().map(parse_since).transpose()?;
+    // Without --follow, stop at the end of the log as it is now.
+    let end = if follow {
+        None
+    } else {
+        Some(client.offsets().await?.1)
+    };
+    let mut next = from.unwrap_or(0);
+    if end == Some(next) && since_ms.is_none() {
+        return Ok(());
+    }
+    let mut stream = client.consume_stream(next, since_ms).await?;
+    let mut out = std::io::stdout().lock();
+    let mut printed = 0u64;
+    while count.is_none_or(|count| printed < count) && end.is_none_or(|end| next < end) {
+        match stream.next().await {
+            Some(record) => {
+                let record = record?;
+                next = record.offset + 1;
+                print_record(&mut out, &record, output)?;
+                out.flush()?;
+                printed += 1;
+            }
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+async fn servers(client: &mut Client, output: Output) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for server in client.servers().await? {
+        match output {
+            Output::Text => writeln!(
+                out,
+                "{}\t{}\t{}",
+                server.id,
+                server.rpc_addr,
+                if server.is_leader {
+                    "leader"
+                } else {
+                    "follower"
+                }
+            )?,
+            Output::Json => writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "id": server.id, "rpc_addr": server.rpc_addr, "is_leader": server.is_leader })
+            )?,
+        }
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut client = Client::connect(&cli.addr).await?;
+    match cli.command {
+        Command::Produce { values } => produce(&mut client, values, cli.output).await,
+        Command::Consume {
+            from,
+            since,
+            follow,
+            count,
+        } => consume(&mut client, from, since, follow, count, cli.output).await,
+        Command::Servers => servers(&mut client, cli.output).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("proglog: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("proglog: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
