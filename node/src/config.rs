@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::security::{AclConfig, TlsConfig};
 use crate::storage::{Durability, LogOptions};
 
 /// Format of the node's own log lines.
@@ -25,6 +26,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Where the gRPC services listen. Default `0.0.0.0:8400`.
     pub rpc_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP. Default `0.0.0.0:9400`.
+    /// (OpenTelemetry trace export is not implemented; its settings would go next to this one,
+    /// see the `telemetry` module.)
+    pub http_addr: SocketAddr,
     /// The RPC address other nodes and clients are told to use (defaults to `rpc_addr`, with the
     /// bound port when `rpc_addr` asks for port 0).
     pub advertise_addr: Option<String>,
@@ -36,12 +41,19 @@ pub struct NodeConfig {
     pub consume_read_bytes: usize,
     /// Responses buffered per stream before the server waits for the client.
     pub stream_buffer: usize,
-    /// Produce requests of one `ProduceStream` in flight at once (pipelining).
+    /// Produce requests of one `ProduceStream` appended as one batch, at most (whatever arrived
+    /// while the previous batch was syncing).
     pub produce_pipeline: usize,
     /// How long shutdown waits for calls in flight before closing the log.
     pub shutdown_grace: Duration,
     /// Format of the node's log lines.
     pub log_format: LogFormat,
+    /// TLS for the gRPC port (`--tls-cert`, `--tls-key`, `--tls-client-ca`); `None` serves
+    /// plaintext. Default `None`.
+    pub tls: Option<TlsConfig>,
+    /// ACL authorization (`--acl-model`, `--acl-policy`); needs mutual TLS, since the subject is
+    /// the client certificate's common name. Default `None`: no authorization.
+    pub acl: Option<AclConfig>,
 }
 
 /// A configuration value that cannot work.
@@ -61,6 +73,7 @@ impl NodeConfig {
             id: id.into(),
             data_dir: data_dir.into(),
             rpc_addr: SocketAddr::from(([0, 0, 0, 0], 8400)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 9400)),
             advertise_addr: None,
             log: LogOptions::default(),
             retention_check_interval: Duration::from_secs(60),
@@ -69,6 +82,8 @@ impl NodeConfig {
             produce_pipeline: 64,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Json,
+            tls: None,
+            acl: None,
         }
     }
 
@@ -101,11 +116,38 @@ impl NodeConfig {
                 "buffers and pipelines must be at least 1".into(),
             );
         }
+        if self.http_addr == self.rpc_addr && self.http_addr.port() != 0 {
+            return invalid(
+                "http-addr",
+                format!(
+                    "{} is already --rpc-addr; pick another port",
+                    self.http_addr
+                ),
+            );
+        }
         if self.log.durability == Durability::Interval && self.log.flush_interval.is_zero() {
             return invalid(
                 "flush-interval-ms",
                 "must be positive with --durability interval".into(),
             );
+        }
+        if let Some(tls) = &self.tls
+            && let Err(err) = tls.validate()
+        {
+            return invalid(err.flag(), err.to_string());
+        }
+        if let Some(acl) = &self.acl {
+            if self.tls.as_ref().is_none_or(|tls| tls.client_ca.is_none()) {
+                return invalid(
+                    "acl-model",
+                    "the ACL needs mutual TLS (--tls-cert, --tls-key and --tls-client-ca): its subject is the client certificate's common name".into(),
+                );
+            }
+            for (key, path) in [("acl-model", &acl.model), ("acl-policy", &acl.policy)] {
+                if !path.is_file() {
+                    return invalid(key, format!("{} is not a readable file", path.display()));
+                }
+            }
         }
         Ok(())
     }
@@ -123,5 +165,27 @@ mod tests {
         config.id = "node-0".into();
         config.log.max_record_bytes = 0;
         assert_eq!(config.validate().unwrap_err().key, "max-record-bytes");
+    }
+
+    #[test]
+    fn security_settings_are_checked_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new("node-0", dir.path());
+        config.tls = Some(TlsConfig::new(
+            dir.path().join("missing.pem"),
+            dir.path().join("missing.key"),
+        ));
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key, "tls-cert");
+        assert!(err.reason.contains("cannot read --tls-cert"), "{err}");
+
+        config.tls = None;
+        config.acl = Some(AclConfig {
+            model: dir.path().join("model.conf"),
+            policy: dir.path().join("policy.csv"),
+        });
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key, "acl-model");
+        assert!(err.reason.contains("mutual TLS"), "{err}");
     }
 }

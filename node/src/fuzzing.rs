@@ -18,8 +18,8 @@ use bytes::Bytes;
 
 use crate::storage::{
     BATCH_HEADER_LEN, Batch, BatchError, BatchHeader, Durability, Log, LogOptions,
-    RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, StorageError, TORN_SEARCH_WINDOW, encode_batch,
-    log_file_name, validate_batch,
+    RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, StorageError, StoredRecord, TORN_SEARCH_WINDOW,
+    encode_batch, log_file_name, validate_batch,
 };
 
 /// The batch size limit of [`fuzz_options`], which the corpus seeds are built for.
@@ -116,15 +116,7 @@ pub fn check_batch_decoder(data: &[u8]) -> Option<BatchHeader> {
     // Encoding the decoded records again gives back the same bytes: nothing in a valid batch
     // is ignored by the decoder. Only the stored max_timestamp (which encode recomputes) and
     // the CRC over it may differ.
-    let borrowed: Vec<Record<'_>> = records
-        .iter()
-        .map(|record| Record {
-            value: &record.value,
-            key: record.key.as_deref(),
-            timestamp_ms: record.timestamp_ms,
-            record_type: record.record_type,
-        })
-        .collect();
+    let borrowed: Vec<Record<'_>> = records.iter().map(StoredRecord::as_record).collect();
     let mut again = Vec::new();
     match encode_batch(
         &mut again,

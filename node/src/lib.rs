@@ -11,14 +11,20 @@
 //! - [`client`]: the Rust client the CLI, benches and tests share.
 //! - [`config`]: [`config::NodeConfig`], validated before anything starts.
 //! - [`server`]: start, serve until shutdown, drain, close.
+//! - [`security`]: TLS with certificate hot reload, mutual TLS, and the Casbin ACL (proglog's
+//!   model and policy files) enforced in one tower layer.
+//! - [`telemetry`]: Prometheus metrics (one RPC layer, log gauges read at scrape time), the
+//!   `/metrics`, `/healthz` and `/readyz` HTTP server.
 //! - `fuzzing`: entry points shared by the fuzz targets and the corpus replay test.
 //!
 //! Next (see `shared/design/architecture.md`): `replication/`, `discovery/`,
-//! `security/`, `telemetry/`, `client/`, each depending only on the layers below it.
+//! `client/`, each depending only on the layers below it.
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod fuzzing;
+pub mod security;
 pub mod server;
 pub mod storage;
+pub mod telemetry;

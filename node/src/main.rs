@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use proglog_node::config::{LogFormat, NodeConfig};
+use proglog_node::security::{AclConfig, TlsConfig};
 use proglog_node::storage::Durability;
 use tokio_util::sync::CancellationToken;
 
@@ -20,11 +21,14 @@ struct Cli {
     #[arg(long, env = "PROGLOG_ID", default_value = "node-0")]
     id: String,
     /// Directory of the log's segments (created if missing).
-    #[arg(long, env = "PROGLOG_DATA_DIR")]
+    #[arg(long, env = "PROGLOG_DATA_DIR", default_value = "proglog-data")]
     data_dir: PathBuf,
     /// Address of the gRPC services (client API, health, reflection).
     #[arg(long, env = "PROGLOG_RPC_ADDR", default_value = "0.0.0.0:8400")]
     rpc_addr: SocketAddr,
+    /// Address of the HTTP endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+    #[arg(long, env = "PROGLOG_HTTP_ADDR", default_value = "0.0.0.0:9400")]
+    http_addr: SocketAddr,
     /// RPC address announced to clients (default: the bound address).
     #[arg(long, env = "PROGLOG_ADVERTISE_ADDR")]
     advertise_addr: Option<String>,
@@ -49,6 +53,24 @@ struct Cli {
     /// Format of the node's own log lines.
     #[arg(long, env = "PROGLOG_LOG_FORMAT", value_enum, default_value_t = FormatArg::Json)]
     log_format: FormatArg,
+    /// Serve TLS with this certificate chain (PEM); reloaded when the file changes.
+    #[arg(long, env = "PROGLOG_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert; reloaded when the file changes.
+    #[arg(long, env = "PROGLOG_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM): mutual TLS.
+    #[arg(long, env = "PROGLOG_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes, in milliseconds (100 to 3600000).
+    #[arg(long, env = "PROGLOG_TLS_RELOAD_INTERVAL_MS", default_value_t = 5000)]
+    tls_reload_interval_ms: u64,
+    /// Casbin model of the ACL (proglog's model.conf); needs mutual TLS and --acl-policy.
+    #[arg(long, env = "PROGLOG_ACL_MODEL", requires_all = ["acl_policy", "tls_client_ca"])]
+    acl_model: Option<PathBuf>,
+    /// Casbin policy of the ACL (proglog's policy.csv: `p, <client CN>, *, produce|consume`).
+    #[arg(long, env = "PROGLOG_ACL_POLICY", requires = "acl_model")]
+    acl_policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -61,20 +83,36 @@ impl Cli {
     fn into_config(self) -> NodeConfig {
         let mut config = NodeConfig::new(self.id, self.data_dir);
         config.rpc_addr = self.rpc_addr;
+        config.http_addr = self.http_addr;
         config.advertise_addr = self.advertise_addr;
         config.log.durability = self.durability;
         config.log.flush_interval = Duration::from_millis(self.flush_interval_ms);
         config.log.segment_bytes = self.segment_bytes;
         config.log.max_record_bytes = self.max_record_bytes;
-        // A batch holds at least one record: keep room for the largest.
+        // A batch holds at least one record, so keep room for the largest, but a batch must
+        // also fit in a segment: small segments get small batches.
+        let fits_in_segment = self
+            .segment_bytes
+            .saturating_sub(proglog_node::storage::SEGMENT_HEADER_LEN as u64)
+            .min(u64::from(u32::MAX)) as u32;
         config.log.max_batch_bytes = config
             .log
             .max_batch_bytes
-            .max(self.max_record_bytes.saturating_add(4096));
+            .max(self.max_record_bytes.saturating_add(4096))
+            .min(fits_in_segment);
         config.log.retention_bytes = self.retention_bytes;
         config.log.retention_age = self
             .retention_hours
             .map(|hours| Duration::from_secs(hours * 3600));
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            let mut tls = TlsConfig::new(cert, key);
+            tls.client_ca = self.tls_client_ca;
+            tls.reload_interval = Duration::from_millis(self.tls_reload_interval_ms);
+            config.tls = Some(tls);
+        }
+        if let (Some(model), Some(policy)) = (self.acl_model, self.acl_policy) {
+            config.acl = Some(AclConfig { model, policy });
+        }
         config.log_format = match self.log_format {
             FormatArg::Json => LogFormat::Json,
             FormatArg::Pretty => LogFormat::Pretty,

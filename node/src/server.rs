@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ServiceSettings;
 use crate::api::{LogService, LogStore};
 use crate::config::NodeConfig;
+use crate::security::{ServerSecurity, tls_incoming};
 use crate::storage::Log;
+use crate::telemetry::{Health, HttpServer, Metrics, RpcMetricsLayer};
 use proglog_proto::log::v1::log_server::LogServer;
 
 /// Extra bytes allowed in a request beyond the largest batch, for protobuf framing.
@@ -21,6 +23,23 @@ const MESSAGE_OVERHEAD: usize = 64 * 1024;
 /// error rather than a requested shutdown.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
+    // TLS files and the ACL load before anything starts: a bad file stops the start, naming
+    // its flag.
+    let security = ServerSecurity::load(config.tls.as_ref(), config.acl.as_ref()).await?;
+    // Metrics and health first: `/healthz` answers while a large log recovers, `/readyz` says
+    // 503 until gRPC serves. The HTTP server outlives the drain and stops on every way out.
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Health::new());
+    let http = HttpServer::bind(
+        config.http_addr,
+        Arc::clone(&metrics),
+        Arc::clone(&readiness),
+    )
+    .await?;
+    let http_addr = http.local_addr();
+    let http_stop = CancellationToken::new();
+    let _stop_http_on_return = http_stop.clone().drop_guard();
+    let http_server = tokio::spawn(http.serve(http_stop.clone()));
     let data_dir = config.data_dir.clone();
     let options = config.log.clone();
     let log = tokio::task::spawn_blocking(move || Log::open(&data_dir, options))
@@ -29,6 +48,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         .with_context(|| format!("open the log in {}", config.data_dir.display()))?;
     let fatal = CancellationToken::new();
     let store = LogStore::new(log, fatal.clone());
+    metrics.watch_log(Arc::clone(&store) as _);
 
     let listener = TcpListener::bind(config.rpc_addr)
         .await
@@ -47,6 +67,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
             consume_read_bytes: config.consume_read_bytes,
             stream_buffer: config.stream_buffer,
             produce_pipeline: config.produce_pipeline,
+            max_record_bytes: config.log.max_record_bytes as usize,
+            max_batch_bytes: config.log.max_batch_bytes as usize,
         },
         stop.clone(),
     );
@@ -66,21 +88,37 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     ));
 
     let serve_stop = stop.clone();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
+        // First, so it is the outermost layer and counts what later layers reject too.
+        .layer(RpcMetricsLayer::new(metrics.rpc().clone()))
+        // Every call is authorized here (a pass-through without an ACL).
+        .layer(security.acl_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
             LogServer::new(service)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-        )
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            serve_stop.cancelled_owned(),
         );
-    tracing::info!(id = %config.id, rpc_addr = %local_addr, advertise_addr = %advertise, "serving");
+    let server: futures_util::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+        match &security.tls {
+            Some(tls) => {
+                // New connections get the files' current certificate; open ones keep theirs.
+                tokio::spawn(Arc::clone(tls).watch(stop.clone()));
+                Box::pin(router.serve_with_incoming_shutdown(
+                    tls_incoming(listener, Arc::clone(tls), stop.clone()),
+                    serve_stop.cancelled_owned(),
+                ))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                serve_stop.cancelled_owned(),
+            )),
+        };
+    tracing::info!(id = %config.id, rpc_addr = %local_addr, http_addr = %http_addr, advertise_addr = %advertise, tls = security.tls.is_some(), acl = security.authorizer.is_some(), "serving");
 
     let mut server = tokio::spawn(server);
+    readiness.set_ready();
     let fatal_error = tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = fatal.cancelled() => true,
@@ -93,6 +131,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         fatal = fatal_error,
         "shutting down: refusing new calls, draining calls in flight"
     );
+    readiness.set_not_ready();
     health.set_not_serving::<LogServer<LogService>>().await;
     stop.cancel();
     if !server.is_finished() {
@@ -109,6 +148,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     retention.await.context("retention task failed")?;
     store.close().await.context("close the log")?;
     tracing::info!("log closed cleanly");
+    http_stop.cancel();
+    http_server.await.context("HTTP server task failed")?;
     if fatal_error {
         anyhow::bail!("stopped after a fatal storage error");
     }

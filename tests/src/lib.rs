@@ -5,5 +5,8 @@
 //!
 //! - `crash_protocol`: what the crash appender writes and prints (self-verifying record values
 //!   and acknowledgement lines), so `tests/crash.rs` can check a recovered log against it.
+//! - `node_process`: a real `proglog-node` process on port 0 with a temporary data directory
+//!   (start, connect, SIGTERM, restart, kill on drop), for the tests that talk to it over gRPC.
 
 pub mod crash_protocol;
+pub mod node_process;

@@ -4,17 +4,17 @@
 //! the node shuts down; `ConsumeStream` waits for new records on the store's watch channel
 //! rather than polling.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::status::to_status;
 use super::store::{LogStore, NewRecord};
-use crate::storage::StoredRecord;
+use crate::storage::{BATCH_HEADER_LEN, RECORD_HEADER_LEN, StorageError, StoredRecord};
 use proglog_proto::log::v1::log_server::Log as LogApi;
 use proglog_proto::log::v1::{
     ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
@@ -33,8 +33,12 @@ pub struct ServiceSettings {
     pub consume_read_bytes: usize,
     /// Responses buffered per stream.
     pub stream_buffer: usize,
-    /// Produce requests in flight per `ProduceStream`.
+    /// Produce requests of one `ProduceStream` taken into one batch, at most.
     pub produce_pipeline: usize,
+    /// Largest record value accepted.
+    pub max_record_bytes: usize,
+    /// Largest batch the log accepts.
+    pub max_batch_bytes: usize,
 }
 
 /// The `log.v1.Log` service.
@@ -88,7 +92,35 @@ async fn start_offset(store: &LogStore, request: &ConsumeRequest) -> Result<u64,
     Ok(request.offset)
 }
 
-type ProduceStreamOut = Pin<Box<dyn Stream<Item = Result<ProduceResponse, Status>> + Send>>;
+/// Rejects a record over the size limit before it reaches a batch (where it would fail the
+/// whole batch).
+fn check_size(record: NewRecord, max_record_bytes: usize) -> Result<NewRecord, Status> {
+    if record.value.len() > max_record_bytes {
+        return Err(to_status(StorageError::RecordTooLarge {
+            size: record.value.len(),
+            max: max_record_bytes,
+        }));
+    }
+    Ok(record)
+}
+
+/// Splits records into batches that stay under the batch size limit.
+fn split_into_batches(records: Vec<NewRecord>, max_batch_bytes: usize) -> Vec<Vec<NewRecord>> {
+    let mut batches: Vec<Vec<NewRecord>> = Vec::new();
+    let mut bytes = BATCH_HEADER_LEN;
+    for record in records {
+        let size = RECORD_HEADER_LEN + record.value.len();
+        match batches.last_mut() {
+            Some(batch) if bytes + size <= max_batch_bytes => batch.push(record),
+            _ => {
+                bytes = BATCH_HEADER_LEN;
+                batches.push(vec![record]);
+            }
+        }
+        bytes += size;
+    }
+    batches
+}
 
 #[tonic::async_trait]
 impl LogApi for LogService {
@@ -185,30 +217,67 @@ impl LogApi for LogService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    type ProduceStreamStream = ProduceStreamOut;
+    type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
 
     async fn produce_stream(
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let store = Arc::clone(&self.store);
-        // Up to `produce_pipeline` appends in flight, answered in request order; concurrent
-        // appends share fsyncs (group commit).
-        let responses = request
+        // Requests are appended in the order they arrive, so offsets follow request order.
+        // Whatever has arrived while the previous append synced (up to `produce_pipeline`
+        // requests) goes into the next batch: one append and one fsync for many records. The
+        // first bad request ends the stream; nothing after it is appended.
+        let mut inbound = request
             .into_inner()
-            .take_until(self.shutdown.clone().cancelled_owned())
-            .map(move |request| {
-                let store = Arc::clone(&store);
-                async move {
-                    let record = to_new_record(request?.record, "ProduceRequest")?;
-                    let info = store.append(vec![record]).await?;
-                    Ok(ProduceResponse {
-                        offset: info.base_offset,
-                    })
+            .ready_chunks(self.settings.produce_pipeline);
+        let (tx, rx) = mpsc::channel(self.settings.stream_buffer);
+        let store = Arc::clone(&self.store);
+        let settings = Arc::clone(&self.settings);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let chunk = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = inbound.next() => match next {
+                        Some(chunk) => chunk,
+                        None => return,
+                    },
+                };
+                let mut records = Vec::with_capacity(chunk.len());
+                let mut rejected = None;
+                for request in chunk {
+                    let record = request
+                        .and_then(|request| to_new_record(request.record, "ProduceRequest"))
+                        .and_then(|record| check_size(record, settings.max_record_bytes));
+                    match record {
+                        Ok(record) => records.push(record),
+                        Err(status) => {
+                            rejected = Some(status);
+                            break;
+                        }
+                    }
                 }
-            })
-            .buffered(self.settings.produce_pipeline);
-        Ok(Response::new(Box::pin(responses)))
+                for batch in split_into_batches(records, settings.max_batch_bytes) {
+                    let offsets = match store.append(batch).await {
+                        Ok(info) => info.base_offset..=info.last_offset,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    };
+                    for offset in offsets {
+                        if tx.send(Ok(ProduceResponse { offset })).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if let Some(status) = rejected {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_servers(

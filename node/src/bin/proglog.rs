@@ -6,9 +6,11 @@
 //! proglog consume --from 0 --count 10
 //! proglog consume --since 10m --follow --output json     # or an RFC 3339 time
 //! proglog servers
+//! proglog --tls-ca ca.pem --tls-cert me.pem --tls-key me.key servers   # (mutual) TLS
 //! ```
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
-use proglog_node::client::{Client, Produce};
+use proglog_node::client::{Client, Produce, TlsOptions};
 use proglog_proto::log::v1::Record;
 
 /// Produce to and consume from a proglog node.
@@ -31,6 +33,18 @@ struct Cli {
         global = true
     )]
     addr: String,
+    /// CA certificate (PEM) that signed the node's certificate: connect over TLS.
+    #[arg(long, env = "PROGLOG_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; its common name is the ACL subject.
+    #[arg(long, env = "PROGLOG_TLS_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "PROGLOG_TLS_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Name the node's certificate must carry, when not the host in --addr.
+    #[arg(long, env = "PROGLOG_TLS_SERVER_NAME", global = true)]
+    tls_server_name: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
@@ -212,7 +226,13 @@ async fn servers(client: &mut Client, output: Output) -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let mut client = Client::connect(&cli.addr).await?;
+    let tls = TlsOptions {
+        ca_cert: cli.tls_ca,
+        client_cert: cli.tls_cert,
+        client_key: cli.tls_key,
+        server_name: cli.tls_server_name,
+    };
+    let mut client = Client::connect_with(&cli.addr, &tls).await?;
     match cli.command {
         Command::Produce { values } => produce(&mut client, values, cli.output).await,
         Command::Consume {

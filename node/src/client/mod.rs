@@ -3,11 +3,12 @@
 //! Thin on purpose: typed calls over the generated tonic client with errors that say what to
 //! do. Leader-aware produce and load-balanced consume arrive with replication.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use proglog_proto::log::v1::log_client::LogClient;
@@ -36,6 +37,23 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A TLS file could not be read.
+    #[error("cannot read {option} {}: {source}", path.display())]
+    TlsFile {
+        /// The option naming the file, as the CLI spells it (`--tls-ca`).
+        option: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS options do not make a usable configuration.
+    #[error("invalid TLS options: {reason}")]
+    TlsOptions {
+        /// What is wrong.
+        reason: String,
+    },
     /// The node answered with an error status.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(Status),
@@ -56,6 +74,69 @@ fn code_name(code: Code) -> &'static str {
         Code::PermissionDenied => "permission denied",
         Code::DataLoss => "data damaged",
         _ => "request failed",
+    }
+}
+
+/// TLS to a node. Field docs name the CLI flags that set them.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// CA certificates (PEM) the node's certificate must chain to (`--tls-ca`). Required: the
+    /// client trusts no public roots, proglog clusters use their own CA.
+    pub ca_cert: Option<PathBuf>,
+    /// This client's certificate chain (PEM) for mutual TLS (`--tls-cert`); its common name is
+    /// the ACL subject.
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (`--tls-key`).
+    pub client_key: Option<PathBuf>,
+    /// The name the node's certificate must carry, when it is not the host of the address
+    /// (`--tls-server-name`).
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// Whether any option is set: TLS is then used.
+    pub fn is_set(&self) -> bool {
+        self.ca_cert.is_some()
+            || self.client_cert.is_some()
+            || self.client_key.is_some()
+            || self.server_name.is_some()
+    }
+
+    /// Reads the files into tonic's TLS config.
+    pub fn to_tonic(&self) -> Result<ClientTlsConfig, ClientError> {
+        let read = |option: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|source| ClientError::TlsFile {
+                option,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let Some(ca) = &self.ca_cert else {
+            return Err(ClientError::TlsOptions {
+                reason: "--tls-ca is required with TLS (the CA that signed the node's certificate)"
+                    .into(),
+            });
+        };
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?));
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(
+                    read("--tls-cert", cert)?,
+                    read("--tls-key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::TlsOptions {
+                    reason: "--tls-cert and --tls-key go together".into(),
+                });
+            }
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
     }
 }
 
@@ -88,12 +169,27 @@ impl Produce {
 }
 
 impl Client {
-    /// Connects to `addr` (`HOST:PORT`, or an `http://` URL).
+    /// Connects to `addr` (`HOST:PORT`, or an `http://` URL) in plaintext.
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+        Self::connect_with(addr, &TlsOptions::default()).await
+    }
+
+    /// Connects to `addr`, over TLS when any of `tls` is set (`HOST:PORT`, or a URL).
+    pub async fn connect_with(addr: &str, tls: &TlsOptions) -> Result<Self, ClientError> {
+        let tls_config = if tls.is_set() {
+            Some(tls.to_tonic()?)
+        } else {
+            None
+        };
+        let scheme = if tls_config.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let url = if addr.contains("://") {
             addr.to_string()
         } else {
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         };
         let endpoint = Endpoint::from_shared(url)
             .map_err(|err| ClientError::InvalidAddress {
@@ -102,6 +198,15 @@ impl Client {
             })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        let endpoint = match tls_config {
+            Some(config) => endpoint
+                .tls_config(config)
+                .map_err(|source| ClientError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+            None => endpoint,
+        };
         let channel = endpoint
             .connect()
             .await

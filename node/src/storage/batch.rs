@@ -386,6 +386,18 @@ pub struct StoredRecord {
     pub value: Bytes,
 }
 
+impl StoredRecord {
+    /// The record as an append input, borrowing its key and value (to copy or rewrite it).
+    pub fn as_record(&self) -> Record<'_> {
+        Record {
+            value: &self.value,
+            key: self.key.as_deref(),
+            timestamp_ms: self.timestamp_ms,
+            record_type: self.record_type,
+        }
+    }
+}
+
 impl Batch {
     /// Validates `data` as exactly one batch.
     pub fn decode(data: Bytes, max_batch_bytes: u32) -> Result<Self, BatchError> {

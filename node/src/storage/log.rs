@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::batch::{self, ATTR_CONTROL, Batch, Record};
+use super::batch::{self, ATTR_CONTROL, Batch, Record, StoredRecord};
 use super::checkpoint::{self, TEMP_SUFFIX};
 use super::dir_lock::{DirLock, LOCK_FILE};
 use super::epochs::EpochCache;
@@ -116,7 +116,8 @@ struct Inner {
     sync_nanos: AtomicU64,
     maintenance: Mutex<MaintenanceState>,
     maintenance_wake: Condvar,
-    _lock: DirLock,
+    /// Held from open until `close()` (or drop), so no other process opens the directory.
+    dir_lock: Mutex<Option<DirLock>>,
 }
 
 /// One job of the background thread.
@@ -331,7 +332,7 @@ impl Log {
             maintenance: Mutex::new(MaintenanceState::default()),
             maintenance_wake: Condvar::new(),
             options,
-            _lock: lock,
+            dir_lock: Mutex::new(Some(lock)),
         });
         inner.wait_durable(end, 0)?;
         let maintenance = Mutex::new(Some(Maintenance::start(&inner)));
@@ -486,7 +487,7 @@ impl Log {
     /// next open then recovers as after a crash.
     ///
     /// Takes `&self` so a log shared behind an `Arc` can be closed while callers still hold
-    /// it; later writes fail with `StorageError::Closed`.
+    /// it; later writes fail with `StorageError::Closed`, and the directory lock is released.
     pub fn close(&self) -> Result<()> {
         if let Some(mut maintenance) = self.maintenance.lock().take() {
             maintenance.stop();
@@ -497,6 +498,8 @@ impl Log {
         self.inner.checkpoint()?;
         self.inner.closed.store(true, Ordering::Release);
         drop(writer);
+        // Closed for good: another process (or a new `Log`) may open the directory now.
+        self.inner.dir_lock.lock().take();
         Ok(())
     }
 }
@@ -989,15 +992,7 @@ impl Inner {
                 .records()
                 .take_while(|record| record.offset < offset)
                 .collect();
-            let records: Vec<Record<'_>> = keep
-                .iter()
-                .map(|record| Record {
-                    value: &record.value,
-                    key: record.key.as_deref(),
-                    timestamp_ms: record.timestamp_ms,
-                    record_type: record.record_type,
-                })
-                .collect();
+            let records: Vec<Record<'_>> = keep.iter().map(StoredRecord::as_record).collect();
             let mut buf = Vec::new();
             let header = batch::encode(
                 &mut buf,

@@ -1,0 +1,15 @@
+//! # proglog-bench
+//!
+//! The pieces of `proglog-loadgen` worth sharing: a gRPC floor server and latency bookkeeping.
+//! The load generator itself (what it runs against proglog, the echo floor and NATS JetStream,
+//! and how it reports) lives in `src/main.rs` and its modules; `bench/run.sh` drives a whole
+//! comparison.
+//!
+//! ## Layout
+//!
+//! - [`echo`]: `EchoLog`, a `log.v1.Log` service that stores nothing. Served on loopback it is
+//!   the cost of tonic + HTTP/2 + prost on this machine, the floor proglog is compared with.
+//! - [`stats`]: per-operation latency histograms (HdrHistogram) and the result of one case.
+
+pub mod echo;
+pub mod stats;

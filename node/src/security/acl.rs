@@ -1,0 +1,324 @@
+//! ACL authorization with proglog's Casbin model: subject = the client certificate's common
+//! name, object `*`, action `produce` or `consume`.
+//!
+//! proglog's `model.conf` and `policy.csv` work unchanged:
+//!
+//! ```text
+//! [request_definition]
+//! r = sub, obj, act
+//! [policy_definition]
+//! p = sub, obj, act
+//! [policy_effect]
+//! e = some(where (p.eft == allow))
+//! [matchers]
+//! m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
+//! ```
+//!
+//! with policy lines such as `p, root, *, produce`. The decision is made in one place, the
+//! [`AclLayer`](super::AclLayer), from the gRPC method path; see [`method_access`].
+
+use std::path::PathBuf;
+
+use casbin::{CoreApi, DefaultModel, Enforcer, FileAdapter};
+use tonic::Status;
+
+use super::{PeerIdentity, SecurityError};
+
+/// The Casbin object of every request: proglog authorizes per action, not per resource.
+pub const WILDCARD_OBJECT: &str = "*";
+
+/// The gRPC service whose methods need authorization; every other service (health,
+/// reflection) stays open.
+pub const LOG_SERVICE: &str = "log.v1.Log";
+
+/// Where the ACL's model and policy live (`--acl-model`, `--acl-policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclConfig {
+    /// The Casbin model (proglog's `model.conf`).
+    pub model: PathBuf,
+    /// The Casbin policy (proglog's `policy.csv`).
+    pub policy: PathBuf,
+}
+
+/// What a method does, as the policy names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Appends records: `Produce`, `ProduceStream`, `ProduceBatch`.
+    Produce,
+    /// Reads records or cluster state: `Consume`, `ConsumeStream`, `GetOffsets`, `GetServers`.
+    Consume,
+}
+
+impl Action {
+    /// The action's name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Produce => "produce",
+            Action::Consume => "consume",
+        }
+    }
+}
+
+/// How a gRPC method path is authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodAccess<'a> {
+    /// Not a `log.v1.Log` method (health, reflection): no authorization.
+    Open,
+    /// A `log.v1.Log` method that needs this action.
+    Requires(Action),
+    /// A `log.v1.Log` method this node does not know: refused, so a method added later is
+    /// never served without someone deciding its action (fail closed).
+    Unknown(&'a str),
+}
+
+/// Maps a gRPC path (`/log.v1.Log/Produce`) to what it needs. proglog authorizes
+/// `GetServers` as a consume, and so does this.
+pub fn method_access(path: &str) -> MethodAccess<'_> {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return MethodAccess::Open;
+    };
+    if service != LOG_SERVICE {
+        return MethodAccess::Open;
+    }
+    match method {
+        "Produce" | "ProduceStream" | "ProduceBatch" => MethodAccess::Requires(Action::Produce),
+        "Consume" | "ConsumeStream" | "GetOffsets" | "GetServers" => {
+            MethodAccess::Requires(Action::Consume)
+        }
+        other => MethodAccess::Unknown(other),
+    }
+}
+
+/// Decides who may do what, from a Casbin model and policy loaded at start.
+pub struct Authorizer {
+    enforcer: Enforcer,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    /// Loads and checks the model and the policy, naming the flag of the file that is wrong.
+    pub async fn load(config: &AclConfig) -> Result<Self, SecurityError> {
+        let model_text = tokio::fs::read_to_string(&config.model)
+            .await
+            .map_err(|source| SecurityError::Read {
+                flag: "acl-model",
+                path: config.model.clone(),
+                source,
+            })?;
+        let model = DefaultModel::from_str(&model_text)
+            .await
+            .map_err(|source| SecurityError::Acl {
+                flag: "acl-model",
+                path: config.model.clone(),
+                reason: source.to_string(),
+            })?;
+        // The policy is read first so a missing file is reported as such (the file adapter
+        // would report it as an unclear parse error).
+        tokio::fs::metadata(&config.policy)
+            .await
+            .map_err(|source| SecurityError::Read {
+                flag: "acl-policy",
+                path: config.policy.clone(),
+                source,
+            })?;
+        let adapter = FileAdapter::new(config.policy.clone());
+        let enforcer =
+            Enforcer::new(model, adapter)
+                .await
+                .map_err(|source| SecurityError::Acl {
+                    flag: "acl-policy",
+                    path: config.policy.clone(),
+                    reason: source.to_string(),
+                })?;
+        Ok(Authorizer { enforcer })
+    }
+
+    /// Whether `subject` may perform `action` (on object `*`).
+    pub fn allows(&self, subject: &str, action: Action) -> Result<bool, Status> {
+        self.enforcer
+            .enforce((subject, WILDCARD_OBJECT, action.as_str()))
+            .map_err(|err| Status::internal(format!("ACL evaluation failed: {err}")))
+    }
+
+    /// Authorizes a call to `path` from `peer`: `UNAUTHENTICATED` without a client certificate,
+    /// `PERMISSION_DENIED` naming the subject and the action when the policy does not allow it.
+    pub fn authorize(&self, path: &str, peer: Option<&PeerIdentity>) -> Result<(), Status> {
+        let action = match method_access(path) {
+            MethodAccess::Open => return Ok(()),
+            MethodAccess::Requires(action) => action,
+            MethodAccess::Unknown(method) => {
+                return Err(Status::permission_denied(format!(
+                    "method {LOG_SERVICE}/{method} has no ACL action on this node"
+                )));
+            }
+        };
+        let Some(peer) = peer.filter(|peer| peer.certificates().is_some()) else {
+            return Err(Status::unauthenticated(
+                "a client certificate is required (mutual TLS)",
+            ));
+        };
+        let Some(subject) = peer.common_name() else {
+            return Err(Status::unauthenticated(
+                "the client certificate has no subject common name (CN), which the ACL authorizes",
+            ));
+        };
+        if self.allows(subject, action)? {
+            Ok(())
+        } else {
+            tracing::info!(subject, action = action.as_str(), remote_addr = %peer.remote_addr(), "ACL denied a call");
+            Err(Status::permission_denied(format!(
+                "`{subject}` is not permitted to {} (ACL policy)",
+                action.as_str()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use tonic::Code;
+
+    use super::*;
+    use crate::security::test_pki::TestCa;
+
+    const MODEL: &str = "[request_definition]\nr = sub, obj, act\n\n[policy_definition]\np = sub, obj, act\n\n[policy_effect]\ne = some(where (p.eft == allow))\n\n[matchers]\nm = r.sub == p.sub && r.obj == p.obj && r.act == p.act\n";
+    const POLICY: &str = "p, root, *, produce\np, root, *, consume\np, reader, *, consume\n";
+
+    async fn authorizer(dir: &tempfile::TempDir) -> Authorizer {
+        let model = dir.path().join("model.conf");
+        let policy = dir.path().join("policy.csv");
+        std::fs::write(&model, MODEL).unwrap();
+        std::fs::write(&policy, POLICY).unwrap();
+        Authorizer::load(&AclConfig { model, policy })
+            .await
+            .unwrap()
+    }
+
+    fn peer_with_cn(ca: &TestCa, common_name: &str) -> PeerIdentity {
+        let issued = ca.issue(common_name, 7);
+        let cert = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        PeerIdentity::new(SocketAddr::from(([127, 0, 0, 1], 1)), Some(&[cert]))
+    }
+
+    #[test]
+    fn methods_map_to_proglog_actions() {
+        for method in ["Produce", "ProduceStream", "ProduceBatch"] {
+            let path = format!("/log.v1.Log/{method}");
+            assert_eq!(
+                method_access(&path),
+                MethodAccess::Requires(Action::Produce),
+                "{path}"
+            );
+        }
+        for method in ["Consume", "ConsumeStream", "GetOffsets", "GetServers"] {
+            let path = format!("/log.v1.Log/{method}");
+            assert_eq!(
+                method_access(&path),
+                MethodAccess::Requires(Action::Consume),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            method_access("/grpc.health.v1.Health/Check"),
+            MethodAccess::Open
+        );
+        assert_eq!(
+            method_access("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            MethodAccess::Open
+        );
+        assert_eq!(
+            method_access("/log.v1.Log/Truncate"),
+            MethodAccess::Unknown("Truncate")
+        );
+    }
+
+    #[tokio::test]
+    async fn proglog_policy_decides_by_common_name_and_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let acl = authorizer(&dir).await;
+        assert!(acl.allows("root", Action::Produce).unwrap());
+        assert!(acl.allows("root", Action::Consume).unwrap());
+        assert!(acl.allows("reader", Action::Consume).unwrap());
+        assert!(!acl.allows("reader", Action::Produce).unwrap());
+        assert!(!acl.allows("nobody", Action::Consume).unwrap());
+
+        let ca = TestCa::new();
+        let root = peer_with_cn(&ca, "root");
+        let reader = peer_with_cn(&ca, "reader");
+        acl.authorize("/log.v1.Log/ProduceBatch", Some(&root))
+            .unwrap();
+        acl.authorize("/log.v1.Log/GetServers", Some(&reader))
+            .unwrap();
+        let denied = acl
+            .authorize("/log.v1.Log/Produce", Some(&reader))
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert!(
+            denied.message().contains("reader") && denied.message().contains("produce"),
+            "{}",
+            denied.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn no_certificate_is_unauthenticated_but_health_stays_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let acl = authorizer(&dir).await;
+        let anonymous = PeerIdentity::new(SocketAddr::from(([127, 0, 0, 1], 1)), None);
+        for peer in [None, Some(&anonymous)] {
+            let status = acl.authorize("/log.v1.Log/Consume", peer).unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated);
+            assert_eq!(
+                status.message(),
+                "a client certificate is required (mutual TLS)"
+            );
+            acl.authorize("/grpc.health.v1.Health/Check", peer).unwrap();
+        }
+        let unknown = acl
+            .authorize("/log.v1.Log/Truncate", Some(&anonymous))
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::PermissionDenied);
+    }
+
+    #[tokio::test]
+    async fn load_errors_name_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = AclConfig {
+            model: dir.path().join("missing.conf"),
+            policy: dir.path().join("policy.csv"),
+        };
+        let err = Authorizer::load(&missing).await.unwrap_err();
+        assert_eq!(err.flag(), "acl-model");
+        assert!(err.to_string().contains("cannot read --acl-model"), "{err}");
+
+        let model = dir.path().join("model.conf");
+        std::fs::write(&model, MODEL).unwrap();
+        let err = Authorizer::load(&AclConfig {
+            model: model.clone(),
+            policy: dir.path().join("missing.csv"),
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.flag(), "acl-policy");
+
+        let broken = dir.path().join("broken.conf");
+        std::fs::write(&broken, "[matchers]\nm = r.sub ==\n").unwrap();
+        std::fs::write(dir.path().join("policy.csv"), POLICY).unwrap();
+        let err = Authorizer::load(&AclConfig {
+            model: broken,
+            policy: dir.path().join("policy.csv"),
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err.flag(), "acl-model" | "acl-policy"), "{err}");
+    }
+}

@@ -1,0 +1,556 @@
+//! [`RpcMetricsLayer`]: counts, times and logs every RPC, around the whole tonic server.
+//!
+//! One place for all of it, keyed by the request path (`/log.v1.Log/Produce` is method
+//! `Produce`). The status code comes from the `grpc-status` header of a trailers-only response
+//! (every error a handler returns) or from the trailers at the end of the body (successes and
+//! errors a stream ends with). What "duration" means for streams is in the module documentation
+//! of [`super`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::RpcMetrics;
+use super::metrics::{MethodCodeLabels, MethodLabels};
+
+/// Methods counted under their own name, by service. Any other path is `unknown`, so clients
+/// cannot grow the label set. A test checks the `log.v1.Log` list against `log.proto`.
+pub(crate) const KNOWN_METHODS: &[(&str, &[&str])] = &[
+    (
+        "log.v1.Log",
+        &[
+            "Produce",
+            "Consume",
+            "ConsumeStream",
+            "ProduceStream",
+            "GetServers",
+            "ProduceBatch",
+            "GetOffsets",
+        ],
+    ),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        &["ServerReflectionInfo"],
+    ),
+];
+
+/// The `method` label of a request path.
+pub(crate) fn method_label(path: &str) -> &'static str {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|rest| rest.split_once('/'))
+    else {
+        return "unknown";
+    };
+    KNOWN_METHODS
+        .iter()
+        .find(|(known, _)| *known == service)
+        .and_then(|(_, methods)| methods.iter().find(|known| **known == method))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// The gRPC status code name of a `grpc-status` value (`Unknown` for anything unexpected).
+pub(crate) fn code_name(grpc_status: &[u8]) -> &'static str {
+    match grpc_status {
+        b"0" => "Ok",
+        b"1" => "Cancelled",
+        b"2" => "Unknown",
+        b"3" => "InvalidArgument",
+        b"4" => "DeadlineExceeded",
+        b"5" => "NotFound",
+        b"6" => "AlreadyExists",
+        b"7" => "PermissionDenied",
+        b"8" => "ResourceExhausted",
+        b"9" => "FailedPrecondition",
+        b"10" => "Aborted",
+        b"11" => "OutOfRange",
+        b"12" => "Unimplemented",
+        b"13" => "Internal",
+        b"14" => "Unavailable",
+        b"15" => "DataLoss",
+        b"16" => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// Longest status message logged, in bytes (messages are ours, but stay bounded).
+const MAX_LOGGED_MESSAGE: usize = 512;
+
+/// Wraps a tonic server (`Server::builder().layer(RpcMetricsLayer::new(..))`). Add it before
+/// other layers so it is the outermost and sees what they reject too.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer {
+    metrics: RpcMetrics,
+}
+
+impl RpcMetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: RpcMetrics) -> Self {
+        RpcMetricsLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`RpcMetricsLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    metrics: RpcMetrics,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RpcMetricsService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<MetricsBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let call = Call::start(self.metrics.clone(), method_label(request.uri().path()));
+        ResponseFuture {
+            inner: self.inner.call(request),
+            call: Some(call),
+        }
+    }
+}
+
+/// One RPC from arrival to its status: keeps `in_flight` up while it lives and records the
+/// count (and a warning for an error) exactly once.
+#[derive(Debug)]
+struct Call {
+    metrics: RpcMetrics,
+    method: &'static str,
+    started: Instant,
+    finished: bool,
+}
+
+impl Call {
+    fn start(metrics: RpcMetrics, method: &'static str) -> Self {
+        metrics
+            .in_flight
+            .get_or_create(&MethodLabels { method })
+            .inc();
+        Call {
+            metrics,
+            method,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// The response headers are out.
+    fn headers_sent(&self) {
+        self.metrics
+            .duration
+            .get_or_create(&MethodLabels {
+                method: self.method,
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+
+    /// Records the outcome from `grpc-status` (and `grpc-message`) in `headers`; false when the
+    /// headers carry no status.
+    fn finish_from(&mut self, headers: &HeaderMap) -> bool {
+        let Some(status) = headers.get("grpc-status") else {
+            return false;
+        };
+        let message = headers
+            .get("grpc-message")
+            .map(|value| percent_decode(value.as_bytes()));
+        self.finish(code_name(status.as_bytes()), message.as_deref());
+        true
+    }
+
+    fn finish(&mut self, code: &'static str, message: Option<&str>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.metrics
+            .requests
+            .get_or_create(&MethodCodeLabels {
+                method: self.method,
+                code,
+            })
+            .inc();
+        if code != "Ok" {
+            tracing::warn!(
+                method = self.method,
+                code,
+                grpc_message = message.unwrap_or(""),
+                "rpc failed"
+            );
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // Dropped before a status: the client went away (or the connection broke).
+        self.finish(
+            "Cancelled",
+            Some("the call ended before its status was sent"),
+        );
+        self.metrics
+            .in_flight
+            .get_or_create(&MethodLabels {
+                method: self.method,
+            })
+            .dec();
+    }
+}
+
+/// Decodes a `grpc-message` (percent-encoded UTF-8), bounded to [`MAX_LOGGED_MESSAGE`] bytes.
+fn percent_decode(raw: &[u8]) -> String {
+    let mut bytes = Vec::with_capacity(raw.len().min(MAX_LOGGED_MESSAGE));
+    let mut rest = raw;
+    while let Some((&first, tail)) = rest.split_first() {
+        if bytes.len() >= MAX_LOGGED_MESSAGE {
+            break;
+        }
+        let hex = |byte: u8| (byte as char).to_digit(16);
+        match (first, tail) {
+            (b'%', [high, low, after @ ..]) if hex(*high).is_some() && hex(*low).is_some() => {
+                let value = hex(*high).unwrap_or(0) * 16 + hex(*low).unwrap_or(0);
+                bytes.push(value as u8);
+                rest = after;
+            }
+            _ => {
+                bytes.push(first);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+pin_project! {
+    /// The response future of [`RpcMetricsService`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<MetricsBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let Some(mut call) = this.call.take() else {
+            // Polled after completion: a contract violation of the caller; report it as such.
+            panic!("ResponseFuture polled after it completed");
+        };
+        call.headers_sent();
+        match result {
+            Ok(response) => {
+                // A trailers-only response (every handler error) has its status in the headers.
+                let call = if call.finish_from(response.headers()) {
+                    None
+                } else {
+                    Some(call)
+                };
+                Poll::Ready(Ok(response.map(|body| MetricsBody { inner: body, call })))
+            }
+            Err(err) => {
+                call.finish("Unknown", Some("the server failed to answer"));
+                Poll::Ready(Err(err))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that records the call's status from its trailers.
+    #[derive(Debug)]
+    pub struct MetricsBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+}
+
+impl<B: Body> Body for MetricsBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let (Some(trailers), Some(call)) = (frame.trailers_ref(), this.call.as_mut())
+                    && call.finish_from(trailers)
+                {
+                    *this.call = None;
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(mut call) = this.call.take() {
+                    call.finish("Unknown", Some("the response body failed"));
+                }
+            }
+            None => {
+                if let Some(mut call) = this.call.take() {
+                    call.finish("Unknown", Some("the response ended without a grpc-status"));
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use futures_util::FutureExt;
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+
+    use super::*;
+    use crate::telemetry::Metrics;
+
+    #[test]
+    fn method_is_the_last_path_segment_of_a_known_service() {
+        assert_eq!(method_label("/log.v1.Log/Produce"), "Produce");
+        assert_eq!(method_label("/log.v1.Log/ConsumeStream"), "ConsumeStream");
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "Check");
+        assert_eq!(method_label("/log.v1.Log/Nope"), "unknown");
+        assert_eq!(method_label("/evil.Service/Produce"), "unknown");
+        assert_eq!(method_label("/log.v1.Log"), "unknown");
+        assert_eq!(method_label("/"), "unknown");
+        assert_eq!(method_label(""), "unknown");
+    }
+
+    #[test]
+    fn every_log_method_of_the_proto_is_known() {
+        let proto = include_str!("../../../proto/proto/log/v1/log.proto");
+        let in_proto: Vec<&str> = proto
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("rpc "))
+            .filter_map(|rest| rest.split('(').next())
+            .map(str::trim)
+            .collect();
+        let known = KNOWN_METHODS
+            .iter()
+            .find(|(service, _)| *service == "log.v1.Log")
+            .map(|(_, methods)| methods.to_vec())
+            .unwrap();
+        let mut sorted_proto = in_proto.clone();
+        sorted_proto.sort_unstable();
+        let mut sorted_known = known;
+        sorted_known.sort_unstable();
+        assert_eq!(sorted_proto, sorted_known);
+    }
+
+    #[test]
+    fn status_codes_have_their_grpc_names() {
+        assert_eq!(code_name(b"0"), "Ok");
+        assert_eq!(code_name(b"11"), "OutOfRange");
+        assert_eq!(code_name(b"16"), "Unauthenticated");
+        assert_eq!(code_name(b"17"), "Unknown");
+        assert_eq!(code_name(b"x"), "Unknown");
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        assert_eq!(percent_decode(b"offset 9%20out"), "offset 9 out");
+        assert_eq!(percent_decode(b"100%"), "100%");
+        assert_eq!(percent_decode(b"%E2%9C%93"), "\u{2713}");
+    }
+
+    fn grpc_response(status_in_headers: Option<&str>) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"payload")));
+        if let Some(status) = status_in_headers {
+            response
+                .headers_mut()
+                .insert("grpc-status", status.parse().unwrap());
+            response
+                .headers_mut()
+                .insert("grpc-message", "out%20of%20range".parse().unwrap());
+        }
+        response
+    }
+
+    fn counted(metrics: &Metrics, method: &'static str, code: &'static str) -> u64 {
+        metrics
+            .rpc()
+            .requests
+            .get(&MethodCodeLabels { method, code })
+            .map(|counter| counter.get())
+            .unwrap_or(0)
+    }
+
+    fn in_flight(metrics: &Metrics, method: &'static str) -> i64 {
+        metrics
+            .rpc()
+            .in_flight
+            .get(&MethodLabels { method })
+            .map(|gauge| gauge.get())
+            .unwrap_or(0)
+    }
+
+    /// Observations of the duration histogram, from the exposition (the histogram's own
+    /// counter is only public with a test feature of the crate).
+    fn timed(metrics: &Metrics, method: &'static str) -> u64 {
+        let prefix = format!("proglog_rpc_request_duration_seconds_count{{method=\"{method}\"}} ");
+        let text = metrics.encode().unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map(|count| count.parse().unwrap())
+            .unwrap_or(0)
+    }
+
+    fn request(path: &str) -> Request<Empty<Bytes>> {
+        Request::post(path).body(Empty::new()).unwrap()
+    }
+
+    #[test]
+    fn a_trailers_only_error_is_counted_with_its_code_at_once() {
+        let metrics = Metrics::new();
+        let mut service =
+            RpcMetricsLayer::new(metrics.rpc().clone()).layer(tower_service_fn(|_| {
+                Ok::<_, Infallible>(grpc_response(Some("11")))
+            }));
+        let response = service
+            .call(request("/log.v1.Log/Consume"))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(counted(&metrics, "Consume", "OutOfRange"), 1);
+        assert_eq!(timed(&metrics, "Consume"), 1);
+        assert_eq!(in_flight(&metrics, "Consume"), 0);
+        drop(response);
+        assert_eq!(counted(&metrics, "Consume", "OutOfRange"), 1);
+        assert_eq!(counted(&metrics, "Consume", "Cancelled"), 0);
+    }
+
+    #[test]
+    fn a_success_is_counted_when_its_trailers_pass() {
+        let metrics = Metrics::new();
+        let mut service =
+            RpcMetricsLayer::new(metrics.rpc().clone()).layer(tower_service_fn(|_| {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                    Ok(Frame::data(Bytes::from_static(b"payload"))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                Ok::<_, Infallible>(Response::new(StreamBody::new(futures_util::stream::iter(
+                    frames,
+                ))))
+            }));
+        let response = service
+            .call(request("/log.v1.Log/Produce"))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(in_flight(&metrics, "Produce"), 1, "the body is still open");
+        assert_eq!(counted(&metrics, "Produce", "Ok"), 0);
+        let collected = response.into_body().collect().now_or_never().unwrap();
+        assert!(collected.unwrap().trailers().is_some());
+        assert_eq!(counted(&metrics, "Produce", "Ok"), 1);
+        assert_eq!(in_flight(&metrics, "Produce"), 0);
+        assert_eq!(timed(&metrics, "Produce"), 1);
+    }
+
+    #[test]
+    fn a_call_dropped_before_its_status_counts_as_cancelled() {
+        let metrics = Metrics::new();
+        let mut service =
+            RpcMetricsLayer::new(metrics.rpc().clone()).layer(tower_service_fn(|_| {
+                Ok::<_, Infallible>(grpc_response(None))
+            }));
+        let response = service
+            .call(request("/log.v1.Log/ConsumeStream"))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(in_flight(&metrics, "ConsumeStream"), 1);
+        drop(response);
+        assert_eq!(counted(&metrics, "ConsumeStream", "Cancelled"), 1);
+        assert_eq!(in_flight(&metrics, "ConsumeStream"), 0);
+    }
+
+    #[test]
+    fn unknown_paths_share_one_label() {
+        let metrics = Metrics::new();
+        let mut service =
+            RpcMetricsLayer::new(metrics.rpc().clone()).layer(tower_service_fn(|_| {
+                Ok::<_, Infallible>(grpc_response(Some("12")))
+            }));
+        for path in ["/a.B/C", "/x.Y/Z", "/garbage"] {
+            drop(service.call(request(path)).now_or_never().unwrap().unwrap());
+        }
+        assert_eq!(counted(&metrics, "unknown", "Unimplemented"), 3);
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("method=\"C\""), "{text}");
+    }
+
+    /// A tower service from a closure, ready at once.
+    fn tower_service_fn<F, R, E>(f: F) -> ServiceFn<F>
+    where
+        F: FnMut(Request<Empty<Bytes>>) -> Result<R, E>,
+    {
+        ServiceFn(f)
+    }
+
+    struct ServiceFn<F>(F);
+
+    impl<F, R, E> Service<Request<Empty<Bytes>>> for ServiceFn<F>
+    where
+        F: FnMut(Request<Empty<Bytes>>) -> Result<R, E>,
+    {
+        type Response = R;
+        type Error = E;
+        type Future = std::future::Ready<Result<R, E>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), E>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<Empty<Bytes>>) -> Self::Future {
+            std::future::ready((self.0)(request))
+        }
+    }
+}

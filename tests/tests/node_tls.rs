@@ -1,0 +1,569 @@
+//! TLS, mutual TLS, the ACL and certificate hot reload of a real `proglog-node` process.
+//!
+//! Each test makes a throwaway CA with `rcgen`, writes the node's and the clients' certificates
+//! into a temporary directory, and starts its own node through
+//! [`proglog_tests::node_process`] (which documents how the binary is found; `cargo test
+//! --workspace` builds it). Every wait has a deadline.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use proglog_node::client::{Client, ClientError, Produce, TlsOptions};
+use proglog_tests::node_process::{NodeOptions, NodeProcess, node_binary};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The longest any one call (or one stream message) may take.
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// proglog's Casbin model, unchanged.
+const MODEL: &str = "[request_definition]
+r = sub, obj, act
+
+[policy_definition]
+p = sub, obj, act
+
+[policy_effect]
+e = some(where (p.eft == allow))
+
+[matchers]
+m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
+";
+
+/// proglog's policy (root may do anything) plus a consume-only subject.
+const POLICY: &str = "p, root, *, produce
+p, root, *, consume
+p, reader, *, consume
+";
+
+/// Awaits `future`, failing if it takes longer than [`CALL_DEADLINE`].
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(CALL_DEADLINE, future)
+        .await
+        .with_context(|| format!("{what} took longer than {CALL_DEADLINE:?}"))
+}
+
+/// A CA and the files it issued, in a temporary directory.
+struct Pki {
+    dir: TempDir,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+/// One issued certificate: its files and its DER (to recognize it on the wire).
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new(ca_name: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("proglog-tls-").tempdir()?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, ca_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = params.self_signed(&key)?.pem();
+        let pki = Pki {
+            dir,
+            issuer: Issuer::new(params, key),
+            ca_pem,
+        };
+        write_atomically(&pki.ca_path(), pki.ca_pem.as_bytes())?;
+        Ok(pki)
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues a certificate for `localhost` and `127.0.0.1` with subject CN `common_name`, and
+    /// writes it (atomically) as `<file>.pem` and `<file>.key`.
+    fn issue(&self, file: &str, common_name: &str, serial: u64) -> anyhow::Result<Issued> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.serial_number = Some(SerialNumber::from(serial));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let issued = Issued {
+            cert: self.dir.path().join(format!("{file}.pem")),
+            key: self.dir.path().join(format!("{file}.key")),
+            der: cert.der().clone(),
+        };
+        // The key first: until the certificate follows, the node sees a mismatched pair, which
+        // it must refuse while it keeps serving the old one.
+        write_atomically(&issued.key, key.serialize_pem().as_bytes())?;
+        write_atomically(&issued.cert, cert.pem().as_bytes())?;
+        Ok(issued)
+    }
+
+    fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        write_atomically(&path, text.as_bytes())?;
+        Ok(path)
+    }
+
+    /// Client options trusting this CA, with `client` as the client certificate.
+    fn client_options(&self, client: Option<&Issued>) -> TlsOptions {
+        TlsOptions {
+            ca_cert: Some(self.ca_path()),
+            client_cert: client.map(|issued| issued.cert.clone()),
+            client_key: client.map(|issued| issued.key.clone()),
+            server_name: Some("localhost".into()),
+        }
+    }
+}
+
+/// Replaces `path` the way a rotation should: write aside, then rename over.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .context("no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let aside = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&aside, bytes)?;
+    std::fs::rename(&aside, path)?;
+    Ok(())
+}
+
+/// Node options serving TLS with `server` and requiring client certificates of `pki`'s CA.
+fn mtls_node(pki: &Pki, server: &Issued) -> NodeOptions {
+    NodeOptions::default()
+        .flag("--tls-cert", &server.cert)
+        .flag("--tls-key", &server.key)
+        .flag("--tls-client-ca", pki.ca_path())
+        .flag("--tls-reload-interval-ms", "100")
+}
+
+fn with_acl(options: NodeOptions, pki: &Pki) -> anyhow::Result<NodeOptions> {
+    Ok(options
+        .flag("--acl-model", pki.write("model.conf", MODEL)?)
+        .flag("--acl-policy", pki.write("policy.csv", POLICY)?))
+}
+
+async fn connect(node: &NodeProcess, tls: &TlsOptions) -> anyhow::Result<Client> {
+    let addr = node.rpc_addr().to_string();
+    Ok(within("connect", Client::connect_with(&addr, tls)).await??)
+}
+
+fn produce(value: &str) -> Produce {
+    Produce {
+        value: Bytes::from(value.to_string()),
+        ..Produce::default()
+    }
+}
+
+fn status_of(result: Result<u64, ClientError>) -> anyhow::Result<tonic::Status> {
+    match result {
+        Err(ClientError::Status(status)) => Ok(status),
+        other => bail!("expected an error status, got {other:?}"),
+    }
+}
+
+/// The certificate the node presents to a new connection, read with a raw TLS client.
+async fn served_certificate(
+    node: &NodeProcess,
+    pki: &Pki,
+    client: &Issued,
+) -> anyhow::Result<CertificateDer<'static>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes())?)?;
+    let chain = vec![CertificateDer::from_pem_file(&client.cert)?];
+    let key = PrivateKeyDer::from_pem_file(&client.key)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = within("TCP connect", TcpStream::connect(node.rpc_addr())).await??;
+    let tls = within(
+        "TLS handshake",
+        connector.connect(ServerName::try_from("localhost")?, tcp),
+    )
+    .await??;
+    let served = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .context("the node presented no certificate")?;
+    Ok(served.clone().into_owned())
+}
+
+#[tokio::test]
+async fn mutual_tls_produce_and_consume() -> anyhow::Result<()> {
+    let pki = Pki::new("proglog test CA")?;
+    let server = pki.issue("server", "node-0", 1)?;
+    let root = pki.issue("root", "root", 2)?;
+    let node = NodeProcess::start(mtls_node(&pki, &server)).await?;
+
+    let mut client = connect(&node, &pki.client_options(Some(&root))).await?;
+    let offset = within("produce", client.produce(produce("hello"))).await??;
+    assert_eq!(offset, 0);
+    let (base, last) = within(
+        "produce batch",
+        client.produce_batch(vec![produce("a"), produce("b")]),
+    )
+    .await??;
+    assert_eq!((base, last), (1, 2));
+    let record = within("consume", client.consume(0)).await??;
+    assert_eq!(record.value, Bytes::from("hello"));
+    let mut stream = within("consume stream", client.consume_stream(0, None)).await??;
+    for expected in ["hello", "a", "b"] {
+        let record = within("stream record", stream.next())
+            .await?
+            .context("stream ended")??;
+        assert_eq!(record.value, Bytes::from(expected));
+    }
+
+    // A client that does not trust the node's CA refuses it.
+    let other = Pki::new("another CA")?;
+    let untrusting = TlsOptions {
+        ca_cert: Some(other.ca_path()),
+        ..pki.client_options(Some(&root))
+    };
+    let refused = match Client::connect_with(&node.rpc_addr().to_string(), &untrusting).await {
+        Err(err) => Some(err),
+        Ok(mut client) => client.offsets().await.err(),
+    };
+    ensure!(
+        refused.is_some(),
+        "a client must not accept a certificate of an unknown CA"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_trusted_certificate() -> anyhow::Result<()> {
+    let pki = Pki::new("proglog test CA")?;
+    let server = pki.issue("server", "node-0", 1)?;
+    let node = NodeProcess::start(mtls_node(&pki, &server)).await?;
+
+    // No certificate: the handshake fails (with TLS 1.3 the client learns at its first call).
+    let anonymous =
+        match Client::connect_with(&node.rpc_addr().to_string(), &pki.client_options(None)).await {
+            Err(err) => Some(err),
+            Ok(mut client) => within("offsets", client.offsets()).await?.err(),
+        };
+    ensure!(
+        anonymous.is_some(),
+        "a client without a certificate must be refused"
+    );
+
+    // A certificate of another CA: refused too.
+    let other = Pki::new("another CA")?;
+    let stranger = other.issue("stranger", "root", 9)?;
+    let options = TlsOptions {
+        client_cert: Some(stranger.cert.clone()),
+        client_key: Some(stranger.key.clone()),
+        ..pki.client_options(None)
+    };
+    let foreign = match Client::connect_with(&node.rpc_addr().to_string(), &options).await {
+        Err(err) => Some(err),
+        Ok(mut client) => within("offsets", client.offsets()).await?.err(),
+    };
+    ensure!(
+        foreign.is_some(),
+        "a certificate of an unknown CA must be refused"
+    );
+
+    // Neither a client that never starts its handshake nor one that speaks plaintext holds up
+    // the others; refused handshakes do not stop the accept loop.
+    let _idle = within("TCP connect", TcpStream::connect(node.rpc_addr())).await??;
+    let mut plaintext = within("TCP connect", TcpStream::connect(node.rpc_addr())).await??;
+    tokio::io::AsyncWriteExt::write_all(&mut plaintext, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await?;
+    let root = pki.issue("root", "root", 2)?;
+    let mut client = connect(&node, &pki.client_options(Some(&root))).await?;
+    within("offsets", client.offsets()).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn acl_authorizes_by_certificate_common_name() -> anyhow::Result<()> {
+    let pki = Pki::new("proglog test CA")?;
+    let server = pki.issue("server", "node-0", 1)?;
+    let root = pki.issue("root", "root", 2)?;
+    let reader = pki.issue("reader", "reader", 3)?;
+    let intruder = pki.issue("intruder", "intruder", 4)?;
+    let node = NodeProcess::start(with_acl(mtls_node(&pki, &server), &pki)?).await?;
+
+    let mut root_client = connect(&node, &pki.client_options(Some(&root))).await?;
+    assert_eq!(
+        within("produce", root_client.produce(produce("by root"))).await??,
+        0
+    );
+    within("servers", root_client.servers()).await??;
+
+    let mut reader_client = connect(&node, &pki.client_options(Some(&reader))).await?;
+    let record = within("consume", reader_client.consume(0)).await??;
+    assert_eq!(record.value, Bytes::from("by root"));
+    let denied = status_of(within("produce", reader_client.produce(produce("no"))).await?)?;
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    ensure!(
+        denied.message().contains("reader") && denied.message().contains("produce"),
+        "the denial names the subject and the action: {}",
+        denied.message()
+    );
+
+    let mut intruder_client = connect(&node, &pki.client_options(Some(&intruder))).await?;
+    let denied = match within("consume", intruder_client.consume(0)).await? {
+        Err(ClientError::Status(status)) => status,
+        other => bail!("expected PERMISSION_DENIED, got {other:?}"),
+    };
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    ensure!(
+        denied.message().contains("intruder") && denied.message().contains("consume"),
+        "{}",
+        denied.message()
+    );
+
+    // Without a certificate: the handshake succeeds (the ACL decides per call), the log API
+    // answers UNAUTHENTICATED, and health stays open to probes.
+    let mut anonymous = connect(&node, &pki.client_options(None)).await?;
+    let status = status_of(within("produce", anonymous.produce(produce("no"))).await?)?;
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "a client certificate is required (mutual TLS)"
+    );
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{}", node.rpc_addr()))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let health = within(
+        "health check",
+        HealthClient::new(channel).check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await??;
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rotated_certificate_serves_new_connections_without_dropping_open_streams()
+-> anyhow::Result<()> {
+    let pki = Pki::new("proglog test CA")?;
+    let first = pki.issue("server", "node-0", 100)?;
+    let root = pki.issue("root", "root", 2)?;
+    let node = NodeProcess::start(with_acl(mtls_node(&pki, &first), &pki)?).await?;
+    assert_eq!(served_certificate(&node, &pki, &root).await?, first.der);
+
+    let mut client = connect(&node, &pki.client_options(Some(&root))).await?;
+    within("produce", client.produce(produce("before"))).await??;
+    // A clone shares the connection: the stream and later calls ride the same one.
+    let mut streaming = client.clone();
+    let mut stream = within("consume stream", streaming.consume_stream(0, None)).await??;
+    let record = within("first record", stream.next())
+        .await?
+        .context("stream ended")??;
+    assert_eq!(record.value, Bytes::from("before"));
+
+    // Rotate: a new certificate (another serial and CN) over the same files.
+    let second = pki.issue("server", "node-0-rotated", 101)?;
+    ensure!(second.der != first.der);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let served = served_certificate(&node, &pki, &root).await?;
+        if served == second.der {
+            break;
+        }
+        ensure!(
+            served == first.der,
+            "the node served a certificate it was never given"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "new connections still get the old certificate 15 s after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A new connection (which verifies the new certificate) produces; the stream opened before
+    // the rotation, on the old connection, still receives it.
+    let mut fresh = connect(&node, &pki.client_options(Some(&root))).await?;
+    let offset = within("produce after rotation", fresh.produce(produce("after"))).await??;
+    assert_eq!(offset, 1);
+    let record = within("record after rotation", stream.next())
+        .await?
+        .context("the open stream ended at the rotation")??;
+    assert_eq!(record.value, Bytes::from("after"));
+    // And the old connection still takes new calls.
+    assert_eq!(
+        within(
+            "produce on the old connection",
+            client.produce(produce("old"))
+        )
+        .await??,
+        2
+    );
+    ensure!(
+        node.stderr_lines()
+            .iter()
+            .any(|line| line.contains("TLS certificate reloaded")),
+        "the node logs the reload"
+    );
+    // A clean shutdown with a stream open and the reload task running.
+    drop(stream);
+    let mut node = node;
+    let status = node.terminate().await?;
+    ensure!(status.success(), "node exited with {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_security_flags_fail_fast_naming_the_flag() -> anyhow::Result<()> {
+    let pki = Pki::new("proglog test CA")?;
+    let server = pki.issue("server", "node-0", 1)?;
+
+    let missing = pki.dir.path().join("missing.pem");
+    let exited = NodeOptions::default()
+        .flag("--tls-cert", &missing)
+        .flag("--tls-key", &server.key)
+        .run_to_exit()
+        .await?;
+    ensure!(!exited.status.success());
+    let stderr = exited.stderr.join("\n");
+    ensure!(
+        stderr.contains("cannot read --tls-cert"),
+        "stderr names the flag: {stderr}"
+    );
+
+    let other = pki.issue("other", "node-1", 2)?;
+    let exited = NodeOptions::default()
+        .flag("--tls-cert", &server.cert)
+        .flag("--tls-key", &other.key)
+        .run_to_exit()
+        .await?;
+    ensure!(!exited.status.success());
+    let stderr = exited.stderr.join("\n");
+    ensure!(stderr.contains("--tls-key"), "{stderr}");
+
+    let broken_policy = pki.write("broken-model.conf", "[matchers]\nm = r.sub ==\n")?;
+    let exited = mtls_node(&pki, &server)
+        .flag("--acl-model", &broken_policy)
+        .flag("--acl-policy", pki.write("policy.csv", POLICY)?)
+        .run_to_exit()
+        .await?;
+    ensure!(!exited.status.success());
+    let stderr = exited.stderr.join("\n");
+    ensure!(stderr.contains("--acl-"), "{stderr}");
+
+    // The ACL needs mutual TLS (clap refuses the flags).
+    let exited = NodeOptions::default()
+        .flag("--acl-model", pki.write("model.conf", MODEL)?)
+        .flag("--acl-policy", pki.write("policy.csv", POLICY)?)
+        .run_to_exit()
+        .await?;
+    ensure!(!exited.status.success());
+    let stderr = exited.stderr.join("\n");
+    ensure!(stderr.contains("--tls-client-ca"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn cli_speaks_mutual_tls_and_names_unreadable_files() -> anyhow::Result<()> {
+    let pki = Pki::new("proglog test CA")?;
+    let server = pki.issue("server", "node-0", 1)?;
+    let root = pki.issue("root", "root", 2)?;
+    let node = NodeProcess::start(with_acl(mtls_node(&pki, &server), &pki)?).await?;
+    let cli = node_binary()?.with_file_name("proglog");
+    ensure!(cli.is_file(), "no CLI binary at {}", cli.display());
+
+    let run = |args: Vec<std::ffi::OsString>| {
+        let cli = cli.clone();
+        async move {
+            let output = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(&cli)
+                    .args(&args)
+                    .env_remove("PROGLOG_TLS_CA")
+                    .env_remove("PROGLOG_TLS_CERT")
+                    .env_remove("PROGLOG_TLS_KEY")
+                    .env_remove("PROGLOG_TLS_SERVER_NAME")
+                    .stdin(std::process::Stdio::null())
+                    .output()
+            });
+            within("the CLI", output).await??.context("run the CLI")
+        }
+    };
+    let addr = node.rpc_addr().to_string();
+    let tls_args = |cert: &Issued| -> Vec<std::ffi::OsString> {
+        vec![
+            "--addr".into(),
+            addr.clone().into(),
+            "--tls-ca".into(),
+            pki.ca_path().into(),
+            "--tls-cert".into(),
+            cert.cert.clone().into(),
+            "--tls-key".into(),
+            cert.key.clone().into(),
+            "--tls-server-name".into(),
+            "localhost".into(),
+        ]
+    };
+    let mut args = tls_args(&root);
+    args.extend(["produce".into(), "over-tls".into()]);
+    let output = run(args).await?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "0");
+
+    let mut args = tls_args(&root);
+    args.extend(["consume".into(), "--from".into(), "0".into()]);
+    let output = run(args).await?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "0\tover-tls"
+    );
+
+    let missing = pki.dir.path().join("nope.pem");
+    let output = run(vec![
+        "--addr".into(),
+        addr.clone().into(),
+        "--tls-ca".into(),
+        missing.clone().into(),
+        "servers".into(),
+    ])
+    .await?;
+    ensure!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        stderr.contains(&format!("cannot read --tls-ca {}", missing.display())),
+        "{stderr}"
+    );
+    Ok(())
+}
