@@ -8,7 +8,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ServiceSettings;
-use crate::api::{LogService, LogStore};
+use crate::api::{LogService, LogStore, MessageLimitLayer};
 use crate::config::NodeConfig;
 use crate::security::{ServerSecurity, tls_incoming};
 use crate::storage::Log;
@@ -91,6 +91,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     let router = tonic::transport::Server::builder()
         // First, so it is the outermost layer and counts what later layers reject too.
         .layer(RpcMetricsLayer::new(metrics.rpc().clone()))
+        // Inside the metrics layer, so an oversize request is counted as InvalidArgument.
+        .layer(MessageLimitLayer::new(config.log.max_record_bytes as usize))
         // Every call is authorized here (a pass-through without an ACL).
         .layer(security.acl_layer())
         .add_service(health_service)

@@ -7,12 +7,16 @@
 //! - `log_service`: `LogService`, the `log.v1.Log` implementation.
 //! - `store`: `LogStore`, the async adapter to the synchronous storage engine (blocking work on
 //!   the blocking pool, a watch channel announcing new records so streams never poll).
+//! - `limits`: a request over the gRPC message limit gets `INVALID_ARGUMENT`, like an oversize
+//!   record, not tonic's `OUT_OF_RANGE`.
 //! - `status`: the one place storage errors become gRPC statuses.
 
+mod limits;
 mod log_service;
 mod status;
 mod store;
 
+pub use limits::MessageLimitLayer;
 pub use log_service::{LogService, ServiceSettings};
 pub use status::to_status;
 pub use store::{LogStore, NewRecord};

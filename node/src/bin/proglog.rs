@@ -23,7 +23,7 @@ use proglog_proto::log::v1::Record;
 
 /// Produce to and consume from a proglog node.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about = "Produce to and consume from a proglog node")]
 struct Cli {
     /// The node's gRPC address.
     #[arg(
