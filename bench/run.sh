@@ -105,7 +105,7 @@ printf '%-17s %-15s %5s %-12s %11s %8s %9s %9s %9s\n' \
 for durability in interval always; do
     for size in "${SIZES[@]}"; do
         start_grpc "node-$durability-$size" "$NODE" --data-dir "$WORK/node-$durability-$size" \
-            --rpc-addr 127.0.0.1:0 --durability "$durability"
+            --rpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --durability "$durability"
         grpc_cases "proglog-$durability" proglog "$size"
         stop_server
         rm -rf "$WORK/node-$durability-$size"

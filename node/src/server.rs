@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ServiceSettings;
@@ -14,6 +13,9 @@ use crate::security::{ServerSecurity, tls_incoming};
 use crate::storage::Log;
 use crate::telemetry::{Health, HttpServer, Metrics, RpcMetricsLayer};
 use proglog_proto::log::v1::log_server::LogServer;
+
+/// HTTP/2 streams (calls) one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Extra bytes allowed in a request beyond the largest batch, for protobuf framing.
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
@@ -89,6 +91,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
 
     let serve_stop = stop.clone();
     let router = tonic::transport::Server::builder()
+        // Bounds per connection: streams open at once, and calls in flight (more wait).
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         // First, so it is the outermost layer and counts what later layers reject too.
         .layer(RpcMetricsLayer::new(metrics.rpc().clone()))
         // Inside the metrics layer, so an oversize request is counted as InvalidArgument.
@@ -112,8 +118,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
                     serve_stop.cancelled_owned(),
                 ))
             }
+            // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs hold small responses
+            // for up to 40 ms (measured: streaming produce 8x slower).
             None => Box::pin(router.serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 serve_stop.cancelled_owned(),
             )),
         };

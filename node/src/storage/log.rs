@@ -295,8 +295,10 @@ impl Log {
                 cache
             }
         };
-        epochs.truncate_from_end(end);
+        // The cache describes exactly the records in [start, end): from the start first, so an
+        // empty range leaves no epoch behind.
         epochs.truncate_from_start(start);
+        epochs.truncate_from_end(end);
         if stored_epochs.as_ref() != Some(&epochs) {
             checkpoint::write(&dir, EPOCHS_FILE, &epochs.encode())?;
         }
