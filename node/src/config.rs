@@ -78,7 +78,7 @@ impl NodeConfig {
             log: LogOptions::default(),
             retention_check_interval: Duration::from_secs(60),
             consume_read_bytes: 1 << 20,
-            stream_buffer: 256,
+            stream_buffer: 64,
             produce_pipeline: 64,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Json,

@@ -103,7 +103,7 @@ impl Cli {
         config.log.retention_bytes = self.retention_bytes;
         config.log.retention_age = self
             .retention_hours
-            .map(|hours| Duration::from_secs(hours * 3600));
+            .map(|hours| Duration::from_secs(hours.saturating_mul(3600)));
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             let mut tls = TlsConfig::new(cert, key);
             tls.client_ca = self.tls_client_ca;

@@ -129,11 +129,13 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
 
     let mut server = tokio::spawn(server);
     readiness.set_ready();
+    // From here on every path closes the log: errors are collected, not returned early.
+    let mut failure: Option<anyhow::Error> = None;
     let fatal_error = tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = fatal.cancelled() => true,
         finished = &mut server => {
-            finished.context("server task failed")?.context("gRPC server failed")?;
+            failure = server_outcome(finished).err();
             false
         }
     };
@@ -146,24 +148,45 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     stop.cancel();
     if !server.is_finished() {
         match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-            Ok(finished) => finished
-                .context("server task failed")?
-                .context("gRPC server failed")?,
+            Ok(finished) => failure = failure.or(server_outcome(finished).err()),
             Err(_) => {
-                tracing::warn!(grace = ?config.shutdown_grace, "calls still running after the grace period; closing anyway");
+                tracing::warn!(grace = ?config.shutdown_grace, "calls still running after the grace period; no longer accepting, closing the log");
                 server.abort();
             }
         }
     }
-    retention.await.context("retention task failed")?;
-    store.close().await.context("close the log")?;
-    tracing::info!("log closed cleanly");
+    if let Err(err) = retention.await {
+        failure = failure.or(Some(
+            anyhow::Error::new(err).context("retention task failed"),
+        ));
+    }
+    match store.close().await {
+        Ok(()) => tracing::info!("log closed cleanly"),
+        // After a fatal error the log refuses to close; that error is the one to report.
+        Err(err) if fatal_error => {
+            tracing::error!(error = %err, "log not closed after a fatal error")
+        }
+        Err(err) => failure = failure.or(Some(anyhow::Error::new(err).context("close the log"))),
+    }
     http_stop.cancel();
-    http_server.await.context("HTTP server task failed")?;
+    if let Err(err) = http_server.await {
+        failure = failure.or(Some(
+            anyhow::Error::new(err).context("HTTP server task failed"),
+        ));
+    }
     if fatal_error {
         anyhow::bail!("stopped after a fatal storage error");
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// What the gRPC server task ended with.
+fn server_outcome(
+    finished: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    finished
+        .context("server task failed")?
+        .context("gRPC server failed")
 }
 
 /// Applies retention periodically until `stop`.

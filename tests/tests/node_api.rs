@@ -198,7 +198,8 @@ async fn produce_then_consume_round_trips_every_field() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn consume_stream_follows_the_log_and_ends_cleanly_on_sigterm() -> anyhow::Result<()> {
+async fn consume_stream_follows_the_log_and_ends_with_unavailable_on_sigterm() -> anyhow::Result<()>
+{
     let mut node = NodeProcess::start_default().await?;
     let mut producer = node.log_client().await?;
     for i in 0..3 {
@@ -235,10 +236,18 @@ async fn consume_stream_follows_the_log_and_ends_cleanly_on_sigterm() -> anyhow:
 
     node.signal_term()?;
     let end = within("the stream's end after SIGTERM", stream.message()).await?;
+    // The stream ends with UNAVAILABLE naming where to resume, so a client can tell a node
+    // going away from the end of a stream it asked for.
     match end {
-        Ok(None) => {}
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert!(
+                status.message().contains("resume from offset 4"),
+                "{status:?}"
+            );
+        }
         Ok(Some(response)) => panic!("stream delivered {response:?} after SIGTERM, not its end"),
-        Err(status) => panic!("stream ended with an error on SIGTERM: {status:?}"),
+        Ok(None) => panic!("stream ended OK on SIGTERM, as if the client had finished it"),
     }
     let status = node.wait_exit().await?;
     assert!(status.success(), "node exited with {status} after SIGTERM");

@@ -4,8 +4,8 @@
 //! with `OUT_OF_RANGE` ("decoded message length too large"): the code proglog uses for an
 //! offset outside the log. This layer rewrites that answer to `INVALID_ARGUMENT` naming
 //! `--max-record-bytes`, so a client can tell "your record is too big" from "that offset does
-//! not exist". It sees answers given in the response headers (unary calls, and streams refused
-//! at their first message); a stream refused later carries tonic's status in its trailers.
+//! not exist". The layer sees answers given in the response headers (unary calls); streaming
+//! handlers pass request errors through [`oversize_status`] themselves.
 
 use std::task::{Context, Poll};
 
@@ -71,6 +71,24 @@ where
     }
 }
 
+/// The same rewrite for a status a handler sees on a request stream (a `ProduceStream`
+/// message over the limit arrives after the response headers, so the layer cannot see it).
+pub fn oversize_status(status: tonic::Status, max_record_bytes: usize) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().starts_with(TOO_LARGE_PREFIX) {
+        return tonic::Status::invalid_argument(too_large_message(
+            status.message(),
+            max_record_bytes,
+        ));
+    }
+    status
+}
+
+fn too_large_message(original: &str, max_record_bytes: usize) -> String {
+    format!(
+        "request too large for this node (records may be at most {max_record_bytes} bytes, --max-record-bytes; a request at most one batch): {original}"
+    )
+}
+
 fn rewrite<B>(mut response: http::Response<B>, max_record_bytes: usize) -> http::Response<B> {
     let headers = response.headers();
     let too_large = headers.get("grpc-status").is_some_and(|code| code == "11")
@@ -86,9 +104,7 @@ fn rewrite<B>(mut response: http::Response<B>, max_record_bytes: usize) -> http:
         .and_then(|message| message.to_str().ok())
         .map(percent_decode)
         .unwrap_or_default();
-    let message = format!(
-        "request too large for this node: records may be at most {max_record_bytes} bytes (--max-record-bytes) [{original}]"
-    );
+    let message = too_large_message(&original, max_record_bytes);
     let headers = response.headers_mut();
     headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     if let Ok(value) = http::HeaderValue::from_str(&percent_encode(&message)) {

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::limits::oversize_status;
 use super::status::to_status;
 use super::store::{LogStore, NewRecord};
 use crate::storage::{BATCH_HEADER_LEN, RECORD_HEADER_LEN, StorageError, StoredRecord};
@@ -92,6 +93,23 @@ async fn start_offset(store: &LogStore, request: &ConsumeRequest) -> Result<u64,
     Ok(request.offset)
 }
 
+/// `OUT_OF_RANGE` with the valid range, as the storage layer words it.
+fn out_of_range(requested: u64, start: u64, end: u64) -> Status {
+    to_status(StorageError::OffsetOutOfRange {
+        requested,
+        start,
+        end,
+    })
+}
+
+/// Ends a stream because the node is stopping: `UNAVAILABLE`, with where to resume, so a
+/// client can tell it from the end of a stream it asked for.
+fn shutting_down(tx: &mpsc::Sender<Result<ConsumeResponse, Status>>, resume_from: u64) {
+    let _ = tx.try_send(Err(Status::unavailable(format!(
+        "the node is shutting down; resume from offset {resume_from} on a running node"
+    ))));
+}
+
 /// Rejects a record over the size limit before it reaches a batch (where it would fail the
 /// whole batch).
 fn check_size(record: NewRecord, max_record_bytes: usize) -> Result<NewRecord, Status> {
@@ -141,12 +159,9 @@ impl LogApi for LogService {
     ) -> Result<Response<ConsumeResponse>, Status> {
         let request = request.into_inner();
         let offset = start_offset(&self.store, &request).await?;
-        if offset >= self.store.visible_end() {
-            return Err(Status::out_of_range(format!(
-                "offset {offset} is out of range: the log holds offsets {}..{} (end exclusive)",
-                self.store.start_offset(),
-                self.store.visible_end()
-            )));
+        let (start, end) = (self.store.start_offset(), self.store.visible_end());
+        if offset < start || offset >= end {
+            return Err(out_of_range(offset, start, end));
         }
         let batches = self.store.read(offset, 0).await?;
         let record = batches
@@ -171,8 +186,10 @@ impl LogApi for LogService {
         let mut next = start_offset(&self.store, &request).await?;
         let (start, end) = (self.store.start_offset(), self.store.visible_end());
         if next < start || next > end {
+            let status = out_of_range(next, start, end);
             return Err(Status::out_of_range(format!(
-                "offset {next} is out of range: the log holds offsets {start}..{end} (end exclusive); a stream may start at {end} to wait for new records"
+                "{}; a stream may start at {end} to wait for new records",
+                status.message()
             )));
         }
         let (tx, rx) = mpsc::channel(self.settings.stream_buffer);
@@ -185,12 +202,13 @@ impl LogApi for LogService {
                 let end = *visible.borrow_and_update();
                 if next >= end {
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return shutting_down(&tx, next),
                         _ = tx.closed() => return,
                         changed = visible.changed() => if changed.is_err() { return },
                     }
                     continue;
                 }
+                let before = next;
                 let batches = match store.read(next, read_bytes).await {
                     Ok(batches) => batches,
                     Err(status) => {
@@ -208,9 +226,18 @@ impl LogApi for LogService {
                         record: Some(to_proto(record)),
                     };
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return shutting_down(&tx, next - 1),
                         sent = tx.send(Ok(response)) => if sent.is_err() { return },
                     }
+                }
+                if next == before {
+                    // A read that yields nothing new would repeat forever.
+                    let _ = tx
+                        .send(Err(Status::data_loss(format!(
+                            "the batch read for offset {next} holds no readable record at or after it"
+                        ))))
+                        .await;
+                    return;
                 }
             }
         });
@@ -237,7 +264,12 @@ impl LogApi for LogService {
         tokio::spawn(async move {
             loop {
                 let chunk = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "the node is shutting down: requests after the last answered one were not appended; resend them to a running node",
+                        )));
+                        return;
+                    }
                     next = inbound.next() => match next {
                         Some(chunk) => chunk,
                         None => return,
@@ -247,6 +279,7 @@ impl LogApi for LogService {
                 let mut rejected = None;
                 for request in chunk {
                     let record = request
+                        .map_err(|status| oversize_status(status, settings.max_record_bytes))
                         .and_then(|request| to_new_record(request.record, "ProduceRequest"))
                         .and_then(|record| check_size(record, settings.max_record_bytes));
                     match record {

@@ -128,37 +128,77 @@ fn print_record(out: &mut impl Write, record: &Record, output: Output) -> Result
     Ok(())
 }
 
-async fn produce(client: &mut Client, values: Vec<String>, output: Output) -> Result<()> {
-    let records: Vec<Produce> = if values.is_empty() {
-        let stdin = std::io::stdin();
-        let mut records = Vec::new();
-        for line in stdin.lock().lines() {
-            let line = line.context("read stdin")?;
-            records.push(Produce {
-                value: Bytes::from(line),
-                ..Produce::default()
-            });
-        }
-        records
-    } else {
-        values
-            .into_iter()
-            .map(|value| Produce {
-                value: Bytes::from(value),
-                ..Produce::default()
-            })
-            .collect()
+/// Records to produce: the values given, or stdin's lines read as they come (a bounded queue,
+/// so a large input is streamed, not loaded whole).
+fn records(values: Vec<String>) -> tokio::sync::mpsc::Receiver<Result<Produce>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let produce = |value: String| Produce {
+        value: Bytes::from(value),
+        ..Produce::default()
     };
-    let mut offsets = client
-        .produce_stream(futures_util::stream::iter(records))
-        .await?;
+    if values.is_empty() {
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let record = line.context("read stdin").map(produce);
+                let failed = record.is_err();
+                if tx.blocking_send(record).is_err() || failed {
+                    return;
+                }
+            }
+        });
+    } else {
+        tokio::spawn(async move {
+            for value in values {
+                if tx.send(Ok(produce(value))).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    rx
+}
+
+async fn produce(client: &mut Client, values: Vec<String>, output: Output) -> Result<()> {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let input_error = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let records = {
+        let sent = std::sync::Arc::clone(&sent);
+        let input_error = std::sync::Arc::clone(&input_error);
+        tokio_stream::wrappers::ReceiverStream::new(records(values)).filter_map(move |record| {
+            let record = match record {
+                Ok(record) => {
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Some(record)
+                }
+                Err(err) => {
+                    if let Ok(mut slot) = input_error.lock() {
+                        *slot = Some(err);
+                    }
+                    None
+                }
+            };
+            futures_util::future::ready(record)
+        })
+    };
+    let mut offsets = client.produce_stream(records).await?;
     let mut out = std::io::stdout().lock();
+    let mut answered = 0u64;
     while let Some(offset) = offsets.next().await {
-        let offset = offset?;
+        let offset = offset.with_context(|| {
+            format!("after {answered} records were appended; the rest were not")
+        })?;
+        answered += 1;
         match output {
             Output::Text => writeln!(out, "{offset}")?,
             Output::Json => writeln!(out, "{}", serde_json::json!({ "offset": offset }))?,
         }
+    }
+    if let Some(err) = input_error.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(err.context(format!("after {answered} records were appended")));
+    }
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    if answered != sent {
+        bail!("the node acknowledged {answered} of {sent} records; the rest may not be appended");
     }
     Ok(())
 }
@@ -179,7 +219,17 @@ async fn consume(
         Some(client.offsets().await?.1)
     };
     let mut next = from.unwrap_or(0);
-    if end == Some(next) && since_ms.is_none() {
+    let mut since_ms = since_ms;
+    if let (Some(since), false) = (since_ms, follow) {
+        // Resolve the time to an offset first, so the stop at the end below knows where it
+        // starts (and an empty result returns instead of waiting).
+        match client.consume_since(since).await? {
+            Some(record) => next = record.offset,
+            None => return Ok(()),
+        }
+        since_ms = None;
+    }
+    if end == Some(next) {
         return Ok(());
     }
     let mut stream = client.consume_stream(next, since_ms).await?;

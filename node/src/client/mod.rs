@@ -271,6 +271,20 @@ impl Client {
         })
     }
 
+    /// Reads the first record at or after `since_ms` (milliseconds since the Unix epoch);
+    /// `None` when there is none yet.
+    pub async fn consume_since(&mut self, since_ms: i64) -> Result<Option<Record>, ClientError> {
+        let request = ConsumeRequest {
+            offset: 0,
+            since_timestamp_ms: since_ms,
+        };
+        match self.inner.consume(request).await {
+            Ok(response) => Ok(response.into_inner().record),
+            Err(status) if status.code() == Code::OutOfRange => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    }
+
     /// Streams records from `offset` (or from the first at or after `since_ms`, when set), then
     /// follows the log as it grows.
     pub async fn consume_stream(
