@@ -14,6 +14,8 @@ use futures_util::future::MapOk;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::telemetry::percent_decode;
+
 /// What tonic says when a message is over the decoding limit.
 const TOO_LARGE_PREFIX: &str = "Error, decoded message length too large";
 
@@ -95,14 +97,16 @@ fn rewrite<B>(mut response: http::Response<B>, max_record_bytes: usize) -> http:
         && headers
             .get("grpc-message")
             .and_then(|message| message.to_str().ok())
-            .is_some_and(|message| percent_decode(message).starts_with(TOO_LARGE_PREFIX));
+            .is_some_and(|message| {
+                percent_decode(message.as_bytes(), usize::MAX).starts_with(TOO_LARGE_PREFIX)
+            });
     if !too_large {
         return response;
     }
     let original = headers
         .get("grpc-message")
         .and_then(|message| message.to_str().ok())
-        .map(percent_decode)
+        .map(|message| percent_decode(message.as_bytes(), usize::MAX))
         .unwrap_or_default();
     let message = too_large_message(&original, max_record_bytes);
     let headers = response.headers_mut();
@@ -126,29 +130,6 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match decoded {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +151,7 @@ mod tests {
         let original = "Error, decoded message length too large: found 9000000 bytes, the limit is: 8454144 bytes";
         let rewritten = rewrite(response("11", original), 1024);
         assert_eq!(rewritten.headers()["grpc-status"], "3");
-        let message = percent_decode(rewritten.headers()["grpc-message"].to_str().unwrap());
+        let message = percent_decode(rewritten.headers()["grpc-message"].as_bytes(), usize::MAX);
         assert!(
             message.contains("1024 bytes (--max-record-bytes)"),
             "{message}"

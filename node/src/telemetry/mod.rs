@@ -64,4 +64,5 @@ mod rpc_layer;
 pub use health::Health;
 pub use http::{HttpServer, MAX_HTTP_CONNECTIONS};
 pub use metrics::{LogSnapshot, LogStats, Metrics, RpcMetrics};
+pub(crate) use rpc_layer::percent_decode;
 pub use rpc_layer::{RpcMetricsLayer, RpcMetricsService};

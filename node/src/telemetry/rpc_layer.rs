@@ -178,7 +178,7 @@ impl Call {
         };
         let message = headers
             .get("grpc-message")
-            .map(|value| percent_decode(value.as_bytes()));
+            .map(|value| percent_decode(value.as_bytes(), MAX_LOGGED_MESSAGE));
         self.finish(code_name(status.as_bytes()), message.as_deref());
         true
     }
@@ -223,11 +223,12 @@ impl Drop for Call {
 }
 
 /// Decodes a `grpc-message` (percent-encoded UTF-8), bounded to [`MAX_LOGGED_MESSAGE`] bytes.
-fn percent_decode(raw: &[u8]) -> String {
-    let mut bytes = Vec::with_capacity(raw.len().min(MAX_LOGGED_MESSAGE));
+/// Decodes a `grpc-message` header (gRPC percent-encodes it), keeping at most `max_len` bytes.
+pub(crate) fn percent_decode(raw: &[u8], max_len: usize) -> String {
+    let mut bytes = Vec::with_capacity(raw.len().min(max_len));
     let mut rest = raw;
     while let Some((&first, tail)) = rest.split_first() {
-        if bytes.len() >= MAX_LOGGED_MESSAGE {
+        if bytes.len() >= max_len {
             break;
         }
         let hex = |byte: u8| (byte as char).to_digit(16);
@@ -394,9 +395,12 @@ mod tests {
 
     #[test]
     fn grpc_messages_are_percent_decoded() {
-        assert_eq!(percent_decode(b"offset 9%20out"), "offset 9 out");
-        assert_eq!(percent_decode(b"100%"), "100%");
-        assert_eq!(percent_decode(b"%E2%9C%93"), "\u{2713}");
+        assert_eq!(
+            percent_decode(b"offset 9%20out", MAX_LOGGED_MESSAGE),
+            "offset 9 out"
+        );
+        assert_eq!(percent_decode(b"100%", MAX_LOGGED_MESSAGE), "100%");
+        assert_eq!(percent_decode(b"%E2%9C%93", MAX_LOGGED_MESSAGE), "\u{2713}");
     }
 
     fn grpc_response(status_in_headers: Option<&str>) -> Response<Full<Bytes>> {
