@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(rewritten.headers()["grpc-status"], "3");
         let message = percent_decode(rewritten.headers()["grpc-message"].as_bytes(), usize::MAX);
         assert!(
-            message.contains("1024 bytes (--max-record-bytes)"),
+            message.contains("1024 bytes, --max-record-bytes"),
             "{message}"
         );
         assert!(message.contains("found 9000000 bytes"), "{message}");
