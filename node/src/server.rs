@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ServiceSettings;
 use crate::api::{LogService, LogStore, MessageLimitLayer};
 use crate::config::NodeConfig;
-use crate::security::{ServerSecurity, tls_incoming};
+use crate::security::{DEFAULT_MAX_CONNECTIONS, ServerSecurity, plain_incoming, tls_incoming};
 use crate::storage::Log;
 use crate::telemetry::{Health, HttpServer, Metrics, RpcMetricsLayer};
 use proglog_proto::log::v1::log_server::LogServer;
@@ -118,10 +118,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
                     serve_stop.cancelled_owned(),
                 ))
             }
-            // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs hold small responses
-            // for up to 40 ms (measured: streaming produce 8x slower).
+            // Bounded in number, TCP_NODELAY set (measured: streaming produce 8x slower
+            // without it).
             None => Box::pin(router.serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                plain_incoming(listener, DEFAULT_MAX_CONNECTIONS, stop.clone()),
                 serve_stop.cancelled_owned(),
             )),
         };

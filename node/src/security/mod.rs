@@ -24,7 +24,9 @@ mod tls;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use acceptor::{TlsConnection, tls_incoming};
+pub use acceptor::{
+    Connection, DEFAULT_MAX_CONNECTIONS, TlsConnection, plain_incoming, tls_incoming,
+};
 pub use acl::{AclConfig, Action, Authorizer, MethodAccess, method_access};
 pub use identity::{PeerIdentity, serial_number, subject_common_name};
 pub use layer::{AclLayer, AclService};

@@ -67,7 +67,7 @@ impl TlsConfig {
             reload_interval: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 256,
-            max_connections: 10_000,
+            max_connections: super::DEFAULT_MAX_CONNECTIONS,
             client_cert_optional: false,
         }
     }
