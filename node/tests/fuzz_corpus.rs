@@ -9,6 +9,9 @@
 // Helpers panic on failure as the tests do; `allow-unwrap-in-tests` covers only `#[test]` fns.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::scratch_dir;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -24,16 +27,6 @@ fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/corpus")
         .join(target)
-}
-
-/// A temp dir on tmpfs when there is one: each check opens logs, and every open fsyncs.
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    }
 }
 
 fn batch(base_offset: u64, epoch: u64, attributes: u16, records: &[Record<'_>]) -> Vec<u8> {

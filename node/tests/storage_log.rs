@@ -299,8 +299,11 @@ fn concurrent_appends_under_always_share_fsyncs_and_are_all_durable() {
         thread.join().unwrap();
     }
     assert_eq!(log.end_offset(), 400);
+    // Group commit: 400 appends waited for durability from 8 threads at once, and a thread that
+    // found a sync in progress rode on the next one instead of making its own. One sync per
+    // append would mean no append ever overlapped another's fsync.
     let stats = log.sync_stats();
-    assert!(stats.syncs >= 1 && stats.syncs <= 400, "{stats:?}");
+    assert!(stats.syncs >= 1 && stats.syncs < 400, "{stats:?}");
     let mut seen: Vec<String> = Vec::new();
     let mut next = 0;
     while next < 400 {

@@ -18,6 +18,9 @@
 // Helpers panic on failure as the tests do; `allow-unwrap-in-tests` covers only `#[test]` fns.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::scratch_dir;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -53,15 +56,6 @@ fn value(offset: u64) -> Vec<u8> {
         "abcdefgh".repeat((offset % 5) as usize)
     )
     .into_bytes()
-}
-
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    }
 }
 
 /// Appends `from..to` in batches of one to four records (epoch 1, then 2 from offset 100).

@@ -98,6 +98,12 @@ impl IndexBuilder {
             });
             self.bytes_since_entry = 0;
         }
+        self.advance(header);
+    }
+
+    /// Accounts for `header`'s batch written at `self.size`, without considering an index
+    /// entry (the entries before it are already known).
+    pub fn advance(&mut self, header: &BatchHeader) {
         let len = header.total_len() as u64;
         self.bytes_since_entry += len;
         self.size += len;
@@ -390,11 +396,6 @@ impl Segment {
             builder.next_offset = self.base_offset + u64::from(last.relative_offset);
         }
         let mut header = [0u8; BATCH_HEADER_LEN];
-        let mut discard = vec![IndexEntry {
-            relative_offset: 0,
-            position: 0,
-            max_timestamp_before: 0,
-        }];
         while builder.size < position {
             self.file
                 .read_exact_at(&mut header, builder.size)
@@ -402,13 +403,8 @@ impl Segment {
             let parsed = batch::peek_header(&header, u32::MAX).map_err(|err| {
                 self.corruption(builder.size, builder.next_offset, err.to_string())
             })?;
-            // `discard` is non-empty and the byte count is reset below, so no entry is added.
-            builder.bytes_since_entry = 0;
-            builder.add(self.base_offset, &parsed, u32::MAX, &mut discard);
+            builder.advance(&parsed);
         }
-        builder.bytes_since_entry = entries
-            .last()
-            .map_or(0, |last| position - u64::from(last.position));
         if builder.size != position || builder.next_offset != next_offset {
             return Err(self.corruption(
                 position,
