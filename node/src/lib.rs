@@ -6,6 +6,10 @@
 //! ## Layout
 //!
 //! - [`storage`]: the segmented log (sync, pure I/O). Everything else stands on it.
+//! - [`replication`]: pull-based consensus: the I/O-free state machine (elections, fetch,
+//!   high watermark), its persisted quorum state, and the simulation that tests it.
+//! - [`discovery`]: gossip membership (serf): who is alive, their RPC addresses and roles;
+//!   the only module that knows serf.
 //! - [`api`]: the gRPC services over the log (proglog's `log.v1.Log`), and the async adapter
 //!   to storage.
 //! - [`client`]: the Rust client the CLI, benches and tests share.
@@ -23,7 +27,9 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod discovery;
 pub mod fuzzing;
+pub mod replication;
 pub mod security;
 pub mod server;
 pub mod storage;

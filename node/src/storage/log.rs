@@ -29,6 +29,9 @@ use super::segment::{self, Segment};
 pub const START_OFFSET_FILE: &str = "log-start-offset";
 /// Checkpoint file holding the leader-epoch cache.
 pub const EPOCHS_FILE: &str = "leader-epochs";
+/// The replication layer's quorum state (epoch, vote, leader, voters), kept beside the log so
+/// one directory holds everything a node must not lose.
+pub const QUORUM_STATE_FILE: &str = "quorum-state";
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +180,9 @@ impl Log {
                 bases.push(base);
             } else if let Some(base) = segment::parse_file_name(&name, "index") {
                 index_bases.push((base, path));
-            } else if ![LOCK_FILE, START_OFFSET_FILE, EPOCHS_FILE].contains(&name.as_str()) {
+            } else if ![LOCK_FILE, START_OFFSET_FILE, EPOCHS_FILE, QUORUM_STATE_FILE]
+                .contains(&name.as_str())
+            {
                 tracing::warn!(path = %path.display(), "ignoring unknown file in the data directory");
                 report.unknown_files.push(path);
             }
@@ -440,6 +445,13 @@ impl Log {
         self.inner.append_encoded(batch)
     }
 
+    /// Appends batches exactly as another replica encoded them, in order, starting at the log's
+    /// end, and waits once for durability under `Durability::Always` (one fsync for a whole
+    /// fetch, not one per batch). Returns the offsets covered, or `None` for no batches.
+    pub fn append_batches(&self, batches: &[Batch]) -> Result<Option<AppendInfo>> {
+        self.inner.append_encoded_all(batches)
+    }
+
     /// Reads whole batches from the one containing `offset`, up to about `max_bytes` (at least
     /// one batch, so a consumer always progresses). The first batch may start before `offset`;
     /// callers skip the records they did not ask for. Empty at the end of the log. Batches are
@@ -660,6 +672,47 @@ impl Inner {
         }
         let result = self.write_locked(&mut writer, bytes, batch.header());
         self.finish_append(writer, result)
+    }
+
+    fn append_encoded_all(&self, batches: &[Batch]) -> Result<Option<AppendInfo>> {
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            return Ok(None);
+        };
+        self.check_running()?;
+        let mut writer = self.writer.lock();
+        let mut checkpoint_due = false;
+        let mut result = Ok(());
+        for batch in batches {
+            let bytes = batch.as_bytes();
+            if bytes.len() > self.options.max_batch_bytes as usize {
+                result = Err(StorageError::BatchTooLarge {
+                    size: bytes.len(),
+                    max: self.options.max_batch_bytes as usize,
+                });
+                break;
+            }
+            let expected = self.end_offset.load(Ordering::Acquire);
+            if batch.base_offset() != expected {
+                result = Err(StorageError::NonContiguousBatch {
+                    expected,
+                    found: batch.base_offset(),
+                });
+                break;
+            }
+            match self.write_locked(&mut writer, bytes, batch.header()) {
+                Ok((_, due)) => checkpoint_due |= due,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        let info = AppendInfo {
+            base_offset: first.base_offset(),
+            last_offset: last.last_offset(),
+        };
+        self.finish_append(writer, result.map(|()| (info, checkpoint_due)))
+            .map(Some)
     }
 
     /// After the write: release the writer, wait for durability, ask for a checkpoint when due.

@@ -28,7 +28,7 @@
 //! README.
 
 mod batch;
-mod checkpoint;
+pub mod checkpoint;
 mod dir_lock;
 mod epochs;
 mod error;
@@ -43,7 +43,9 @@ pub use batch::{
     StoredRecord, encode as encode_batch, validate as validate_batch,
 };
 pub use error::{Result, StorageError};
-pub use log::{AppendInfo, Log, RecoveryReport, RetentionOutcome, SyncStats, now_ms};
+pub use log::{
+    AppendInfo, Log, QUORUM_STATE_FILE, RecoveryReport, RetentionOutcome, SyncStats, now_ms,
+};
 pub use options::{Durability, LogOptions};
 pub use recovery::{TORN_SEARCH_WINDOW, TornTail};
 pub use segment::{SEGMENT_HEADER_LEN, index_file_name, log_file_name};

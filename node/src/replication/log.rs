@@ -1,0 +1,87 @@
+//! What replication needs from a log, defined here (the consuming layer) and implemented by the
+//! storage engine and by the simulation's in-memory log.
+
+use std::sync::Arc;
+
+use crate::storage::{AppendInfo, Batch, Durability, Log, Record, StorageError};
+
+/// A replica's log. Every method is synchronous I/O; failures are storage errors, and one that
+/// [`StorageError::is_fatal`] means the node must stop.
+pub trait ReplicaLog {
+    /// The first offset held.
+    fn start_offset(&self) -> u64;
+    /// One past the last offset written.
+    fn end_offset(&self) -> u64;
+    /// One past the last offset that survives a crash under the node's durability policy: what
+    /// a replica may count towards the high watermark. Equal to `end_offset` when the node
+    /// acknowledges without fsync.
+    fn durable_end(&self) -> u64;
+    /// Epoch of the last batch, 0 for an empty log.
+    fn last_epoch(&self) -> u64;
+    /// The largest epoch `<= epoch` in the log and the offset where it ends.
+    fn epoch_end_offset(&self, epoch: u64) -> Option<(u64, u64)>;
+    /// Whole batches from the one holding `offset`, up to about `max_bytes` (at least one).
+    fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>, StorageError>;
+    /// Appends records as a leader of `epoch`; `control` marks a leader-change record.
+    fn append(
+        &self,
+        epoch: u64,
+        records: &[Record<'_>],
+        control: bool,
+    ) -> Result<AppendInfo, StorageError>;
+    /// Appends batches copied from the leader, durable under the node's policy on return.
+    fn append_fetched(&self, batches: &[Batch]) -> Result<(), StorageError>;
+    /// Removes every record at or after `offset`.
+    fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError>;
+}
+
+impl ReplicaLog for Arc<Log> {
+    fn start_offset(&self) -> u64 {
+        Log::start_offset(self)
+    }
+
+    fn end_offset(&self) -> u64 {
+        Log::end_offset(self)
+    }
+
+    fn durable_end(&self) -> u64 {
+        if self.options().durability == Durability::Always {
+            self.durable_offset().min(Log::end_offset(self))
+        } else {
+            Log::end_offset(self)
+        }
+    }
+
+    fn last_epoch(&self) -> u64 {
+        self.latest_epoch().unwrap_or(0)
+    }
+
+    fn epoch_end_offset(&self, epoch: u64) -> Option<(u64, u64)> {
+        Log::epoch_end_offset(self, epoch)
+    }
+
+    fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>, StorageError> {
+        Log::read(self, offset, max_bytes)
+    }
+
+    fn append(
+        &self,
+        epoch: u64,
+        records: &[Record<'_>],
+        control: bool,
+    ) -> Result<AppendInfo, StorageError> {
+        if control {
+            self.append_control(epoch, records)
+        } else {
+            Log::append(self, epoch, records)
+        }
+    }
+
+    fn append_fetched(&self, batches: &[Batch]) -> Result<(), StorageError> {
+        self.append_batches(batches).map(|_| ())
+    }
+
+    fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError> {
+        Log::truncate_suffix(self, offset)
+    }
+}

@@ -1,0 +1,25 @@
+//! Pull-based consensus (KIP-595 in spirit): quorum state, elections, replication by fetch and
+//! the high watermark.
+//!
+//! # Layout
+//!
+//! - [`messages`]: the peer protocol as plain values.
+//! - [`replica`]: the I/O-free state machine, driven by time, ticks and messages.
+//! - [`log`]: [`ReplicaLog`], what the state machine needs from a log (storage implements it).
+//! - [`quorum`]: [`QuorumState`] and where it is persisted.
+//! - [`error`]: [`ReplicationError`].
+//! - `sim` (tests): a deterministic simulated cluster with faults and safety checkers.
+
+pub mod error;
+pub mod log;
+pub mod messages;
+pub mod quorum;
+pub mod replica;
+#[cfg(test)]
+mod sim;
+
+pub use error::ReplicationError;
+pub use log::ReplicaLog;
+pub use messages::{Envelope, FetchResult, Message, NodeId};
+pub use quorum::{FileQuorumStore, QuorumState, QuorumStore};
+pub use replica::{LEADER_CHANGE_RECORD_TYPE, Replica, ReplicaConfig, ReplicaStatus, RoleKind};

@@ -1,0 +1,154 @@
+//! The quorum state a node persists before any transition takes effect: its epoch, whom it
+//! voted for in that epoch, the leader it knows, and the voter set.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::error::ReplicationError;
+use super::messages::NodeId;
+use crate::storage::{QUORUM_STATE_FILE, checkpoint};
+
+/// What a node must remember across restarts to never vote twice in an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumState {
+    /// The latest epoch this node has seen.
+    pub epoch: u64,
+    /// The candidate this node voted for in `epoch`.
+    pub voted_for: Option<NodeId>,
+    /// The leader of `epoch`, once known.
+    pub leader_id: Option<NodeId>,
+    /// The voters, sorted. Changed one at a time, never by gossip.
+    pub voters: Vec<NodeId>,
+}
+
+impl QuorumState {
+    /// A fresh state for a new cluster of `voters`.
+    pub fn bootstrap(mut voters: Vec<NodeId>) -> QuorumState {
+        voters.sort();
+        voters.dedup();
+        QuorumState {
+            epoch: 0,
+            voted_for: None,
+            leader_id: None,
+            voters,
+        }
+    }
+
+    /// The JSON form kept on disk (readable by an operator with `tail -c +11`).
+    pub fn encode(&self) -> Vec<u8> {
+        json!({
+            "epoch": self.epoch,
+            "voted_for": self.voted_for,
+            "leader_id": self.leader_id,
+            "voters": self.voters,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Parses what [`QuorumState::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<QuorumState, String> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
+        let epoch = value["epoch"]
+            .as_u64()
+            .ok_or("`epoch` is missing or not a number")?;
+        let optional = |key: &str| -> Result<Option<NodeId>, String> {
+            match &value[key] {
+                Value::Null => Ok(None),
+                Value::String(id) => Ok(Some(id.clone())),
+                other => Err(format!("`{key}` is not a string: {other}")),
+            }
+        };
+        let voters = value["voters"]
+            .as_array()
+            .ok_or("`voters` is missing or not a list")?
+            .iter()
+            .map(|voter| {
+                voter
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("voter {voter} is not a string"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(QuorumState {
+            epoch,
+            voted_for: optional("voted_for")?,
+            leader_id: optional("leader_id")?,
+            voters,
+        })
+    }
+}
+
+/// Where quorum state lives. `save` must be durable when it returns.
+pub trait QuorumStore {
+    /// The saved state, or `None` for a node that never saved one.
+    fn load(&self) -> Result<Option<QuorumState>, ReplicationError>;
+    /// Saves `state` atomically and durably.
+    fn save(&mut self, state: &QuorumState) -> Result<(), ReplicationError>;
+}
+
+/// Quorum state in a checkpoint file (temp + fsync + rename) in the node's data directory.
+#[derive(Debug, Clone)]
+pub struct FileQuorumStore {
+    dir: PathBuf,
+}
+
+impl FileQuorumStore {
+    /// Keeps the state in `dir`.
+    pub fn new(dir: impl AsRef<Path>) -> FileQuorumStore {
+        FileQuorumStore {
+            dir: dir.as_ref().to_path_buf(),
+        }
+    }
+}
+
+impl QuorumStore for FileQuorumStore {
+    fn load(&self) -> Result<Option<QuorumState>, ReplicationError> {
+        let Some(bytes) = checkpoint::read(&self.dir, QUORUM_STATE_FILE)? else {
+            return Ok(None);
+        };
+        QuorumState::decode(&bytes)
+            .map(Some)
+            .map_err(|reason| ReplicationError::BadQuorumState {
+                path: self.dir.join(QUORUM_STATE_FILE),
+                reason,
+            })
+    }
+
+    fn save(&mut self, state: &QuorumState) -> Result<(), ReplicationError> {
+        checkpoint::write(&self.dir, QUORUM_STATE_FILE, &state.encode())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileQuorumStore::new(dir.path());
+        assert_eq!(store.load().unwrap(), None);
+        let state = QuorumState {
+            epoch: 7,
+            voted_for: Some("b".into()),
+            leader_id: None,
+            voters: vec!["a".into(), "b".into(), "c".into()],
+        };
+        store.save(&state).unwrap();
+        assert_eq!(
+            FileQuorumStore::new(dir.path()).load().unwrap(),
+            Some(state)
+        );
+    }
+
+    #[test]
+    fn a_damaged_state_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint::write(dir.path(), QUORUM_STATE_FILE, b"{\"epoch\": \"x\"}").unwrap();
+        let err = FileQuorumStore::new(dir.path()).load().unwrap_err();
+        assert!(err.to_string().contains("epoch"), "{err}");
+    }
+}
