@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/log/v1/log.proto"];
+    let protos = [
+        "proto/log/v1/log.proto",
+        "proto/log/v1/peer.proto",
+        "proto/log/v1/admin.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -16,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .bytes(".log.v1.Record.value")
+        .bytes(".log.v1.FetchedBatches.batches")
         .compile_fds(descriptors)?;
     Ok(())
 }

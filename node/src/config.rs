@@ -54,6 +54,30 @@ pub struct NodeConfig {
     /// ACL authorization (`--acl-model`, `--acl-policy`); needs mutual TLS, since the subject is
     /// the client certificate's common name. Default `None`: no authorization.
     pub acl: Option<AclConfig>,
+    /// Replication: the first quorum, known peer addresses, timing.
+    pub replication: ReplicationConfig,
+}
+
+/// How a node finds and replicates with its peers.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Ids of the first quorum (`--initial-voters`); empty means this node alone. Ignored once
+    /// the node has quorum state on disk.
+    pub initial_voters: Vec<String>,
+    /// Peer RPC addresses known up front (`--peers id=host:port,...`).
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// Lower bound of the randomized election timeout (`--election-timeout-ms`).
+    pub election_timeout: Duration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            initial_voters: Vec::new(),
+            peers: std::collections::BTreeMap::new(),
+            election_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// A configuration value that cannot work.
@@ -84,6 +108,7 @@ impl NodeConfig {
             log_format: LogFormat::Json,
             tls: None,
             acl: None,
+            replication: ReplicationConfig::default(),
         }
     }
 
@@ -109,6 +134,28 @@ impl NodeConfig {
                 _ => "log",
             };
             return invalid(key, err.to_string());
+        }
+        let replication = &self.replication;
+        if !replication.initial_voters.is_empty() && !replication.initial_voters.contains(&self.id)
+        {
+            return invalid(
+                "initial-voters",
+                format!(
+                    "{:?} does not include this node's --id `{}`; a node that is not a voter \
+                     joins an existing cluster with no --initial-voters",
+                    replication.initial_voters, self.id
+                ),
+            );
+        }
+        if replication.initial_voters.iter().any(String::is_empty) {
+            return invalid("initial-voters", "ids must not be empty".into());
+        }
+        let timeout_ms = replication.election_timeout.as_millis();
+        if !(50..=60_000).contains(&timeout_ms) {
+            return invalid(
+                "election-timeout-ms",
+                format!("{timeout_ms} is outside 50..=60000"),
+            );
         }
         if self.stream_buffer == 0 || self.produce_pipeline == 0 || self.consume_read_bytes == 0 {
             return invalid(

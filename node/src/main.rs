@@ -71,6 +71,27 @@ struct Cli {
     /// Casbin policy of the ACL (proglog's policy.csv: `p, <client CN>, *, produce|consume`).
     #[arg(long, env = "PROGLOG_ACL_POLICY", requires = "acl_model")]
     acl_policy: Option<PathBuf>,
+    /// The ids of the first quorum, the same list on every node of a new cluster (comma
+    /// separated). Ignored once the node has quorum state on disk. Default: this node alone.
+    #[arg(long, env = "PROGLOG_INITIAL_VOTERS", value_delimiter = ',')]
+    initial_voters: Vec<String>,
+    /// Peer RPC addresses known up front, as `id=host:port` (comma separated). Addresses
+    /// learned by gossip are used for peers not listed.
+    #[arg(long, env = "PROGLOG_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    peers: Vec<(String, String)>,
+    /// Lower bound of the randomized election timeout, in milliseconds (each is drawn from
+    /// `[t, 2t)`). Failover takes about 1-2 of these.
+    #[arg(long, env = "PROGLOG_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    election_timeout_ms: u64,
+}
+
+fn parse_peer(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((id, addr)) if !id.is_empty() && !addr.is_empty() => {
+            Ok((id.to_owned(), addr.to_owned()))
+        }
+        _ => Err(format!("`{value}` is not `id=host:port`")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -113,6 +134,9 @@ impl Cli {
         if let (Some(model), Some(policy)) = (self.acl_model, self.acl_policy) {
             config.acl = Some(AclConfig { model, policy });
         }
+        config.replication.initial_voters = self.initial_voters;
+        config.replication.peers = self.peers.into_iter().collect();
+        config.replication.election_timeout = Duration::from_millis(self.election_timeout_ms);
         config.log_format = match self.log_format {
             FormatArg::Json => LogFormat::Json,
             FormatArg::Pretty => LogFormat::Pretty,

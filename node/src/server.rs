@@ -7,12 +7,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ServiceSettings;
-use crate::api::{LogService, LogStore, MessageLimitLayer};
+use crate::api::{
+    AdminService, GrpcPeerTransport, LogService, LogStore, MessageLimitLayer, PeerService,
+};
 use crate::config::NodeConfig;
+use crate::replication::driver::{Consensus, PeerDirectory, StaticDirectory};
+use crate::replication::{FileQuorumStore, Replica, ReplicaConfig};
+use crate::security::TlsConfig;
 use crate::security::{DEFAULT_MAX_CONNECTIONS, ServerSecurity, plain_incoming, tls_incoming};
 use crate::storage::Log;
 use crate::telemetry::{Health, HttpServer, Metrics, RpcMetricsLayer};
+use proglog_proto::log::v1::admin_server::AdminServer;
 use proglog_proto::log::v1::log_server::LogServer;
+use proglog_proto::log::v1::peer_server::PeerServer;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// HTTP/2 streams (calls) one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
@@ -48,9 +56,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         .await
         .context("log open task failed")?
         .with_context(|| format!("open the log in {}", config.data_dir.display()))?;
+    let log = Arc::new(log);
     let fatal = CancellationToken::new();
-    let store = LogStore::new(log, fatal.clone());
-    metrics.watch_log(Arc::clone(&store) as _);
 
     let listener = TcpListener::bind(config.rpc_addr)
         .await
@@ -61,6 +68,41 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         .clone()
         .unwrap_or_else(|| local_addr.to_string());
     let stop = CancellationToken::new();
+
+    // Replication: peers by static address (gossip adds the rest), the consensus state
+    // machine over the log, and its driver.
+    let mut peers = config.replication.peers.clone();
+    peers.insert(config.id.clone(), advertise.clone());
+    let directory: Arc<dyn PeerDirectory> = Arc::new(StaticDirectory(peers));
+    let peer_tls = match &config.tls {
+        Some(tls) => Some(peer_client_tls(tls)?),
+        None => None,
+    };
+    let transport = Arc::new(GrpcPeerTransport::new(
+        Arc::clone(&directory),
+        peer_tls,
+        config.log.max_batch_bytes,
+    ));
+    let mut replica_config = ReplicaConfig::new(config.id.clone());
+    replica_config.election_timeout_ms = config.replication.election_timeout.as_millis() as u64;
+    replica_config.fetch_max_wait_ms = (replica_config.election_timeout_ms / 2) as u32;
+    replica_config.fetch_timeout_ms = replica_config.election_timeout_ms + 500;
+    replica_config.seed = random_seed();
+    let initial_voters = config.replication.initial_voters.clone();
+    let replica_log = Arc::clone(&log);
+    let quorum_store = FileQuorumStore::new(&config.data_dir);
+    let replica = tokio::task::spawn_blocking(move || {
+        Replica::new(replica_config, replica_log, quorum_store, initial_voters, 0)
+    })
+    .await
+    .context("replica start task failed")?
+    .context("start replication")?;
+    let consensus = Consensus::new(replica, transport, fatal.clone());
+    let consensus_stop = CancellationToken::new();
+    let consensus_task = tokio::spawn(Arc::clone(&consensus).run(consensus_stop.clone()));
+    let _stop_consensus_on_return = consensus_stop.clone().drop_guard();
+    let store = LogStore::new(log, Arc::clone(&consensus), directory, fatal.clone());
+    metrics.watch_log(Arc::clone(&store) as _);
     let service = LogService::new(
         Arc::clone(&store),
         ServiceSettings {
@@ -102,6 +144,15 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         // Every call is authorized here (a pass-through without an ACL).
         .layer(security.acl_layer())
         .add_service(health_service)
+        .add_service(
+            PeerServer::new(PeerService::new(
+                Arc::clone(&consensus),
+                config.log.max_batch_bytes,
+            ))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message * 4),
+        )
+        .add_service(AdminServer::new(AdminService::new(Arc::clone(&store))))
         .add_service(reflection)
         .add_service(
             LogServer::new(service)
@@ -145,6 +196,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     );
     readiness.set_not_ready();
     health.set_not_serving::<LogServer<LogService>>().await;
+    if !fatal_error && let Some(epoch) = consensus.resign(true).await {
+        tracing::info!(epoch, "handed leadership over");
+    }
     stop.cancel();
     if !server.is_finished() {
         match tokio::time::timeout(config.shutdown_grace, &mut server).await {
@@ -154,6 +208,12 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
                 server.abort();
             }
         }
+    }
+    consensus_stop.cancel();
+    if let Err(err) = consensus_task.await {
+        failure = failure.or(Some(
+            anyhow::Error::new(err).context("consensus task failed"),
+        ));
     }
     if let Err(err) = retention.await {
         failure = failure.or(Some(
@@ -178,6 +238,34 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         anyhow::bail!("stopped after a fatal storage error");
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// The TLS a node uses to call its peers: its own certificate as the client identity, and the
+/// client CA (the cluster's CA) to check theirs.
+fn peer_client_tls(tls: &TlsConfig) -> anyhow::Result<ClientTlsConfig> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("read {} (--{flag})", path.display()))
+    };
+    let mut config = ClientTlsConfig::new().identity(Identity::from_pem(
+        read("tls-cert", &tls.cert)?,
+        read("tls-key", &tls.key)?,
+    ));
+    if let Some(ca) = &tls.client_ca {
+        config = config.ca_certificate(Certificate::from_pem(read("tls-client-ca", ca)?));
+    }
+    Ok(config)
+}
+
+/// A seed for election-timeout randomness that differs between nodes and starts.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.finish()
 }
 
 /// What the gRPC server task ended with.

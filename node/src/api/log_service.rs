@@ -18,9 +18,9 @@ use super::store::{LogStore, NewRecord};
 use crate::storage::{BATCH_HEADER_LEN, RECORD_HEADER_LEN, StorageError, StoredRecord};
 use proglog_proto::log::v1::log_server::Log as LogApi;
 use proglog_proto::log::v1::{
-    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
-    GetServersResponse, ProduceBatchRequest, ProduceBatchResponse, ProduceRequest, ProduceResponse,
-    Record, Server,
+    Acks, ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse,
+    GetServersRequest, GetServersResponse, ProduceBatchRequest, ProduceBatchResponse,
+    ProduceRequest, ProduceResponse, Record, Server,
 };
 
 /// Limits and identity the service needs.
@@ -146,8 +146,10 @@ impl LogApi for LogService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        let record = to_new_record(request.into_inner().record, "ProduceRequest")?;
-        let info = self.store.append(vec![record]).await?;
+        let request = request.into_inner();
+        let acks_leader = request.acks == Acks::Leader as i32;
+        let record = to_new_record(request.record, "ProduceRequest")?;
+        let info = self.store.append(vec![record], acks_leader).await?;
         Ok(Response::new(ProduceResponse {
             offset: info.base_offset,
         }))
@@ -217,7 +219,19 @@ impl LogApi for LogService {
                         return;
                     }
                 };
-                for record in batches.iter().flat_map(|batch| batch.records()) {
+                // Leader-change markers are the log's, not the producers': streams skip them
+                // (their offsets are gaps, as in Kafka).
+                let records = batches.iter().flat_map(|batch| {
+                    let skip = batch.is_control().then(|| batch.next_offset());
+                    batch.records().map(move |record| (skip, record))
+                });
+                for (skip, record) in records {
+                    if let Some(skip_to) = skip {
+                        if record.offset >= next && record.offset < end {
+                            next = skip_to.min(end);
+                        }
+                        continue;
+                    }
                     if record.offset < next || record.offset >= end {
                         continue;
                     }
@@ -291,7 +305,7 @@ impl LogApi for LogService {
                     }
                 }
                 for batch in split_into_batches(records, settings.max_batch_bytes) {
-                    let offsets = match store.append(batch).await {
+                    let offsets = match store.append(batch, false).await {
                         Ok(info) => info.base_offset..=info.last_offset,
                         Err(status) => {
                             let _ = tx.send(Err(status)).await;
@@ -317,22 +331,37 @@ impl LogApi for LogService {
         &self,
         _request: Request<GetServersRequest>,
     ) -> Result<Response<GetServersResponse>, Status> {
-        // A single node leads itself; the cluster's membership comes with replication.
-        Ok(Response::new(GetServersResponse {
-            servers: vec![Server {
+        // Every member discovery knows (this node included), and which one leads.
+        let leader = self.store.consensus().view().leader_id;
+        let mut servers: Vec<Server> = self
+            .store
+            .directory()
+            .members()
+            .into_iter()
+            .map(|(id, rpc_addr)| Server {
+                is_leader: leader.as_deref() == Some(id.as_str()),
+                id,
+                rpc_addr,
+            })
+            .collect();
+        if !servers.iter().any(|server| server.id == self.settings.id) {
+            servers.push(Server {
                 id: self.settings.id.clone(),
                 rpc_addr: self.settings.rpc_addr.clone(),
-                is_leader: true,
-            }],
-        }))
+                is_leader: leader.as_deref() == Some(self.settings.id.as_str()),
+            });
+        }
+        servers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Response::new(GetServersResponse { servers }))
     }
 
     async fn produce_batch(
         &self,
         request: Request<ProduceBatchRequest>,
     ) -> Result<Response<ProduceBatchResponse>, Status> {
+        let request = request.into_inner();
+        let acks_leader = request.acks == Acks::Leader as i32;
         let records = request
-            .into_inner()
             .records
             .into_iter()
             .map(|record| to_new_record(Some(record), "ProduceBatchRequest"))
@@ -342,7 +371,7 @@ impl LogApi for LogService {
                 "ProduceBatchRequest: `records` must hold at least one record",
             ));
         }
-        let info = self.store.append(records).await?;
+        let info = self.store.append(records, acks_leader).await?;
         Ok(Response::new(ProduceBatchResponse {
             base_offset: info.base_offset,
             last_offset: info.last_offset,

@@ -9,14 +9,21 @@
 //!   the blocking pool, a watch channel announcing new records so streams never poll).
 //! - `limits`: a request over the gRPC message limit gets `INVALID_ARGUMENT`, like an oversize
 //!   record, not tonic's `OUT_OF_RANGE`.
+//! - `peer`: the `log.v1.Peer` service replicas replicate through, and the gRPC transport that
+//!   calls it.
+//! - `admin`: the `log.v1.Admin` service: cluster status, leadership transfer.
 //! - `status`: the one place storage errors become gRPC statuses.
 
+mod admin;
 mod limits;
 mod log_service;
+mod peer;
 mod status;
 mod store;
 
+pub use admin::AdminService;
 pub use limits::MessageLimitLayer;
 pub use log_service::{LogService, ServiceSettings};
-pub use status::to_status;
+pub use peer::{GrpcPeerTransport, PeerService};
+pub use status::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, to_replication_status, to_status};
 pub use store::{LogStore, NewRecord};

@@ -3,7 +3,39 @@
 
 use tonic::{Code, Status};
 
+use crate::replication::ReplicationError;
 use crate::storage::StorageError;
+
+/// Metadata key naming the leader's id on a `NOT_LEADER`-style answer.
+pub const LEADER_ID_METADATA: &str = "proglog-leader-id";
+/// Metadata key naming the leader's RPC address, when known.
+pub const LEADER_ADDR_METADATA: &str = "proglog-leader-addr";
+
+/// Maps a replication error to the status a client sees; `leader_addr` goes into the
+/// metadata of a not-leader answer so smart clients can go straight to the leader.
+pub fn to_replication_status(err: ReplicationError, leader_addr: Option<String>) -> Status {
+    match err {
+        ReplicationError::Storage(err) => to_status(err),
+        ReplicationError::NotLeader { ref leader } => {
+            let message = match &leader_addr {
+                Some(addr) => format!("{err} at {addr}"),
+                None => err.to_string(),
+            };
+            let mut status = Status::unavailable(message);
+            if let Some(id) = leader.as_deref().and_then(|id| id.parse().ok()) {
+                status.metadata_mut().insert(LEADER_ID_METADATA, id);
+            }
+            if let Some(addr) = leader_addr.and_then(|addr| addr.parse().ok()) {
+                status.metadata_mut().insert(LEADER_ADDR_METADATA, addr);
+            }
+            status
+        }
+        ReplicationError::LeadershipLost { .. } | ReplicationError::ShuttingDown => {
+            Status::unavailable(err.to_string())
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
 
 /// Maps a storage error to the status a client sees.
 pub fn to_status(err: StorageError) -> Status {

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::status::to_status;
+use super::status::{to_replication_status, to_status};
+use crate::replication::driver::{Consensus, PeerDirectory};
+use crate::replication::{NodeId, ReplicationError};
 use crate::storage::{AppendInfo, Batch, Durability, Log, Record, StorageError, now_ms};
 
 /// A record to append, owned (decoded from a request).
@@ -31,20 +33,54 @@ pub struct NewRecord {
 #[derive(Debug)]
 pub struct LogStore {
     log: Arc<Log>,
+    consensus: Arc<Consensus>,
+    directory: Arc<dyn PeerDirectory>,
     visible: watch::Sender<u64>,
     /// Cancelled when the log hits a fatal error: the node must stop.
     fatal: CancellationToken,
 }
 
 impl LogStore {
-    /// Wraps an open log. `fatal` is cancelled if the log stops on an I/O error.
-    pub fn new(log: Log, fatal: CancellationToken) -> Arc<Self> {
-        let (visible, _) = watch::channel(log.end_offset());
-        Arc::new(LogStore {
-            log: Arc::new(log),
-            visible,
+    /// Wraps an open log replicated by `consensus`. Consumers see records below the high
+    /// watermark; `directory` finds the leader's address for clients sent elsewhere. `fatal`
+    /// is cancelled if the log stops on an I/O error.
+    pub fn new(
+        log: Arc<Log>,
+        consensus: Arc<Consensus>,
+        directory: Arc<dyn PeerDirectory>,
+        fatal: CancellationToken,
+    ) -> Arc<Self> {
+        let mut view = consensus.subscribe();
+        let visible = watch::Sender::new(view.borrow_and_update().high_watermark);
+        let store = Arc::new(LogStore {
+            log,
+            consensus,
+            directory,
+            visible: visible.clone(),
             fatal,
-        })
+        });
+        // The high watermark, as consumers' watch channel. Ends with the consensus.
+        tokio::spawn(async move {
+            while view.changed().await.is_ok() {
+                let high_watermark = view.borrow_and_update().high_watermark;
+                visible.send_if_modified(|visible| {
+                    let advanced = high_watermark > *visible;
+                    *visible = (*visible).max(high_watermark);
+                    advanced
+                });
+            }
+        });
+        store
+    }
+
+    /// The consensus driver (status, admin).
+    pub fn consensus(&self) -> &Arc<Consensus> {
+        &self.consensus
+    }
+
+    /// Where the cluster's members are.
+    pub fn directory(&self) -> &Arc<dyn PeerDirectory> {
+        &self.directory
     }
 
     /// The first offset served.
@@ -67,37 +103,71 @@ impl LogStore {
         &self.log
     }
 
-    /// Appends `records` as one batch and returns once it is acknowledged.
+    /// Appends `records` as one batch on the leader and returns once it is committed (below
+    /// the high watermark, on a majority), or once the leader has it with `acks_leader`.
     ///
     /// Under `always` the append waits for an fsync, so it runs on the blocking pool. Under
     /// `interval` and `never` it only copies into the page cache (a few microseconds for the
     /// largest batch allowed), so it runs in place: the hop to the blocking pool and back would
     /// cost more than the write and is what bounds unary produce at concurrency 1. The rare
     /// exception is a segment roll, which fsyncs the sealed segment once per `segment_bytes`.
-    pub async fn append(&self, records: Vec<NewRecord>) -> Result<AppendInfo, Status> {
+    pub async fn append(
+        &self,
+        records: Vec<NewRecord>,
+        acks_leader: bool,
+    ) -> Result<AppendInfo, Status> {
+        let view = self.consensus.view();
+        let Some(epoch) = view.leader_epoch else {
+            return Err(self.not_leader(view.leader_id));
+        };
         let result = if self.log.options().durability == Durability::Always {
             let log = Arc::clone(&self.log);
-            tokio::task::spawn_blocking(move || append_now(&log, &records))
+            tokio::task::spawn_blocking(move || append_now(&log, epoch, &records))
                 .await
                 .map_err(|err| Status::internal(format!("append task failed: {err}")))?
         } else {
-            append_now(&self.log, &records)
+            append_now(&self.log, epoch, &records)
         };
-        match result {
-            Ok(info) => {
-                // Appends return in any order; each one's return means everything before it
-                // is acknowledged too (appends are written in offset order, and a sync covers
-                // all that was written before it).
-                self.visible.send_if_modified(|visible| {
-                    let end = info.last_offset + 1;
-                    let advanced = end > *visible;
-                    *visible = (*visible).max(end);
-                    advanced
-                });
-                Ok(info)
+        let info = match result {
+            Ok(info) => info,
+            // A later epoch's batches are already in the log: this node stopped leading.
+            Err(StorageError::EpochRegression { .. }) => {
+                return Err(self.not_leader(self.consensus.view().leader_id));
             }
-            Err(err) => Err(self.fail(err)),
+            Err(err) => return Err(self.fail(err)),
+        };
+        self.consensus.note_local_append();
+        if acks_leader {
+            return Ok(info);
         }
+        let mut view = self.consensus.subscribe();
+        loop {
+            {
+                let now = view.borrow_and_update();
+                if now.leader_epoch != Some(epoch) {
+                    return Err(to_replication_status(
+                        ReplicationError::LeadershipLost {
+                            epoch,
+                            offset: info.last_offset,
+                        },
+                        None,
+                    ));
+                }
+                if now.high_watermark > info.last_offset {
+                    return Ok(info);
+                }
+            }
+            if view.changed().await.is_err() {
+                return Err(Status::unavailable("the node is shutting down"));
+            }
+        }
+    }
+
+    /// `UNAVAILABLE` naming the leader and its address (also in the `proglog-leader-id` and
+    /// `proglog-leader-addr` metadata), so a client can go there.
+    pub fn not_leader(&self, leader: Option<NodeId>) -> Status {
+        let addr = leader.as_deref().and_then(|id| self.directory.rpc_addr(id));
+        to_replication_status(ReplicationError::NotLeader { leader }, addr)
     }
 
     /// Reads batches from the one holding `offset`, up to about `max_bytes`, trimmed to the
@@ -164,10 +234,9 @@ impl LogStore {
     }
 }
 
-/// Appends `records` as one batch of the latest epoch, stamping records without a time.
-fn append_now(log: &Log, records: &[NewRecord]) -> Result<AppendInfo, StorageError> {
+/// Appends `records` as one batch of `epoch`, stamping records without a time.
+fn append_now(log: &Log, epoch: u64, records: &[NewRecord]) -> Result<AppendInfo, StorageError> {
     let now = now_ms();
-    let epoch = log.latest_epoch().unwrap_or(0);
     let batch: Vec<Record<'_>> = records
         .iter()
         .map(|record| Record {

@@ -225,6 +225,7 @@ impl Client {
             .inner
             .produce(ProduceRequest {
                 record: Some(record.into_proto()),
+                ..Default::default()
             })
             .await?;
         Ok(response.into_inner().offset)
@@ -238,7 +239,10 @@ impl Client {
         let records = records.into_iter().map(Produce::into_proto).collect();
         let response = self
             .inner
-            .produce_batch(ProduceBatchRequest { records })
+            .produce_batch(ProduceBatchRequest {
+                records,
+                ..Default::default()
+            })
             .await?
             .into_inner();
         Ok((response.base_offset, response.last_offset))
@@ -252,6 +256,7 @@ impl Client {
     ) -> Result<impl Stream<Item = Result<u64, ClientError>>, ClientError> {
         let requests = records.map(|record| ProduceRequest {
             record: Some(record.into_proto()),
+            ..Default::default()
         });
         let responses = self.inner.produce_stream(requests).await?.into_inner();
         Ok(responses.map(|response| response.map(|r| r.offset).map_err(ClientError::from)))

@@ -5,11 +5,14 @@
 //!
 //! - [`messages`]: the peer protocol as plain values.
 //! - [`replica`]: the I/O-free state machine, driven by time, ticks and messages.
+//! - [`driver`]: [`driver::Consensus`], the async driver in a running node: timers, peer calls
+//!   through [`driver::PeerTransport`], long-polled fetches, and the published cluster view.
 //! - [`log`]: [`ReplicaLog`], what the state machine needs from a log (storage implements it).
 //! - [`quorum`]: [`QuorumState`] and where it is persisted.
-//! - [`error`]: [`ReplicationError`].
+//! - [`error`]: the one error enum, [`ReplicationError`].
 //! - `sim` (tests): a deterministic simulated cluster with faults and safety checkers.
 
+pub mod driver;
 pub mod error;
 pub mod log;
 pub mod messages;

@@ -187,7 +187,8 @@ struct Progress {
 #[derive(Debug)]
 struct LeaderState {
     /// Offset of this epoch's leader-change record: the high watermark must pass it first.
-    epoch_start: u64,
+    /// `None` for a sole voter, which needs none.
+    epoch_start: Option<u64>,
     progress: BTreeMap<NodeId, Progress>,
     next_quorum_check: u64,
     next_announce: u64,
@@ -409,9 +410,23 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         self.advance_high_watermark(now);
     }
 
-    /// Hands leadership over (graceful shutdown): tells the voters, most caught up first, to
-    /// elect someone else now, and stops campaigning.
-    pub fn resign(&mut self, now: u64) -> Result<(), ReplicationError> {
+    /// The last fetch could not be delivered (the leader is unreachable): send it again after a
+    /// short pause rather than after the whole fetch timeout.
+    pub fn fetch_failed(&mut self, now: u64) {
+        const RETRY_MS: u64 = 100;
+        let timeout = self.config.fetch_timeout_ms;
+        if let Role::Follower(follower) = &mut self.role
+            && let Some(fetch) = &mut follower.in_flight
+        {
+            fetch.sent_at = fetch
+                .sent_at
+                .min(now.saturating_sub(timeout.saturating_sub(RETRY_MS)));
+        }
+    }
+
+    /// Hands leadership over: tells the voters, most caught up first, to elect someone else
+    /// now. `for_good` (graceful shutdown) also stops this node from campaigning again.
+    pub fn resign(&mut self, now: u64, for_good: bool) -> Result<(), ReplicationError> {
         let mut successors: Vec<(u64, NodeId)> = match &self.role {
             Role::Leader(leader) => leader
                 .progress
@@ -421,7 +436,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 .collect(),
             _ => {
                 if let Role::Follower(follower) = &mut self.role {
-                    follower.resigned = true;
+                    follower.resigned |= for_good;
                 }
                 return Ok(());
             }
@@ -445,7 +460,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             election_deadline: now + self.random_election_timeout(),
             in_flight: None,
             last_fetch_ok: None,
-            resigned: true,
+            resigned: for_good,
         });
         Ok(())
     }
@@ -597,21 +612,28 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         self.state.leader_id = Some(self.config.id.clone());
         self.persist()?;
         let epoch = self.state.epoch;
-        let marker = format!("leader {} epoch {epoch}", self.config.id);
-        let record = Record {
-            value: marker.as_bytes(),
-            key: None,
-            timestamp_ms: 0,
-            record_type: LEADER_CHANGE_RECORD_TYPE,
+        // A sole voter commits what it holds durably: no other leader can have written
+        // elsewhere, so it needs no record of its own epoch first (and a single node's offsets
+        // stay exactly those of its records).
+        let epoch_start = if self.is_sole_voter() {
+            None
+        } else {
+            let marker = format!("leader {} epoch {epoch}", self.config.id);
+            let record = Record {
+                value: marker.as_bytes(),
+                key: None,
+                timestamp_ms: 0,
+                record_type: LEADER_CHANGE_RECORD_TYPE,
+            };
+            Some(self.log.append(epoch, &[record], true)?.base_offset)
         };
-        let info = self.log.append(epoch, &[record], true)?;
         let progress = self
             .other_voters()
             .into_iter()
             .map(|id| (id, Progress::default()))
             .collect();
         self.role = Role::Leader(LeaderState {
-            epoch_start: info.base_offset,
+            epoch_start,
             progress,
             next_quorum_check: now + 2 * self.config.election_timeout_ms,
             next_announce: now + self.config.fetch_timeout_ms,
@@ -1179,7 +1201,9 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         offsets.resize(self.state.voters.len().max(offsets.len()), 0);
         offsets.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = offsets[self.majority() - 1];
-        if candidate > leader.epoch_start && candidate > self.high_watermark {
+        if leader.epoch_start.is_none_or(|start| candidate > start)
+            && candidate > self.high_watermark
+        {
             self.high_watermark = candidate;
         }
     }

@@ -1,0 +1,351 @@
+//! The peer service (`log.v1.Peer`) and the gRPC transport replicas use to call it.
+//!
+//! Only this file knows both the protobuf messages and replication's message types; the
+//! conversions are here, and a malformed peer message is an `INVALID_ARGUMENT` naming the field.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::replication::ReplicationError;
+use crate::replication::driver::{Consensus, PeerDirectory, PeerTransport};
+use crate::replication::messages::{self as msg, Message, NodeId};
+use crate::storage::Batch;
+use proglog_proto::log::v1 as pb;
+use proglog_proto::log::v1::peer_client::PeerClient;
+use proglog_proto::log::v1::peer_server::Peer;
+
+/// The `log.v1.Peer` service: hands each request to the node's consensus driver.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    consensus: Arc<Consensus>,
+    max_batch_bytes: u32,
+}
+
+impl PeerService {
+    /// A service over `consensus`.
+    pub fn new(consensus: Arc<Consensus>, max_batch_bytes: u32) -> Self {
+        PeerService {
+            consensus,
+            max_batch_bytes,
+        }
+    }
+
+    async fn handle(&self, from: String, message: Message) -> Result<Option<Message>, Status> {
+        if from.is_empty() {
+            return Err(Status::invalid_argument(
+                "the sender's node id is empty; peers must say who they are",
+            ));
+        }
+        self.consensus
+            .handle(from, message)
+            .await
+            .map_err(|err| match err {
+                ReplicationError::ShuttingDown => Status::unavailable(err.to_string()),
+                other => Status::internal(other.to_string()),
+            })
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        let request = request.into_inner();
+        let from = request.candidate_id.clone();
+        match self
+            .handle(from, Message::VoteRequest(vote_request_from_pb(request)))
+            .await?
+        {
+            Some(Message::VoteResponse(response)) => {
+                Ok(Response::new(vote_response_to_pb(response)))
+            }
+            _ => Err(Status::unavailable("no answer to the vote request; retry")),
+        }
+    }
+
+    async fn begin_quorum_epoch(
+        &self,
+        request: Request<pb::BeginQuorumEpochRequest>,
+    ) -> Result<Response<pb::PeerAck>, Status> {
+        let request = request.into_inner();
+        let from = request.leader_id.clone();
+        let message = Message::BeginQuorumEpoch(msg::BeginQuorumEpoch {
+            epoch: request.epoch,
+            leader_id: request.leader_id,
+        });
+        self.handle(from, message).await?;
+        Ok(Response::new(pb::PeerAck {}))
+    }
+
+    async fn end_quorum_epoch(
+        &self,
+        request: Request<pb::EndQuorumEpochRequest>,
+    ) -> Result<Response<pb::PeerAck>, Status> {
+        let request = request.into_inner();
+        let from = request.leader_id.clone();
+        let message = Message::EndQuorumEpoch(msg::EndQuorumEpoch {
+            epoch: request.epoch,
+            leader_id: request.leader_id,
+            preferred_successors: request.preferred_successors,
+        });
+        self.handle(from, message).await?;
+        Ok(Response::new(pb::PeerAck {}))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        let request = request.into_inner();
+        let from = request.replica_id.clone();
+        let message = Message::FetchRequest(msg::FetchRequest {
+            epoch: request.epoch,
+            replica_id: request.replica_id,
+            fetch_offset: request.fetch_offset,
+            last_fetched_epoch: request.last_fetched_epoch,
+            max_bytes: request
+                .max_bytes
+                .min(self.max_batch_bytes.saturating_mul(4)),
+            max_wait_ms: request.max_wait_ms,
+        });
+        match self.handle(from, message).await? {
+            Some(Message::FetchResponse(response)) => {
+                Ok(Response::new(fetch_response_to_pb(response)))
+            }
+            _ => Err(Status::unavailable("no answer to the fetch; retry")),
+        }
+    }
+}
+
+fn optional_id(id: String) -> Option<NodeId> {
+    (!id.is_empty()).then_some(id)
+}
+
+fn vote_request_from_pb(request: pb::VoteRequest) -> msg::VoteRequest {
+    msg::VoteRequest {
+        pre_vote: request.pre_vote,
+        candidate_epoch: request.candidate_epoch,
+        candidate_id: request.candidate_id,
+        last_offset_epoch: request.last_offset_epoch,
+        end_offset: request.end_offset,
+    }
+}
+
+fn vote_response_to_pb(response: msg::VoteResponse) -> pb::VoteResponse {
+    pb::VoteResponse {
+        pre_vote: response.pre_vote,
+        candidate_epoch: response.candidate_epoch,
+        epoch: response.epoch,
+        leader_id: response.leader_id.unwrap_or_default(),
+        granted: response.granted,
+    }
+}
+
+fn fetch_response_to_pb(response: msg::FetchResponse) -> pb::FetchResponse {
+    use pb::fetch_response::Result as PbResult;
+    let result = match response.result {
+        msg::FetchResult::Records(batches) => PbResult::Records(pb::FetchedBatches {
+            batches: batches
+                .into_iter()
+                .map(|batch| batch.as_bytes().clone())
+                .collect(),
+        }),
+        msg::FetchResult::Diverging { epoch, end_offset } => {
+            PbResult::Diverging(pb::Diverging { epoch, end_offset })
+        }
+        msg::FetchResult::NotLeader => PbResult::NotLeader(pb::NotLeader {}),
+        msg::FetchResult::OffsetOutOfRange { start_offset } => {
+            PbResult::OffsetOutOfRange(pb::OffsetOutOfRange { start_offset })
+        }
+    };
+    pb::FetchResponse {
+        epoch: response.epoch,
+        leader_id: response.leader_id.unwrap_or_default(),
+        high_watermark: response.high_watermark,
+        fetch_offset: response.fetch_offset,
+        result: Some(result),
+    }
+}
+
+fn fetch_response_from_pb(
+    response: pb::FetchResponse,
+    max_batch_bytes: u32,
+) -> Result<msg::FetchResponse, String> {
+    use pb::fetch_response::Result as PbResult;
+    let result = match response.result {
+        Some(PbResult::Records(records)) => msg::FetchResult::Records(
+            records
+                .batches
+                .into_iter()
+                .map(|bytes: Bytes| {
+                    Batch::decode(bytes, max_batch_bytes)
+                        .map_err(|err| format!("a fetched batch is damaged: {err}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(PbResult::Diverging(diverging)) => msg::FetchResult::Diverging {
+            epoch: diverging.epoch,
+            end_offset: diverging.end_offset,
+        },
+        Some(PbResult::NotLeader(_)) => msg::FetchResult::NotLeader,
+        Some(PbResult::OffsetOutOfRange(range)) => msg::FetchResult::OffsetOutOfRange {
+            start_offset: range.start_offset,
+        },
+        None => return Err("the fetch response has no result".into()),
+    };
+    Ok(msg::FetchResponse {
+        epoch: response.epoch,
+        leader_id: optional_id(response.leader_id),
+        high_watermark: response.high_watermark,
+        fetch_offset: response.fetch_offset,
+        result,
+    })
+}
+
+/// Calls peers over gRPC, one lazily connected channel per address, with the node's own
+/// certificate when TLS is on.
+pub struct GrpcPeerTransport {
+    directory: Arc<dyn PeerDirectory>,
+    tls: Option<ClientTlsConfig>,
+    channels: Mutex<HashMap<String, Channel>>,
+    max_batch_bytes: u32,
+}
+
+impl std::fmt::Debug for GrpcPeerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcPeerTransport")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcPeerTransport {
+    /// A transport that finds peers in `directory`.
+    pub fn new(
+        directory: Arc<dyn PeerDirectory>,
+        tls: Option<ClientTlsConfig>,
+        max_batch_bytes: u32,
+    ) -> Self {
+        GrpcPeerTransport {
+            directory,
+            tls,
+            channels: Mutex::new(HashMap::new()),
+            max_batch_bytes,
+        }
+    }
+
+    fn channel(&self, to: &str) -> Result<Channel, String> {
+        let addr = self
+            .directory
+            .rpc_addr(to)
+            .ok_or_else(|| format!("no address known for node {to} yet"))?;
+        if let Some(channel) = self.channels.lock().get(&addr) {
+            return Ok(channel.clone());
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|err| format!("bad address {addr} for node {to}: {err}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|err| format!("TLS for node {to}: {err}"))?;
+        }
+        let channel = endpoint.connect_lazy();
+        self.channels.lock().insert(addr, channel.clone());
+        Ok(channel)
+    }
+}
+
+impl PeerTransport for GrpcPeerTransport {
+    fn call(
+        &self,
+        to: NodeId,
+        message: Message,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Option<Message>, String>> {
+        let channel = self.channel(&to);
+        let max_batch_bytes = self.max_batch_bytes;
+        Box::pin(async move {
+            let mut client = PeerClient::new(channel?)
+                .max_decoding_message_size(max_batch_bytes as usize * 4 + (1 << 16));
+            let call = async {
+                match message {
+                    Message::VoteRequest(request) => {
+                        let response = client
+                            .vote(pb::VoteRequest {
+                                pre_vote: request.pre_vote,
+                                candidate_epoch: request.candidate_epoch,
+                                candidate_id: request.candidate_id,
+                                last_offset_epoch: request.last_offset_epoch,
+                                end_offset: request.end_offset,
+                            })
+                            .await?
+                            .into_inner();
+                        Ok(Some(Message::VoteResponse(msg::VoteResponse {
+                            pre_vote: response.pre_vote,
+                            candidate_epoch: response.candidate_epoch,
+                            epoch: response.epoch,
+                            leader_id: optional_id(response.leader_id),
+                            granted: response.granted,
+                        })))
+                    }
+                    Message::BeginQuorumEpoch(begin) => {
+                        client
+                            .begin_quorum_epoch(pb::BeginQuorumEpochRequest {
+                                epoch: begin.epoch,
+                                leader_id: begin.leader_id,
+                            })
+                            .await?;
+                        Ok(None)
+                    }
+                    Message::EndQuorumEpoch(end) => {
+                        client
+                            .end_quorum_epoch(pb::EndQuorumEpochRequest {
+                                epoch: end.epoch,
+                                leader_id: end.leader_id,
+                                preferred_successors: end.preferred_successors,
+                            })
+                            .await?;
+                        Ok(None)
+                    }
+                    Message::FetchRequest(request) => {
+                        let response = client
+                            .fetch(pb::FetchRequest {
+                                epoch: request.epoch,
+                                replica_id: request.replica_id,
+                                fetch_offset: request.fetch_offset,
+                                last_fetched_epoch: request.last_fetched_epoch,
+                                max_bytes: request.max_bytes,
+                                max_wait_ms: request.max_wait_ms,
+                            })
+                            .await?
+                            .into_inner();
+                        Ok(Some(Message::FetchResponse(
+                            fetch_response_from_pb(response, max_batch_bytes)
+                                .map_err(Status::data_loss)?,
+                        )))
+                    }
+                    Message::VoteResponse(_) | Message::FetchResponse(_) => Ok(None),
+                }
+            };
+            match tokio::time::timeout(timeout, call).await {
+                Ok(result) => result
+                    .map_err(|status: Status| format!("{}: {}", status.code(), status.message())),
+                Err(_) => Err(format!("no answer from {to} within {timeout:?}")),
+            }
+        })
+    }
+}

@@ -1,0 +1,378 @@
+//! The async driver of the state machine in a running node.
+//!
+//! [`Consensus`] owns the [`Replica`] behind a mutex. Every call into it runs on tokio's
+//! blocking pool (a step may fsync: a follower appending fetched records, or saving quorum
+//! state), except [`Consensus::note_local_append`], which only reads offsets. After each call
+//! the driver sends what the replica left in its outbox through a [`PeerTransport`] and
+//! publishes a [`ClusterView`] (role, leader, high watermark) that the API layer waits on.
+//!
+//! Requests are RPCs: the answer to a request this node sent comes back as the call's result
+//! and is fed to the replica as a message from the peer; a request another node sent is
+//! answered with the message the replica addresses back to it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::error::ReplicationError;
+use super::messages::{Envelope, FetchResult, Message, NodeId};
+use super::quorum::FileQuorumStore;
+use super::replica::{Replica, ReplicaStatus, RoleKind};
+use crate::storage::Log;
+
+/// The replica as a running node uses it.
+pub type NodeReplica = Replica<Arc<Log>, FileQuorumStore>;
+
+/// How often timers are checked.
+const TICK: Duration = Duration::from_millis(20);
+/// Peer calls in flight at once, across all peers.
+const MAX_CALLS_IN_FLIGHT: usize = 64;
+/// A peer call that is not a fetch gives up after this long.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends a request to a peer and returns its response. Implemented by the gRPC peer client in
+/// `api`; a failure (unreachable, timed out) means the message was lost, which the protocol
+/// tolerates: the replica sends again when its timers say so.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Delivers `message` to `to`; `Ok(None)` for requests without an answer.
+    fn call(
+        &self,
+        to: NodeId,
+        message: Message,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Option<Message>, String>>;
+}
+
+/// Where peers are: the replication layer asks, discovery (gossip) or static configuration
+/// answers.
+pub trait PeerDirectory: Send + Sync + std::fmt::Debug + 'static {
+    /// The RPC address of node `id`, if known.
+    fn rpc_addr(&self, id: &str) -> Option<String>;
+    /// Every known member's id and RPC address, this node included.
+    fn members(&self) -> Vec<(NodeId, String)>;
+}
+
+/// Addresses given on the command line (`--peers id=host:port,...`).
+#[derive(Debug, Clone, Default)]
+pub struct StaticDirectory(pub BTreeMap<NodeId, String>);
+
+impl PeerDirectory for StaticDirectory {
+    fn rpc_addr(&self, id: &str) -> Option<String> {
+        self.0.get(id).cloned()
+    }
+
+    fn members(&self) -> Vec<(NodeId, String)> {
+        self.0
+            .iter()
+            .map(|(id, addr)| (id.clone(), addr.clone()))
+            .collect()
+    }
+}
+
+/// What the API layer needs to know about the cluster, published on every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The current epoch.
+    pub epoch: u64,
+    /// This node's role.
+    pub role: RoleKind,
+    /// The leader, when known.
+    pub leader_id: Option<NodeId>,
+    /// `Some(epoch)` while this node leads `epoch`.
+    pub leader_epoch: Option<u64>,
+    /// Records below it are committed (and visible to consumers on this node).
+    pub high_watermark: u64,
+    /// The log's end.
+    pub end_offset: u64,
+}
+
+/// The running consensus of one node.
+pub struct Consensus {
+    replica: Mutex<NodeReplica>,
+    started: Instant,
+    view: watch::Sender<ClusterView>,
+    transport: Arc<dyn PeerTransport>,
+    calls: Arc<Semaphore>,
+    fatal: CancellationToken,
+}
+
+impl std::fmt::Debug for Consensus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consensus")
+            .field("view", &*self.view.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consensus {
+    /// Wraps a replica. `fatal` is cancelled when the replica fails in a way the node cannot
+    /// continue from (storage failure, a refused truncation below the high watermark).
+    pub fn new(
+        replica: NodeReplica,
+        transport: Arc<dyn PeerTransport>,
+        fatal: CancellationToken,
+    ) -> Arc<Consensus> {
+        let view = watch::Sender::new(view_of(&replica));
+        let consensus = Arc::new(Consensus {
+            replica: Mutex::new(replica),
+            started: Instant::now(),
+            view,
+            transport,
+            calls: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            fatal,
+        });
+        // A sole voter elected itself while starting: announce nothing, but publish.
+        consensus.publish();
+        consensus
+    }
+
+    /// Milliseconds since this driver started: the replica's clock.
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The latest view.
+    pub fn view(&self) -> ClusterView {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that changes with the view.
+    pub fn subscribe(&self) -> watch::Receiver<ClusterView> {
+        self.view.subscribe()
+    }
+
+    /// A snapshot of the replica for the admin API.
+    pub fn status(&self) -> ReplicaStatus {
+        self.replica.lock().status()
+    }
+
+    /// Milliseconds on the replica's clock, to turn its fetch times into ages.
+    pub fn clock_ms(&self) -> u64 {
+        self.now()
+    }
+
+    /// Tells the leader its log grew (records appended outside the replica, so concurrent
+    /// appends can share an fsync). Cheap: no I/O.
+    pub fn note_local_append(&self) {
+        let now = self.now();
+        let mut replica = self.replica.lock();
+        replica.note_local_append(now);
+        self.publish_locked(&replica);
+    }
+
+    /// Runs the timers until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    // Failures are logged (and fatal ones stop the node) inside.
+                    let _ = self.blocking(|replica, now| replica.tick(now)).await;
+                }
+            }
+        }
+    }
+
+    /// Hands leadership over if this node leads (the admin API, or graceful shutdown with
+    /// `for_good`, which also stops this node from campaigning). Returns the epoch that ended,
+    /// if it led.
+    pub async fn resign(self: &Arc<Self>, for_good: bool) -> Option<u64> {
+        let this = Arc::clone(self);
+        let epoch = self.view().leader_epoch;
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = this.now();
+            let mut replica = this.replica.lock();
+            let result = replica.resign(now, for_good);
+            let outbox = replica.take_outbox();
+            this.publish_locked(&replica);
+            drop(replica);
+            this.dispatch(outbox);
+            result
+        })
+        .await;
+        epoch
+    }
+
+    /// Handles a request from peer `from` and returns the replica's answer to it. A fetch with
+    /// nothing new waits (long poll) until the leader's log or high watermark moves, or until
+    /// the request's `max_wait_ms`.
+    pub async fn handle(
+        self: &Arc<Self>,
+        from: NodeId,
+        message: Message,
+    ) -> Result<Option<Message>, ReplicationError> {
+        let max_wait = match &message {
+            Message::FetchRequest(request) => {
+                Duration::from_millis(u64::from(request.max_wait_ms).min(5_000))
+            }
+            _ => Duration::ZERO,
+        };
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut view = self.subscribe();
+        let high_watermark_before = view.borrow_and_update().high_watermark;
+        loop {
+            let from_peer = from.clone();
+            let request = message.clone();
+            let answer = self
+                .blocking(move |replica, now| {
+                    replica.step(now, &from_peer, request)?;
+                    Ok(())
+                })
+                .await
+                .map(|outbox| {
+                    outbox.into_iter().find_map(|envelope| {
+                        (envelope.to == from && is_response(&envelope.message))
+                            .then_some(envelope.message)
+                    })
+                });
+            let answer = answer?;
+            let nothing_new = matches!(
+                &answer,
+                Some(Message::FetchResponse(response))
+                    if matches!(&response.result, FetchResult::Records(batches) if batches.is_empty())
+                        && response.high_watermark <= high_watermark_before
+            );
+            if !nothing_new || tokio::time::Instant::now() >= deadline {
+                return Ok(answer);
+            }
+            match tokio::time::timeout_at(deadline, view.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(answer),
+            }
+        }
+    }
+
+    /// Runs `f` on the replica on the blocking pool, then sends its outbox (except responses
+    /// to requests, which the caller returns) and publishes the view.
+    async fn blocking<F>(self: &Arc<Self>, f: F) -> Result<Vec<Envelope>, ReplicationError>
+    where
+        F: FnOnce(&mut NodeReplica, u64) -> Result<(), ReplicationError> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        let joined = tokio::task::spawn_blocking(move || {
+            let now = this.now();
+            let mut replica = this.replica.lock();
+            let result = f(&mut replica, now);
+            let outbox = replica.take_outbox();
+            this.publish_locked(&replica);
+            drop(replica);
+            (result, outbox)
+        })
+        .await;
+        let (result, outbox) = match joined {
+            Ok(done) => done,
+            Err(err) => {
+                tracing::error!(error = %err, "replica task failed");
+                self.fatal.cancel();
+                return Err(ReplicationError::ShuttingDown);
+            }
+        };
+        if let Err(err) = &result {
+            if err.is_fatal() {
+                tracing::error!(error = %err, "replication failed; stopping the node");
+                self.fatal.cancel();
+            } else {
+                tracing::warn!(error = %err, "replication step failed");
+            }
+        }
+        result?;
+        let (responses, requests): (Vec<Envelope>, Vec<Envelope>) = outbox
+            .into_iter()
+            .partition(|envelope| is_response(&envelope.message));
+        self.dispatch(requests);
+        Ok(responses)
+    }
+
+    /// Sends requests to peers; their answers come back as steps.
+    fn dispatch(self: &Arc<Self>, envelopes: Vec<Envelope>) {
+        for envelope in envelopes {
+            if is_response(&envelope.message) {
+                // A response without a caller waiting (the request came some other way).
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.calls).try_acquire_owned() else {
+                tracing::warn!(to = %envelope.to, kind = envelope.message.kind(), "too many peer calls in flight; dropping a message (it will be sent again)");
+                continue;
+            };
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let timeout = match &envelope.message {
+                    Message::FetchRequest(request) => {
+                        Duration::from_millis(u64::from(request.max_wait_ms)) + CALL_TIMEOUT
+                    }
+                    _ => CALL_TIMEOUT,
+                };
+                let kind = envelope.message.kind();
+                let to = envelope.to.clone();
+                match this
+                    .transport
+                    .call(envelope.to, envelope.message, timeout)
+                    .await
+                {
+                    Ok(Some(answer)) => {
+                        let from = to.clone();
+                        let _ = this
+                            .blocking(move |replica, now| replica.step(now, &from, answer))
+                            .await;
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::debug!(to = %to, kind, error = %err, "peer call failed");
+                        if kind == "fetch_request" {
+                            let _ = this
+                                .blocking(|replica, now| {
+                                    replica.fetch_failed(now);
+                                    Ok(())
+                                })
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    fn publish(&self) {
+        let replica = self.replica.lock();
+        self.publish_locked(&replica);
+    }
+
+    fn publish_locked(&self, replica: &NodeReplica) {
+        let next = view_of(replica);
+        self.view.send_if_modified(|view| {
+            if *view == next {
+                false
+            } else {
+                *view = next;
+                true
+            }
+        });
+    }
+}
+
+fn view_of(replica: &NodeReplica) -> ClusterView {
+    use super::log::ReplicaLog;
+    ClusterView {
+        epoch: replica.epoch(),
+        role: replica.role(),
+        leader_id: replica.leader_id().map(str::to_owned),
+        leader_epoch: replica.leader_epoch(),
+        high_watermark: replica.high_watermark(),
+        end_offset: replica.log().end_offset(),
+    }
+}
+
+fn is_response(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::VoteResponse(_) | Message::FetchResponse(_)
+    )
+}

@@ -1,0 +1,276 @@
+//! A 3-node cluster of real `proglog-node` processes on loopback, replicating by fetch with
+//! elections (`--initial-voters`, static `--peers` addresses, `--durability always`).
+//!
+//! Proves: one leader is elected and every node ends up with the same records at the same
+//! offsets; under continuous produce, a SIGKILLed leader is replaced and producing continues;
+//! the killed node restarts with its data and catches up; afterwards every acknowledged record
+//! is on every node at the offset it was acknowledged with, and no node holds, below its high
+//! watermark, a record nobody produced or one produced twice.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use proglog_proto::log::v1::admin_client::AdminClient;
+use proglog_proto::log::v1::log_client::LogClient;
+use proglog_proto::log::v1::{ClusterStatusRequest, ConsumeRequest, ProduceRequest, Record};
+use proglog_tests::node_process::{NodeOptions, NodeProcess};
+use tokio::time::Instant;
+
+const IDS: [&str; 3] = ["n0", "n1", "n2"];
+/// Leader-change marker records (the log's own, not data).
+const LEADER_CHANGE: u32 = 0x4c43;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_cluster() -> Vec<NodeProcess> {
+    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
+    let peers = IDS
+        .iter()
+        .zip(&ports)
+        .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (id, port) in IDS.iter().zip(&ports) {
+        let mut options = NodeOptions::default()
+            .id(*id)
+            .flag("--initial-voters", IDS.join(","))
+            .flag("--peers", &peers)
+            .flag("--election-timeout-ms", "300")
+            .flag("--durability", "always");
+        options.rpc_addr = format!("127.0.0.1:{port}");
+        nodes.push(NodeProcess::start(options).await.unwrap());
+    }
+    nodes
+}
+
+struct Status {
+    role: String,
+    leader: String,
+    high_watermark: u64,
+}
+
+async fn status(node: &NodeProcess) -> Option<Status> {
+    let mut admin = AdminClient::new(node.channel().await.ok()?);
+    let status = admin
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    Some(Status {
+        role: status.role,
+        leader: status.leader_id,
+        high_watermark: status.high_watermark,
+    })
+}
+
+/// Polls until exactly one of `live` leads and the others follow it; returns its index.
+async fn wait_for_leader(nodes: &[NodeProcess], live: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders = Vec::new();
+        let mut followers_agree = true;
+        let mut named = HashSet::new();
+        for &index in live {
+            match status(&nodes[index]).await {
+                Some(status) if status.role == "leader" => leaders.push(index),
+                Some(status) => {
+                    named.insert(status.leader);
+                }
+                None => followers_agree = false,
+            }
+        }
+        if leaders.len() == 1 && followers_agree {
+            let leader = IDS[leaders[0]].to_owned();
+            if named.iter().all(|name| *name == leader) {
+                return leaders[0];
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single leader among {live:?} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn produce(node: &NodeProcess, value: &str) -> Result<u64, tonic::Status> {
+    let channel = node
+        .channel()
+        .await
+        .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+    let mut client = LogClient::new(channel);
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.produce(ProduceRequest {
+            record: Some(Record {
+                value: value.as_bytes().to_vec().into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    )
+    .await
+    .map_err(|_| tonic::Status::deadline_exceeded("produce took over 5 s"))??;
+    Ok(response.into_inner().offset)
+}
+
+/// Every record below the node's high watermark, by offset.
+async fn committed_records(node: &NodeProcess) -> BTreeMap<u64, Record> {
+    let high_watermark = status(node).await.unwrap().high_watermark;
+    let mut client = LogClient::new(node.channel().await.unwrap());
+    let mut records = BTreeMap::new();
+    for offset in 0..high_watermark {
+        let record = client
+            .consume(ConsumeRequest {
+                offset,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
+        records.insert(offset, record);
+    }
+    records
+}
+
+/// Polls until every node's high watermark reaches `target`.
+async fn wait_for_high_watermark(nodes: &[NodeProcess], target: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for node in nodes {
+            if status(node).await.is_none_or(|s| s.high_watermark < target) {
+                all = false;
+            }
+        }
+        if all {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "high watermarks did not reach {target} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_no_acknowledged_record_is_lost() {
+    let mut nodes = start_cluster().await;
+    let all = [0, 1, 2];
+    let first_leader = wait_for_leader(&nodes, &all).await;
+
+    let mut acknowledged: BTreeMap<u64, String> = BTreeMap::new();
+    let mut attempted: HashSet<String> = HashSet::new();
+    let mut next = 0;
+    // Produce to the leader until 200 records are acknowledged.
+    while acknowledged.len() < 200 {
+        let value = format!("record-{next}");
+        next += 1;
+        attempted.insert(value.clone());
+        if let Ok(offset) = produce(&nodes[first_leader], &value).await {
+            acknowledged.insert(offset, value);
+        }
+    }
+
+    // Crash the leader; the other two elect a new one, and producing goes on there.
+    nodes[first_leader].kill().await.unwrap();
+    let survivors: Vec<usize> = all.into_iter().filter(|&i| i != first_leader).collect();
+    let second_leader = wait_for_leader(&nodes, &survivors).await;
+    assert_ne!(second_leader, first_leader);
+    let target = acknowledged.len() + 200;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged.len() < target {
+        assert!(Instant::now() < deadline, "producing did not resume");
+        let value = format!("record-{next}");
+        next += 1;
+        attempted.insert(value.clone());
+        if let Ok(offset) = produce(&nodes[second_leader], &value).await {
+            acknowledged.insert(offset, value);
+        }
+    }
+
+    // The crashed node comes back with its data and catches up.
+    nodes[first_leader].restart().await.unwrap();
+    let last = *acknowledged.keys().last().unwrap();
+    wait_for_high_watermark(&nodes, last + 1).await;
+
+    let logs = [
+        committed_records(&nodes[0]).await,
+        committed_records(&nodes[1]).await,
+        committed_records(&nodes[2]).await,
+    ];
+    for (offset, value) in &acknowledged {
+        for (index, log) in logs.iter().enumerate() {
+            let record = log.get(offset).unwrap_or_else(|| {
+                panic!("acknowledged offset {offset} is missing on {}", IDS[index])
+            });
+            assert_eq!(
+                record.value,
+                value.as_bytes(),
+                "acknowledged offset {offset} holds something else on {}",
+                IDS[index]
+            );
+        }
+    }
+    let shortest = logs.iter().map(BTreeMap::len).min().unwrap() as u64;
+    for offset in 0..shortest {
+        let first = &logs[0][&offset];
+        for log in &logs[1..] {
+            assert_eq!(
+                log[&offset], *first,
+                "replicas disagree at committed offset {offset}"
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    for record in logs[0].values() {
+        if record.r#type == LEADER_CHANGE {
+            continue;
+        }
+        let value = String::from_utf8(record.value.to_vec()).unwrap();
+        assert!(
+            attempted.contains(&value),
+            "{value} is committed but nobody produced it"
+        );
+        assert!(seen.insert(value.clone()), "{value} is committed twice");
+    }
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_answers_a_produce_with_the_leaders_address() {
+    let nodes = start_cluster().await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let status = produce(&nodes[follower], "to-a-follower")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains(IDS[leader]),
+        "the message names the leader: {}",
+        status.message()
+    );
+    let addr = status
+        .metadata()
+        .get("proglog-leader-addr")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(addr, nodes[leader].rpc_addr().to_string());
+}
