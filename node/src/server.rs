@@ -78,7 +78,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         Some(tls) => Some(peer_client_tls(tls)?),
         None => None,
     };
-    let transport = Arc::new(GrpcPeerTransport::new(
+    let transport: Arc<GrpcPeerTransport> = Arc::new(GrpcPeerTransport::new(
         Arc::clone(&directory),
         peer_tls,
         config.log.max_batch_bytes,
@@ -97,7 +97,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     .await
     .context("replica start task failed")?
     .context("start replication")?;
-    let consensus = Consensus::new(replica, transport, fatal.clone());
+    let consensus = Consensus::new(replica, Arc::clone(&transport) as _, fatal.clone());
     let consensus_stop = CancellationToken::new();
     let consensus_task = tokio::spawn(Arc::clone(&consensus).run(consensus_stop.clone()));
     let _stop_consensus_on_return = consensus_stop.clone().drop_guard();
@@ -115,6 +115,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
             max_batch_bytes: config.log.max_batch_bytes as usize,
         },
         stop.clone(),
+        Arc::clone(&transport),
     );
     let max_message = config.log.max_batch_bytes as usize + MESSAGE_OVERHEAD;
     let (health, health_service) = tonic_health::server::health_reporter();

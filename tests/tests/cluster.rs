@@ -253,13 +253,39 @@ async fn a_killed_leader_is_replaced_and_no_acknowledged_record_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_answers_a_produce_with_the_leaders_address() {
-    let nodes = start_cluster().await;
+async fn a_produce_sent_to_a_follower_is_forwarded_to_the_leader() {
+    let mut nodes = start_cluster().await;
     let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
-    let status = produce(&nodes[follower], "to-a-follower")
+    // Any node works, as through a Kubernetes Service: the follower forwards to the leader.
+    let offset = produce(&nodes[follower], "to-a-follower").await.unwrap();
+    let mut client = LogClient::new(nodes[leader].channel().await.unwrap());
+    let record = client
+        .consume(ConsumeRequest {
+            offset,
+            ..Default::default()
+        })
         .await
-        .unwrap_err();
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(record.value, "to-a-follower".as_bytes());
+
+    // A request already forwarded once is not forwarded again: the answer names the leader,
+    // with its address in the metadata, for clients that route themselves.
+    let mut request = tonic::Request::new(ProduceRequest {
+        record: Some(Record {
+            value: b"twice".to_vec().into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("proglog-forwarded-by", "test".parse().unwrap());
+    let mut follower_client = LogClient::new(nodes[follower].channel().await.unwrap());
+    let status = follower_client.produce(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains(IDS[leader]),
@@ -273,4 +299,7 @@ async fn a_follower_answers_a_produce_with_the_leaders_address() {
         .unwrap_or_default()
         .to_owned();
     assert_eq!(addr, nodes[leader].rpc_addr().to_string());
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
 }

@@ -13,15 +13,18 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::limits::oversize_status;
+use super::peer::GrpcPeerTransport;
 use super::status::to_status;
 use super::store::{LogStore, NewRecord};
 use crate::storage::{BATCH_HEADER_LEN, RECORD_HEADER_LEN, StorageError, StoredRecord};
+use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::log_server::Log as LogApi;
 use proglog_proto::log::v1::{
     Acks, ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse,
     GetServersRequest, GetServersResponse, ProduceBatchRequest, ProduceBatchResponse,
     ProduceRequest, ProduceResponse, Record, Server,
 };
+use tonic::transport::Channel;
 
 /// Limits and identity the service needs.
 #[derive(Debug, Clone)]
@@ -48,6 +51,8 @@ pub struct LogService {
     store: Arc<LogStore>,
     settings: Arc<ServiceSettings>,
     shutdown: CancellationToken,
+    /// Channels to peers, to forward produces to the leader.
+    peers: Arc<GrpcPeerTransport>,
 }
 
 impl LogService {
@@ -56,13 +61,44 @@ impl LogService {
         store: Arc<LogStore>,
         settings: ServiceSettings,
         shutdown: CancellationToken,
+        peers: Arc<GrpcPeerTransport>,
     ) -> Self {
         LogService {
             store,
             settings: Arc::new(settings),
             shutdown,
+            peers,
         }
     }
+
+    /// A client of the leader's `Log` service, to forward a produce there.
+    fn leader_client(&self, leader: &str) -> Result<LogClient<Channel>, Status> {
+        let channel = self.peers.channel_to(leader).map_err(|reason| {
+            tracing::warn!(leader, reason, "cannot forward a produce to the leader");
+            self.store.not_leader(Some(leader.to_owned()))
+        })?;
+        let limit = self.settings.max_batch_bytes + (1 << 16);
+        Ok(LogClient::new(channel)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit))
+    }
+}
+
+/// Marks a produce a follower forwarded to the leader, so it is never forwarded again.
+pub const FORWARDED_METADATA: &str = "proglog-forwarded-by";
+
+/// The request as the leader should see it: the same message and deadline, marked forwarded.
+fn forwarded_request<T>(request: Request<T>) -> Request<T> {
+    let timeout = request.metadata().get("grpc-timeout").cloned();
+    let mut forwarded = Request::new(request.into_inner());
+    forwarded.metadata_mut().insert(
+        FORWARDED_METADATA,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    if let Some(timeout) = timeout {
+        forwarded.metadata_mut().insert("grpc-timeout", timeout);
+    }
+    forwarded
 }
 
 fn to_new_record(record: Option<Record>, what: &str) -> Result<NewRecord, Status> {
@@ -146,6 +182,11 @@ impl LogApi for LogService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
+        if let Some(leader) = self.store.produce_route(forwarded).await? {
+            let mut client = self.leader_client(&leader)?;
+            return client.produce(forwarded_request(request)).await;
+        }
         let request = request.into_inner();
         let acks_leader = request.acks == Acks::Leader as i32;
         let record = to_new_record(request.record, "ProduceRequest")?;
@@ -359,6 +400,11 @@ impl LogApi for LogService {
         &self,
         request: Request<ProduceBatchRequest>,
     ) -> Result<Response<ProduceBatchResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
+        if let Some(leader) = self.store.produce_route(forwarded).await? {
+            let mut client = self.leader_client(&leader)?;
+            return client.produce_batch(forwarded_request(request)).await;
+        }
         let request = request.into_inner();
         let acks_leader = request.acks == Acks::Leader as i32;
         let records = request

@@ -243,6 +243,12 @@ impl GrpcPeerTransport {
         }
     }
 
+    /// A channel to node `to` (shared with replication's calls), for forwarding a client's
+    /// produce to the leader.
+    pub fn channel_to(&self, to: &str) -> Result<Channel, String> {
+        self.channel(to)
+    }
+
     fn channel(&self, to: &str) -> Result<Channel, String> {
         let addr = self
             .directory

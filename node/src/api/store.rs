@@ -18,6 +18,9 @@ use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{NodeId, ReplicationError};
 use crate::storage::{AppendInfo, Batch, Durability, Log, Record, StorageError, now_ms};
 
+/// How long a produce waits for a leader to be elected before giving up.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A record to append, owned (decoded from a request).
 #[derive(Debug, Clone)]
 pub struct NewRecord {
@@ -159,6 +162,34 @@ impl LogStore {
             }
             if view.changed().await.is_err() {
                 return Err(Status::unavailable("the node is shutting down"));
+            }
+        }
+    }
+
+    /// Where a produce goes: `Ok(None)` when this node leads, `Ok(Some(leader))` when another
+    /// node does. During an election it waits (up to `LEADER_WAIT`) for one to be known, so a
+    /// produce sent during a failover succeeds late rather than failing. A request that was
+    /// already forwarded once is never forwarded again (`forwarded`), so views that disagree
+    /// for a moment cannot bounce it between nodes.
+    pub async fn produce_route(&self, forwarded: bool) -> Result<Option<NodeId>, Status> {
+        let mut view = self.consensus.subscribe();
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            {
+                let now = view.borrow_and_update();
+                if now.leader_epoch.is_some() {
+                    return Ok(None);
+                }
+                match &now.leader_id {
+                    Some(_) if forwarded => return Err(self.not_leader(now.leader_id.clone())),
+                    Some(leader) => return Ok(Some(leader.clone())),
+                    None => {}
+                }
+            }
+            match tokio::time::timeout_at(deadline, view.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::unavailable("the node is shutting down")),
+                Err(_) => return Err(self.not_leader(None)),
             }
         }
     }

@@ -1,0 +1,145 @@
+//! The join task: keeps trying the seeds until one join succeeds.
+//!
+//! A node always joins its seeds when it starts, even one that was in the cluster before a
+//! restart: serf's own reconnect would find it again only after about 20 s. Seeds are
+//! resolved by DNS on every attempt, because in Kubernetes a pod's DNS name appears only
+//! once it is scheduled, and a headless service name resolves to whichever pods are up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::gossip::{self, GossipNode};
+
+/// First wait between attempts: a seed that is starting at the same time is usually up by then.
+pub const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between attempts, so a node whose seeds come up late joins within seconds.
+pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Which addresses are this node, so a seed list that names it (every pod of a StatefulSet
+/// gets the same list) does not make it join itself, which serf would count as success.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct OwnAddrs {
+    /// The address gossip is bound to (with the real port when the config said 0).
+    pub(super) bound: SocketAddr,
+    /// The address peers are told to use.
+    pub(super) advertised: SocketAddr,
+}
+
+impl OwnAddrs {
+    pub(super) fn contains(&self, addr: SocketAddr) -> bool {
+        addr == self.bound
+            || addr == self.advertised
+            // A wildcard bind answers on every local address at that port.
+            || (self.bound.ip().is_unspecified()
+                && addr.port() == self.bound.port()
+                && (addr.ip().is_loopback() || addr.ip() == self.advertised.ip()))
+    }
+}
+
+/// How one attempt went.
+enum Attempt {
+    /// Joined through this many addresses.
+    Joined(usize),
+    /// Every seed resolved, and only to this node: it is the first member, nothing to join.
+    OnlySelf,
+    /// Nothing joined; try again later.
+    Failed,
+}
+
+/// Runs until a join succeeds, the seeds turn out to name only this node, serf stops, or
+/// `stop` is cancelled.
+pub(super) async fn run(
+    node: GossipNode,
+    seeds: Vec<String>,
+    own: OwnAddrs,
+    stop: CancellationToken,
+) {
+    let mut delay = JOIN_BACKOFF_MIN;
+    let mut attempts: u32 = 0;
+    loop {
+        attempts += 1;
+        let outcome = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            outcome = attempt(&node, &seeds, own) => outcome,
+        };
+        match outcome {
+            Attempt::Joined(joined) => {
+                tracing::info!(
+                    joined,
+                    attempts,
+                    "gossip: joined the cluster through the seeds"
+                );
+                return;
+            }
+            Attempt::OnlySelf => {
+                tracing::info!(
+                    seeds = ?seeds,
+                    "gossip: the seeds name only this node; starting a new cluster",
+                );
+                return;
+            }
+            Attempt::Failed => {}
+        }
+        if !gossip::is_alive(&node) {
+            return;
+        }
+        // Quiet (debug) while backing off; once at the cap, say so at info every few seconds,
+        // so a node stuck waiting for its seeds shows it in default logs without flooding them.
+        if delay >= JOIN_BACKOFF_MAX {
+            tracing::info!(
+                seeds = ?seeds,
+                attempts,
+                retry_in = ?delay,
+                "gossip: no seed reachable yet",
+            );
+        } else {
+            tracing::debug!(attempts, retry_in = ?delay, "gossip: no seed reachable yet");
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(JOIN_BACKOFF_MAX);
+    }
+}
+
+/// Resolves every seed and tries each address that is not this node, all of them (joining
+/// more than one costs little and helps if the first is on its way out).
+async fn attempt(node: &GossipNode, seeds: &[String], own: OwnAddrs) -> Attempt {
+    let mut joined = 0;
+    let mut others = 0;
+    let mut unresolved = 0;
+    for seed in seeds {
+        let addrs = match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => addrs.collect::<Vec<_>>(),
+            Err(error) => {
+                unresolved += 1;
+                tracing::debug!(seed = %seed, %error, "gossip: seed does not resolve");
+                continue;
+            }
+        };
+        for addr in addrs.into_iter().filter(|a| !own.contains(*a)) {
+            others += 1;
+            match gossip::join(node, addr).await {
+                Ok(()) => {
+                    joined += 1;
+                    tracing::debug!(seed = %seed, %addr, "gossip: joined through seed");
+                }
+                Err(error) => {
+                    tracing::debug!(seed = %seed, %addr, %error, "gossip: join failed");
+                }
+            }
+        }
+    }
+    if joined > 0 {
+        Attempt::Joined(joined)
+    } else if others == 0 && unresolved == 0 {
+        Attempt::OnlySelf
+    } else {
+        Attempt::Failed
+    }
+}
