@@ -62,7 +62,8 @@ pub struct NodeConfig {
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
     /// Ids of the first quorum (`--initial-voters`); empty means this node alone. Ignored once
-    /// the node has quorum state on disk.
+    /// the node has quorum state on disk. A node not in the list starts as an observer: it
+    /// replicates, and joins the quorum when an operator adds it (admin `AddVoter`).
     pub initial_voters: Vec<String>,
     /// Peer RPC addresses known up front (`--peers id=host:port,...`).
     pub peers: std::collections::BTreeMap<String, String>,
@@ -136,17 +137,6 @@ impl NodeConfig {
             return invalid(key, err.to_string());
         }
         let replication = &self.replication;
-        if !replication.initial_voters.is_empty() && !replication.initial_voters.contains(&self.id)
-        {
-            return invalid(
-                "initial-voters",
-                format!(
-                    "{:?} does not include this node's --id `{}`; a node that is not a voter \
-                     joins an existing cluster with no --initial-voters",
-                    replication.initial_voters, self.id
-                ),
-            );
-        }
         if replication.initial_voters.iter().any(String::is_empty) {
             return invalid("initial-voters", "ids must not be empty".into());
         }

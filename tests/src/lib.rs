@@ -6,8 +6,9 @@
 //! - `crash_protocol`: what the crash appender writes and prints (self-verifying record values
 //!   and acknowledgement lines), so `tests/crash.rs` can check a recovered log against it.
 //! - `netns`: a lab of network namespaces joined by a bridge, one per host, with hostnames in
-//!   each namespace's hosts file, for running real processes on separate addresses and cutting
-//!   one off from the others (a network partition) and healing it.
+//!   each namespace's hosts file, for running real processes on separate addresses (reachable
+//!   from the test process too, if asked) and cutting one off from the others (a network
+//!   partition) and healing it.
 //! - `node_process`: a real `proglog-node` process on port 0 with a temporary data directory
 //!   (start, connect, SIGTERM, restart, kill on drop), for the tests that talk to it over gRPC.
 

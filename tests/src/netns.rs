@@ -6,9 +6,17 @@
 //!
 //! A lab is one bridge in the root namespace and one namespace per host. Each namespace has `lo`
 //! up and one veth pair: `eth0` inside with `10.A.B.(i+2)/24`, the other end a port of the bridge.
-//! The root namespace gets no address on the bridge, so a lab is a closed layer-2 segment: its
-//! traffic never reaches the host's networks, and labs cannot see each other even if their
-//! subnets happened to overlap.
+//! By default the root namespace gets no address on the bridge, so a lab is a closed layer-2
+//! segment: its traffic never reaches the host's networks, and labs cannot see each other even if
+//! their subnets happened to overlap.
+//!
+//! [`NetLab::create_with_host_access`] also gives the bridge `10.A.B.1/24` in the root namespace,
+//! so the test process itself (and anything else in the root namespace) reaches every host at
+//! [`NetLab::ip`] without entering a namespace. The hosts still have no route beyond their /24,
+//! so their traffic stays inside the lab; and the root namespace is just one more party on the
+//! bridge, which a partition cuts off from the partitioned host like every other. Such a lab
+//! refuses to start when the root namespace already has an address in its subnet, as two labs
+//! both reachable from the root namespace on the same subnet would make its routing ambiguous.
 //!
 //! # Hostnames
 //!
@@ -22,6 +30,9 @@
 //! [`NetLab::partition`] sets the host's bridge port down: its packets are dropped at the bridge
 //! and the host's `eth0` loses carrier, so connections neither complete nor get reset (as in a
 //! real partition, TCP retransmits until it times out). [`NetLab::heal`] sets the port up again.
+//! The partitioned host still reaches itself, at its own address as well as on `lo`: a local
+//! address keeps its local route without carrier, so a client started in the host's namespace
+//! (with [`NetLab::command`]) can talk to a server there during a partition.
 //!
 //! # Names and cleanup
 //!
@@ -34,7 +45,7 @@
 //! This needs root (`CAP_NET_ADMIN` and `CAP_SYS_ADMIN`) and `ip` from iproute2; tests call
 //! [`NetLab::available`] first and skip when it says why not.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
@@ -117,6 +128,17 @@ pub enum NetLabError {
     /// Every subnet slot of this process is held by a live lab.
     #[error("all {SUBNET_SLOTS} lab subnets of this process are in use; drop a lab first")]
     NoFreeSubnet,
+    /// The root namespace already has an address in the subnet a lab with host access would
+    /// take (another lab with host access, or one of the host's own networks).
+    #[error(
+        "the root namespace already has an address in {subnet}/24 ({existing}), so a lab there cannot get host access"
+    )]
+    SubnetInUse {
+        /// The lab's subnet.
+        subnet: Ipv4Addr,
+        /// What `ip -o addr show to` listed.
+        existing: String,
+    },
 }
 
 /// One isolated network: a bridge in the root namespace and one namespace per host.
@@ -126,6 +148,8 @@ pub enum NetLabError {
 #[derive(Debug)]
 pub struct NetLab {
     bridge: String,
+    /// The bridge's address in the root namespace, for labs with host access.
+    host_address: Option<Ipv4Addr>,
     hosts: Vec<LabHost>,
     /// What exists so far, in creation order; dropping undoes it in reverse.
     created: Vec<Created>,
@@ -157,6 +181,17 @@ impl NetLab {
     ///
     /// If a step fails, what was created before it is deleted again.
     pub fn create(hosts: &[Vec<String>]) -> Result<NetLab, NetLabError> {
+        Self::create_lab(hosts, false)
+    }
+
+    /// Like [`NetLab::create`], and the root namespace (the test process) reaches every host at
+    /// its [`NetLab::ip`] through an address of its own on the bridge, [`NetLab::host_address`].
+    /// A partitioned host is cut off from the root namespace too.
+    pub fn create_with_host_access(hosts: &[Vec<String>]) -> Result<NetLab, NetLabError> {
+        Self::create_lab(hosts, true)
+    }
+
+    fn create_lab(hosts: &[Vec<String>], host_access: bool) -> Result<NetLab, NetLabError> {
         if hosts.len() > MAX_HOSTS {
             return Err(NetLabError::TooManyHosts {
                 requested: hosts.len(),
@@ -186,8 +221,10 @@ impl NetLab {
                 ip: Ipv4Addr::new(10, 200 + subnet.0, third_octet, last_octet),
             })
             .collect();
+        let host_address = host_access.then(|| Ipv4Addr::new(10, 200 + subnet.0, third_octet, 1));
         let mut lab = NetLab {
             bridge: format!("plb{tag}"),
+            host_address,
             hosts: lab_hosts,
             created: Vec::new(),
             _subnet: subnet,
@@ -256,15 +293,32 @@ impl NetLab {
         &self.bridge
     }
 
+    /// The root namespace's address on the bridge, for a lab made with
+    /// [`NetLab::create_with_host_access`]; `None` for a closed lab.
+    pub fn host_address(&self) -> Option<Ipv4Addr> {
+        self.host_address
+    }
+
     /// A command that runs `program` inside host `i`'s namespace; add arguments, stdio and
     /// environment as with any [`Command`]. `ip netns exec` execs the program in place of
     /// itself, so the child's pid is the program's and signals sent to it reach the program.
     pub fn command(&self, i: usize, program: impl AsRef<OsStr>) -> Command {
-        let mut command = Command::new(ip_program().unwrap_or(Path::new("ip")));
+        let (ip, args) = self.exec_prefix(i);
+        let mut command = Command::new(ip);
+        command.args(args).arg(program);
         command
-            .args(["netns", "exec", self.ns_name(i)])
-            .arg(program);
-        command
+    }
+
+    /// The program and arguments that run a program, appended after them, inside host `i`'s
+    /// namespace (`ip netns exec <ns>`), for helpers that build the command line themselves,
+    /// such as [`crate::node_process::NodeOptions::wrapper()`]. Like [`NetLab::command`], it
+    /// execs the program in place of itself.
+    pub fn exec_prefix(&self, i: usize) -> (OsString, Vec<OsString>) {
+        let ip = ip_program().unwrap_or(Path::new("ip"));
+        let args = ["netns", "exec", self.ns_name(i)]
+            .map(OsString::from)
+            .to_vec();
+        (ip.as_os_str().to_owned(), args)
     }
 
     /// Cuts host `i` off from every other host, by setting its bridge port down. Takes effect
@@ -305,6 +359,20 @@ impl NetLab {
             "0",
         ])?;
         self.created.push(Created::Link(bridge.clone()));
+        if let Some(address) = self.host_address {
+            // Labs of one process never share a subnet, but another process's lab with host
+            // access, or one of the host's networks, may hold this one.
+            let subnet = Ipv4Addr::from(u32::from(address) & 0xffff_ff00);
+            let existing = ip_output(&["-o", "-4", "addr", "show", "to", &format!("{subnet}/24")])?;
+            if !existing.trim().is_empty() {
+                return Err(NetLabError::SubnetInUse {
+                    subnet,
+                    existing: existing.trim().to_owned(),
+                });
+            }
+            // Deleted with the bridge.
+            run_ip(&["addr", "add", &format!("{address}/24"), "dev", &bridge])?;
+        }
         run_ip(&["link", "set", &bridge, "up"])?;
 
         let hosts: Vec<(String, String, Ipv4Addr)> = self
@@ -450,6 +518,11 @@ fn ip_program() -> Option<&'static Path> {
 
 /// Runs `ip` with `args`, failing with the command line and its stderr.
 fn run_ip(args: &[&str]) -> Result<(), NetLabError> {
+    ip_output(args).map(drop)
+}
+
+/// Runs `ip` with `args` and returns its stdout, failing with the command line and its stderr.
+fn ip_output(args: &[&str]) -> Result<String, NetLabError> {
     let command = format!("ip {}", args.join(" "));
     let output = Command::new(ip_program().unwrap_or(Path::new("ip")))
         .args(args)
@@ -460,7 +533,7 @@ fn run_ip(args: &[&str]) -> Result<(), NetLabError> {
             source,
         })?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(NetLabError::CommandFailed {
             command,

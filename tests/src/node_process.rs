@@ -16,6 +16,13 @@
 //! current. When running only this package (`cargo test -p proglog-tests`), build the node first
 //! with `cargo build -p proglog-node --bin proglog-node`, or a stale binary is tested.
 //! `PROGLOG_NODE_BIN=<path>` overrides the lookup.
+//!
+//! # Wrappers
+//!
+//! [`NodeOptions::wrapper()`] starts the node through another program that runs it in place of
+//! itself, such as `ip netns exec <ns>` (see [`crate::netns::NetLab::exec_prefix`]), which puts
+//! the node in a network namespace. The wrapper must exec the node rather than run it as a child,
+//! so the spawned process *is* the node: its pid, signals and exit status are the node's.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -181,6 +188,10 @@ pub struct NodeOptions {
     pub start_deadline: Duration,
     /// How long a stop (SIGTERM to exit) may take. The node's own drain grace is 10 s.
     pub stop_deadline: Duration,
+    /// A program and its arguments that the node's command line is appended to, such as
+    /// `ip netns exec <ns>`; it must exec the node in place of itself (see the module
+    /// documentation). `None` runs the node directly.
+    pub wrapper: Option<(OsString, Vec<OsString>)>,
 }
 
 impl Default for NodeOptions {
@@ -193,6 +204,7 @@ impl Default for NodeOptions {
             envs: Vec::new(),
             start_deadline: Duration::from_secs(20),
             stop_deadline: Duration::from_secs(20),
+            wrapper: None,
         }
     }
 }
@@ -223,10 +235,28 @@ impl NodeOptions {
         self
     }
 
+    /// Starts the node through `program` and `args`, which exec it in place of themselves:
+    /// `.wrapper(program, args)` runs `program args... proglog-node <flags>`.
+    pub fn wrapper<I, S>(mut self, program: impl Into<OsString>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.wrapper = Some((program.into(), args.into_iter().map(Into::into).collect()));
+        self
+    }
+
     /// The command line, with `data_dir` as the data directory: JSON log lines at `info` (the
     /// serving line is how a start is detected, so neither may come from the environment).
     fn command(&self, binary: &Path, data_dir: &Path) -> Command {
-        let mut command = Command::new(binary);
+        let mut command = match &self.wrapper {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PROGLOG_") {
                 command.env_remove(key);

@@ -1,5 +1,7 @@
 //! The [`NetLab`] harness itself: hosts resolve each other by name and connect, a partition cuts
-//! one host off from all others until it is healed, and dropping a lab leaves nothing behind.
+//! one host off from all others until it is healed, the root namespace reaches the hosts only of a
+//! lab with host access (and a partition cuts it off too), and dropping a lab leaves nothing
+//! behind.
 //!
 //! The programs in the namespaces are small Python 3 scripts (a line-echo server and a client),
 //! since CI has Python 3 and these tests should not depend on the node. Each test skips, printing
@@ -91,6 +93,16 @@ fn lab_or_skip(hosts: usize) -> Option<NetLab> {
     Some(NetLab::create(&hostnames).unwrap())
 }
 
+/// Like [`lab_or_skip`], with the root namespace on the bridge ([`NetLab::create_with_host_access`]).
+fn lab_with_host_access_or_skip(hosts: usize) -> Option<NetLab> {
+    if let Err(reason) = NetLab::available() {
+        println!("skipped: {reason}");
+        return None;
+    }
+    let hostnames: Vec<Vec<String>> = (0..hosts).map(|i| vec![format!("proglog-{i}")]).collect();
+    Some(NetLab::create_with_host_access(&hostnames).unwrap())
+}
+
 fn start_echo_server(lab: &NetLab, host: usize) -> KillOnDrop {
     let child = lab
         .command(host, "python3")
@@ -108,6 +120,25 @@ fn echo(lab: &NetLab, from: usize, target: &str) -> Result<(), String> {
         .command(from, "python3")
         .args(["-c", ECHO_CLIENT, target, ECHO_PORT, CONNECT_TIMEOUT])
         .arg(format!("hello from {}", lab.ns_name(from)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if output.status.success() && stdout == "ok" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{stdout} {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// One echo round trip from the root namespace (this process's) to `target`.
+fn echo_from_root(target: &str) -> Result<(), String> {
+    let output = Command::new("python3")
+        .args(["-c", ECHO_CLIENT, target, ECHO_PORT, CONNECT_TIMEOUT])
+        .arg("hello from the root namespace")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -279,4 +310,61 @@ fn drop_removes_namespaces_links_and_hosts_files() {
     }
     // The other lab is untouched.
     assert!(ip(&["link", "show", other.bridge_name()]).status.success());
+}
+
+#[test]
+fn host_access_reaches_every_host_until_it_is_partitioned() {
+    let Some(lab) = lab_with_host_access_or_skip(2) else {
+        return;
+    };
+    let host_address = lab.host_address().unwrap();
+    let _server_0 = start_echo_server(&lab, 0);
+    let _server_1 = start_echo_server(&lab, 1);
+    let target_0 = lab.ip(0).to_string();
+    let target_1 = lab.ip(1).to_string();
+    poll_until("host 0 reachable from the root namespace", || {
+        echo_from_root(&target_0)
+    });
+    poll_until("host 1 reachable from the root namespace", || {
+        echo_from_root(&target_1)
+    });
+    // The root namespace's address is in the lab's subnet and on the bridge.
+    assert_eq!(host_address.octets()[..3], lab.ip(0).octets()[..3]);
+    let addresses =
+        String::from_utf8(ip(&["-o", "-4", "addr", "show", "dev", lab.bridge_name()]).stdout)
+            .unwrap();
+    assert!(
+        addresses.contains(&format!("{host_address}/24")),
+        "{addresses}"
+    );
+
+    // A partition cuts the host off from the root namespace too, but not from itself...
+    lab.partition(1).unwrap();
+    poll_until(
+        "host 1 unreachable from the root namespace",
+        || match echo_from_root(&target_1) {
+            Ok(()) => Err("still reachable".to_owned()),
+            Err(_) => Ok(()),
+        },
+    );
+    echo(&lab, 1, &target_1).unwrap();
+    // ...and leaves the others reachable.
+    echo_from_root(&target_0).unwrap();
+
+    lab.heal(1).unwrap();
+    poll_until(
+        "host 1 reachable from the root namespace after healing",
+        || echo_from_root(&target_1),
+    );
+}
+
+#[test]
+fn a_closed_lab_is_unreachable_from_the_root_namespace() {
+    let Some(lab) = lab_or_skip(1) else { return };
+    assert_eq!(lab.host_address(), None);
+    let _server = start_echo_server(&lab, 0);
+    let target = lab.ip(0).to_string();
+    // The server is up (seen from its own namespace) before the root namespace tries.
+    poll_until("host 0 reachable from itself", || echo(&lab, 0, &target));
+    echo_from_root(&target).unwrap_err();
 }

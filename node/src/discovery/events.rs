@@ -14,8 +14,9 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
 
 /// Runs as long as serf does: its event stream ends when serf shuts down.
 ///
-/// Serf's channel is unbounded, so this loop must never block on the consumer: it `try_send`s
-/// and drops an event the consumer has no room for, with a warning. The table is updated
+/// Serf's channel is unbounded, so if this loop waited for a slow consumer serf's queue would
+/// grow without limit: it `try_send`s instead, and drops an event the consumer has no room
+/// for, with a warning. The table is updated
 /// first either way, so a consumer that missed events still sees the truth in `members()`.
 ///
 /// When `shutdown` is cancelled it stops forwarding (the channel closes, telling the consumer)

@@ -18,7 +18,8 @@ pub const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Which addresses are this node, so a seed list that names it (every pod of a StatefulSet
-/// gets the same list) does not make it join itself, which serf would count as success.
+/// gets the same list) does not make it try to join itself: that would waste every attempt,
+/// or worse, be taken for a join and end the retries before a real peer was reached.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct OwnAddrs {
     /// The address gossip is bound to (with the real port when the config said 0).

@@ -384,6 +384,13 @@ async fn a_whole_cluster_leaves_within_the_limit_and_frees_its_ports() {
             Some(MemberStatus::Left)
         );
     }
+    // Nothing keeps running: serf's tasks, the event tasks and the join tasks all ended.
+    let runtime = tokio::runtime::Handle::current();
+    wait_until("every task ends after leave", || {
+        runtime.metrics().num_alive_tasks() == 0
+    })
+    .await;
+
     // And a new node can gossip on a freed port.
     let mut again = config("a", &[]);
     again.bind_addr = a.local_gossip_addr();
@@ -391,6 +398,20 @@ async fn a_whole_cluster_leaves_within_the_limit_and_frees_its_ports() {
     assert_eq!(restarted.addr(), a.local_gossip_addr());
     restarted.stop().await;
     a.leave(limit).await; // a second call returns at once
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_without_leave_still_frees_the_ports() {
+    let node = Node::start(config("a", &[])).await;
+    let addr = node.addr();
+    let clone = node.discovery.clone();
+    drop(node);
+    assert!(UdpSocket::bind(addr).is_err(), "a clone still holds it");
+    drop(clone);
+    wait_until("the ports are released", || {
+        UdpSocket::bind(addr).is_ok() && TcpListener::bind(addr).is_ok()
+    })
+    .await;
 }
 
 #[tokio::test]

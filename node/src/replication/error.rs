@@ -26,6 +26,12 @@ pub enum ReplicationError {
         /// The record's offset.
         offset: u64,
     },
+    /// A voter change that cannot be made now; the reason says what to do.
+    #[error("voter change refused: {reason}")]
+    VoterChangeRefused {
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,

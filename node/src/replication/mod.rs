@@ -24,5 +24,8 @@ mod sim;
 pub use error::ReplicationError;
 pub use log::ReplicaLog;
 pub use messages::{Envelope, FetchResult, Message, NodeId};
-pub use quorum::{FileQuorumStore, QuorumState, QuorumStore};
-pub use replica::{LEADER_CHANGE_RECORD_TYPE, Replica, ReplicaConfig, ReplicaStatus, RoleKind};
+pub use quorum::{FileQuorumStore, QuorumState, QuorumStore, VoterSet};
+pub use replica::{
+    LEADER_CHANGE_RECORD_TYPE, Replica, ReplicaConfig, ReplicaStatus, RoleKind, VOTERS_RECORD_TYPE,
+    VoterChange,
+};

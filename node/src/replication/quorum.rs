@@ -18,7 +18,24 @@ pub struct QuorumState {
     pub voted_for: Option<NodeId>,
     /// The leader of `epoch`, once known.
     pub leader_id: Option<NodeId>,
-    /// The voters, sorted. Changed one at a time, never by gossip.
+    /// The first quorum's voters, sorted (`--initial-voters`). Later voter sets are in the log
+    /// and in `voter_history`.
+    pub voters: Vec<NodeId>,
+    /// Voter sets from the log's leader-change and voter-change records, by offset, oldest
+    /// first: the latest one in the log is in force (even before it commits), and a truncation
+    /// drops the ones it removes.
+    pub voter_history: Vec<VoterSet>,
+    /// The log end when `voter_history` was last saved: on start, only records from here on
+    /// need scanning for voter changes.
+    pub history_end: u64,
+}
+
+/// A voter set and the offset of the record that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoterSet {
+    /// Offset of the control record.
+    pub offset: u64,
+    /// The voters, sorted.
     pub voters: Vec<NodeId>,
 }
 
@@ -32,6 +49,8 @@ impl QuorumState {
             voted_for: None,
             leader_id: None,
             voters,
+            voter_history: Vec::new(),
+            history_end: 0,
         }
     }
 
@@ -42,6 +61,12 @@ impl QuorumState {
             "voted_for": self.voted_for,
             "leader_id": self.leader_id,
             "voters": self.voters,
+            "voter_history": self
+                .voter_history
+                .iter()
+                .map(|set| json!({"offset": set.offset, "voters": set.voters}))
+                .collect::<Vec<_>>(),
+            "history_end": self.history_end,
         })
         .to_string()
         .into_bytes()
@@ -60,24 +85,42 @@ impl QuorumState {
                 other => Err(format!("`{key}` is not a string: {other}")),
             }
         };
-        let voters = value["voters"]
-            .as_array()
-            .ok_or("`voters` is missing or not a list")?
-            .iter()
-            .map(|voter| {
-                voter
-                    .as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("voter {voter} is not a string"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let voters = id_list(&value["voters"]).map_err(|err| format!("`voters`: {err}"))?;
+        let mut voter_history = Vec::new();
+        if let Some(sets) = value["voter_history"].as_array() {
+            for set in sets {
+                let offset = set["offset"]
+                    .as_u64()
+                    .ok_or("a voter set's `offset` is missing")?;
+                let voters =
+                    id_list(&set["voters"]).map_err(|err| format!("`voter_history`: {err}"))?;
+                voter_history.push(VoterSet { offset, voters });
+            }
+        }
         Ok(QuorumState {
             epoch,
             voted_for: optional("voted_for")?,
             leader_id: optional("leader_id")?,
             voters,
+            voter_history,
+            history_end: value["history_end"].as_u64().unwrap_or(0),
         })
     }
+}
+
+/// A JSON list of node ids.
+pub fn id_list(value: &Value) -> Result<Vec<NodeId>, String> {
+    value
+        .as_array()
+        .ok_or("missing or not a list")?
+        .iter()
+        .map(|id| {
+            id.as_str()
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{id} is not a node id"))
+        })
+        .collect()
 }
 
 /// Where quorum state lives. `save` must be durable when it returns.
@@ -136,6 +179,11 @@ mod tests {
             voted_for: Some("b".into()),
             leader_id: None,
             voters: vec!["a".into(), "b".into(), "c".into()],
+            voter_history: vec![VoterSet {
+                offset: 12,
+                voters: vec!["a".into(), "b".into()],
+            }],
+            history_end: 40,
         };
         store.save(&state).unwrap();
         assert_eq!(

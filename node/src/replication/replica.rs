@@ -30,8 +30,24 @@ use super::messages::{
 use super::quorum::{QuorumState, QuorumStore};
 use crate::storage::{AppendInfo, Record};
 
-/// Record type of the control record a new leader appends (never user data).
+/// Record type of the control record a new leader appends (never user data). Its value is
+/// JSON: `{"leader": id, "epoch": n, "voters": [ids]}`.
 pub const LEADER_CHANGE_RECORD_TYPE: u32 = 0x4c43; // "LC"
+/// Record type of a voter-set change (control, never user data): `{"voters": [ids]}`.
+pub const VOTERS_RECORD_TYPE: u32 = 0x5653; // "VS"
+
+/// How often a node saves how far its log was scanned for voter changes, so a restart scans
+/// only the tail.
+const HISTORY_SAVE_INTERVAL_MS: u64 = 10_000;
+
+/// A change of the voter set, one node at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoterChange {
+    /// Make an observer (a caught-up replica outside the set) a voter.
+    Add(NodeId),
+    /// Remove a voter (not the leader: transfer leadership first).
+    Remove(NodeId),
+}
 
 /// Timing and sizes of the protocol.
 #[derive(Debug, Clone)]
@@ -215,6 +231,7 @@ pub struct Replica<L, Q> {
     /// Peers an observer may ask who leads (voters, plus members gossip knows).
     known_peers: Vec<NodeId>,
     next_peer: usize,
+    next_history_save: u64,
     outbox: Vec<Envelope>,
 }
 
@@ -269,6 +286,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             high_watermark: 0,
             known_peers: Vec::new(),
             next_peer: 0,
+            next_history_save: now + HISTORY_SAVE_INTERVAL_MS,
             outbox: Vec::new(),
             role: Role::Follower(FollowerState {
                 leader: None,
@@ -280,6 +298,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             state,
         };
         replica.high_watermark = replica.log.start_offset();
+        replica.recover_voter_history()?;
         let leader = replica
             .state
             .leader_id
@@ -333,9 +352,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         }
     }
 
-    /// The voters.
+    /// The voters in force: the latest voter set in the log, or the first quorum's.
     pub fn voters(&self) -> &[NodeId] {
-        &self.state.voters
+        self.state
+            .voter_history
+            .last()
+            .map_or(&self.state.voters, |set| &set.voters)
     }
 
     /// The role.
@@ -372,7 +394,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             high_watermark: self.high_watermark,
             start_offset: self.log.start_offset(),
             end_offset: self.log.end_offset(),
-            voters: self.state.voters.clone(),
+            voters: self.voters().to_vec(),
             replicas,
         }
     }
@@ -474,6 +496,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             StepDown,
             Announce,
             BackToFollower(Option<NodeId>),
+        }
+        if now >= self.next_history_save {
+            self.next_history_save = now + HISTORY_SAVE_INTERVAL_MS;
+            if self.state.history_end != self.log.end_offset() {
+                self.persist()?;
+            }
         }
         let is_voter = self.is_voter(&self.config.id);
         let action = match &mut self.role {
@@ -618,7 +646,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let epoch_start = if self.is_sole_voter() {
             None
         } else {
-            let marker = format!("leader {} epoch {epoch}", self.config.id);
+            let marker = serde_json::json!({
+                "leader": self.config.id,
+                "epoch": epoch,
+                "voters": self.voters(),
+            })
+            .to_string();
             let record = Record {
                 value: marker.as_bytes(),
                 key: None,
@@ -712,13 +745,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     ) -> Result<(), ReplicationError> {
         let log_ok = (request.last_offset_epoch, request.end_offset)
             >= (self.log.last_epoch(), self.log.end_offset());
-        let is_voter = self.is_voter(&self.config.id) && self.is_voter(&request.candidate_id);
+        // Votes do not consult this node's own voter set (as in Raft): a node added as a voter
+        // may not have the record that says so yet, and the cluster needs its vote. The
+        // candidate counts only votes from its own voter set.
         let granted = if request.pre_vote {
             // No state changes: a pre-vote only says whether a real vote would be granted.
-            is_voter
-                && request.candidate_epoch > self.state.epoch
-                && log_ok
-                && !self.has_live_leader(now)
+            request.candidate_epoch > self.state.epoch && log_ok && !self.has_live_leader(now)
         } else {
             if request.candidate_epoch > self.state.epoch {
                 self.observe_epoch(now, request.candidate_epoch, None)?;
@@ -728,8 +760,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 .voted_for
                 .as_ref()
                 .is_none_or(|voted| *voted == request.candidate_id);
-            let grant = is_voter
-                && request.candidate_epoch == self.state.epoch
+            let grant = request.candidate_epoch == self.state.epoch
                 && self.state.leader_id.is_none()
                 && free
                 && log_ok;
@@ -766,7 +797,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             return self.observe_epoch(now, response.epoch, response.leader_id);
         }
         let majority = self.majority();
-        let voters = self.state.voters.len();
+        let voters = self.voters().len();
         let from_voter = self.is_voter(from);
         match &mut self.role {
             Role::Prospective(election)
@@ -969,8 +1000,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
 
     fn next_known_peer(&mut self) -> Option<NodeId> {
         let mut peers: Vec<NodeId> = self
-            .state
-            .voters
+            .voters()
             .iter()
             .chain(self.known_peers.iter())
             .filter(|id| **id != self.config.id)
@@ -1128,6 +1158,13 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 }
                 if !fresh.is_empty() {
                     self.log.append_fetched(&fresh)?;
+                    let mut learned = false;
+                    for batch in &fresh {
+                        learned |= self.learn_voters(batch);
+                    }
+                    if learned {
+                        self.persist()?;
+                    }
                 }
                 let durable = self.log.durable_end();
                 self.high_watermark = self
@@ -1182,6 +1219,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             });
         }
         self.log.truncate_suffix(offset)?;
+        let before = self.state.voter_history.len();
+        self.state.voter_history.retain(|set| set.offset < offset);
+        if self.state.voter_history.len() != before {
+            self.persist()?;
+        }
         Ok(())
     }
 
@@ -1198,7 +1240,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             }
         }
         // Voters that never fetched count as 0.
-        offsets.resize(self.state.voters.len().max(offsets.len()), 0);
+        offsets.resize(self.voters().len().max(offsets.len()), 0);
         offsets.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = offsets[self.majority() - 1];
         if leader.epoch_start.is_none_or(|start| candidate > start)
@@ -1211,7 +1253,185 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     // ---- helpers ----
 
     fn persist(&mut self) -> Result<(), ReplicationError> {
+        // The history always reflects the whole log, so any save can record how far.
+        self.state.history_end = self.log.end_offset();
         self.store.save(&self.state).map_err(save_failed)
+    }
+
+    /// On start: forget voter sets past the log's end (a truncation whose state save was cut
+    /// short) and pick up those appended after the last save.
+    fn recover_voter_history(&mut self) -> Result<(), ReplicationError> {
+        let end = self.log.end_offset();
+        let before = self.state.voter_history.len();
+        self.state.voter_history.retain(|set| set.offset < end);
+        let mut changed = self.state.voter_history.len() != before;
+        let mut offset = self.state.history_end.min(end).max(self.log.start_offset());
+        while offset < end {
+            let batches = self.log.read(offset, 1 << 20)?;
+            let Some(last) = batches.last() else {
+                break;
+            };
+            let next = last.next_offset();
+            for batch in batches.iter().filter(|batch| batch.base_offset() >= offset) {
+                changed |= self.learn_voters(batch);
+            }
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+        if changed || self.state.history_end != end {
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    /// Records the voter set a control batch carries, if any. Returns whether it did.
+    fn learn_voters(&mut self, batch: &crate::storage::Batch) -> bool {
+        if !batch.is_control() {
+            return false;
+        }
+        let mut learned = false;
+        for record in batch.records() {
+            if record.record_type != LEADER_CHANGE_RECORD_TYPE
+                && record.record_type != VOTERS_RECORD_TYPE
+            {
+                continue;
+            }
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.value) else {
+                tracing::warn!(
+                    offset = record.offset,
+                    "unreadable control record; ignoring it"
+                );
+                continue;
+            };
+            let Ok(mut voters) = super::quorum::id_list(&value["voters"]) else {
+                continue;
+            };
+            voters.sort();
+            voters.dedup();
+            if voters.is_empty() || voters.as_slice() == self.voters() {
+                continue;
+            }
+            if self
+                .state
+                .voter_history
+                .last()
+                .is_some_and(|set| set.offset >= record.offset)
+            {
+                continue;
+            }
+            tracing::info!(id = %self.config.id, offset = record.offset, ?voters, "voter set changed");
+            self.state.voter_history.push(super::quorum::VoterSet {
+                offset: record.offset,
+                voters,
+            });
+            learned = true;
+        }
+        learned
+    }
+
+    /// Changes the voter set by one node, through the log: the leader appends the new set as
+    /// a control record, in force at once (on every replica as soon as it has the record), and
+    /// accepts the next change only once this one is committed. An added node must be an
+    /// observer that has caught up (`max_lag` records behind the high watermark at most).
+    pub fn change_voters(
+        &mut self,
+        now: u64,
+        change: VoterChange,
+        max_lag: u64,
+    ) -> Result<AppendInfo, ReplicationError> {
+        let Some(epoch) = self.leader_epoch() else {
+            return Err(ReplicationError::NotLeader {
+                leader: self.leader_id().map(str::to_owned),
+            });
+        };
+        let refuse = |reason: String| Err(ReplicationError::VoterChangeRefused { reason });
+        if let Some(pending) = self.state.voter_history.last()
+            && pending.offset >= self.high_watermark
+        {
+            return refuse(format!(
+                "the previous voter change (offset {}) is not committed yet; retry shortly",
+                pending.offset
+            ));
+        }
+        let Role::Leader(leader) = &self.role else {
+            return refuse("not the leader".into());
+        };
+        if leader
+            .epoch_start
+            .is_some_and(|start| self.high_watermark <= start)
+        {
+            return refuse(
+                "the new leader has not committed its first record yet; retry shortly".into(),
+            );
+        }
+        let mut voters = self.voters().to_vec();
+        match &change {
+            VoterChange::Add(id) => {
+                if self.is_voter(id) {
+                    return refuse(format!("{id} is already a voter"));
+                }
+                let progress = leader.progress.get(id);
+                let Some(end) = progress.and_then(|p| p.end_offset) else {
+                    return refuse(format!(
+                        "{id} has not fetched from the leader yet: start it (it joins as an \
+                         observer) and retry once it has caught up"
+                    ));
+                };
+                let lag = self.high_watermark.saturating_sub(end);
+                if lag > max_lag {
+                    return refuse(format!(
+                        "{id} is {lag} records behind the high watermark (at most {max_lag} \
+                         allowed); retry once it has caught up"
+                    ));
+                }
+                voters.push(id.clone());
+            }
+            VoterChange::Remove(id) => {
+                if !self.is_voter(id) {
+                    return refuse(format!("{id} is not a voter"));
+                }
+                if *id == self.config.id {
+                    return refuse(format!(
+                        "{id} is the leader: transfer leadership first, then remove it"
+                    ));
+                }
+                if voters.len() == 1 {
+                    return refuse("the last voter cannot be removed".into());
+                }
+                voters.retain(|voter| voter != id);
+            }
+        }
+        voters.sort();
+        let value = serde_json::json!({ "voters": voters }).to_string();
+        let record = Record {
+            value: value.as_bytes(),
+            key: None,
+            timestamp_ms: 0,
+            record_type: VOTERS_RECORD_TYPE,
+        };
+        let info = self.log.append(epoch, &[record], true)?;
+        self.state.voter_history.push(super::quorum::VoterSet {
+            offset: info.base_offset,
+            voters,
+        });
+        self.persist()?;
+        if let Role::Leader(leader) = &mut self.role {
+            for voter in self
+                .state
+                .voter_history
+                .last()
+                .map(|set| set.voters.clone())
+                .unwrap_or_default()
+            {
+                if voter != self.config.id {
+                    leader.progress.entry(voter).or_default();
+                }
+            }
+        }
+        self.advance_high_watermark(now);
+        Ok(info)
     }
 
     fn send(&mut self, to: &str, message: Message) {
@@ -1222,16 +1442,15 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     }
 
     fn is_voter(&self, id: &str) -> bool {
-        self.state.voters.iter().any(|voter| voter == id)
+        self.voters().iter().any(|voter| voter == id)
     }
 
     fn is_sole_voter(&self) -> bool {
-        self.state.voters.len() == 1 && self.state.voters[0] == self.config.id
+        self.voters().len() == 1 && self.voters()[0] == self.config.id
     }
 
     fn other_voters(&self) -> Vec<NodeId> {
-        self.state
-            .voters
+        self.voters()
             .iter()
             .filter(|id| **id != self.config.id)
             .cloned()
@@ -1239,7 +1458,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     }
 
     fn majority(&self) -> usize {
-        self.state.voters.len() / 2 + 1
+        self.voters().len() / 2 + 1
     }
 
     fn random_election_timeout(&mut self) -> u64 {

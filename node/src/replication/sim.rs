@@ -21,7 +21,7 @@ use super::error::ReplicationError;
 use super::log::ReplicaLog;
 use super::messages::{Message, NodeId};
 use super::quorum::{QuorumState, QuorumStore};
-use super::replica::{Replica, ReplicaConfig};
+use super::replica::{Replica, ReplicaConfig, VoterChange};
 use crate::storage::{
     ATTR_CONTROL, AppendInfo, Batch, Record, StorageError, StoredRecord, encode_batch,
 };
@@ -227,6 +227,13 @@ struct Pending {
     value: Bytes,
 }
 
+/// An acknowledged record and the voter set that acknowledged it.
+struct Acknowledged {
+    offset: u64,
+    value: Bytes,
+    voters: Vec<NodeId>,
+}
+
 /// Fault settings drawn per seed.
 struct Faults {
     loss: u64,
@@ -246,16 +253,28 @@ struct Sim {
     leaders: HashMap<u64, NodeId>,
     committed: Vec<Bytes>,
     pending: Vec<Pending>,
-    acknowledged: Vec<(u64, Bytes)>,
+    acknowledged: Vec<Acknowledged>,
     next_value: u64,
     seed: u64,
+    initial_voters: Vec<NodeId>,
+    /// Per-mille chance per step of asking the leader for a voter change.
+    churn_per_mille: u64,
+    voter_changes: usize,
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Rng(seed);
-        let size = if rng.chance(50) { 3 } else { 5 };
+        // Half the seeds: 3 or 5 voters. The other half: 5 nodes, 3 of them voters, and
+        // voters added and removed one at a time while everything else goes wrong.
+        let churn = rng.chance(50);
+        let size = if churn || rng.chance(50) { 5 } else { 3 };
         let ids: Vec<NodeId> = (0..size).map(|i| format!("n{i}")).collect();
+        let initial_voters: Vec<NodeId> = if churn {
+            ids[..3].to_vec()
+        } else {
+            ids.clone()
+        };
         let faults = Faults {
             loss: rng.below(20),
             duplicate: rng.below(10),
@@ -276,6 +295,9 @@ impl Sim {
             acknowledged: Vec::new(),
             next_value: 0,
             seed,
+            initial_voters,
+            churn_per_mille: if churn { 20 } else { 0 },
+            voter_changes: 0,
         };
         for id in &ids {
             let log = MemLog::default();
@@ -291,12 +313,14 @@ impl Sim {
             });
         }
         for index in 0..size {
-            sim.start(index, &ids);
+            sim.start(index);
         }
         sim
     }
 
-    fn start(&mut self, index: usize, voters: &[NodeId]) {
+    fn start(&mut self, index: usize) {
+        let voters = self.initial_voters.clone();
+        let all: Vec<NodeId> = self.nodes.iter().map(|node| node.id.clone()).collect();
         let node = &mut self.nodes[index];
         let mut config = ReplicaConfig::new(node.id.clone());
         config.election_timeout_ms = 150;
@@ -311,10 +335,12 @@ impl Sim {
             config,
             node.log.clone(),
             node.store.clone(),
-            voters.to_vec(),
+            voters,
             self.now,
         )
         .unwrap_or_else(|err| panic!("seed {}: {} failed to start: {err}", self.seed, node.id));
+        let mut replica = replica;
+        replica.set_known_peers(all);
         node.replica = Some(replica);
         node.checked_to = 0;
     }
@@ -353,6 +379,12 @@ impl Sim {
     }
 
     fn fail(&self, what: &str) -> ! {
+        for node in &self.nodes {
+            match &node.replica {
+                Some(replica) => eprintln!("{:?}", replica.status()),
+                None => eprintln!("{} is down", node.id),
+            }
+        }
         panic!(
             "seed {} at {} ms: {what}\nreplay: PROGLOG_SIM_SEED={} cargo test -p proglog-node --lib replication::sim",
             self.seed, self.now, self.seed
@@ -384,11 +416,10 @@ impl Sim {
             self.collect_outbox(to);
         }
         // Ticks, restarts, faults.
-        let voters: Vec<NodeId> = self.nodes.iter().map(|node| node.id.clone()).collect();
         for index in 0..self.nodes.len() {
             if self.nodes[index].replica.is_none() {
                 if self.now >= self.nodes[index].restart_at {
-                    self.start(index, &voters);
+                    self.start(index);
                 }
                 continue;
             }
@@ -407,6 +438,35 @@ impl Sim {
                 self.fail(&format!("{} failed a tick: {err}", self.nodes[index].id));
             }
             self.collect_outbox(index);
+        }
+        // Check before a voter change, so records are judged by the voter set that committed
+        // them.
+        self.check();
+        // Voter changes, one node at a time, at whoever believes it leads.
+        if self.rng.below(1000) < self.churn_per_mille {
+            let leader = (0..self.nodes.len()).find(|&i| {
+                self.nodes[i]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.leader_epoch().is_some())
+            });
+            if let Some(leader) = leader {
+                let pick = self.rng.below(self.nodes.len() as u64) as usize;
+                let id = self.nodes[pick].id.clone();
+                let now = self.now;
+                let replica = self.nodes[leader].replica.as_mut().unwrap();
+                let change = if replica.voters().contains(&id) {
+                    VoterChange::Remove(id)
+                } else {
+                    VoterChange::Add(id)
+                };
+                match replica.change_voters(now, change, 50) {
+                    Ok(_) => self.voter_changes += 1,
+                    Err(ReplicationError::VoterChangeRefused { .. }) => {}
+                    Err(err) => self.fail(&format!("voter change failed: {err}")),
+                }
+                self.collect_outbox(leader);
+            }
         }
         // Clients produce to whoever believes it leads.
         if self.rng.chance(30) {
@@ -499,31 +559,37 @@ impl Sim {
                 return false;
             }
             if replica.high_watermark() > pending.offset {
-                acknowledged.push((pending.offset, pending.value.clone()));
+                acknowledged.push(Acknowledged {
+                    offset: pending.offset,
+                    value: pending.value.clone(),
+                    voters: replica.voters().to_vec(),
+                });
                 return false;
             }
             true
         });
-        for (offset, value) in acknowledged {
-            self.check_on_majority(offset, &value);
-            self.acknowledged.push((offset, value));
+        for record in acknowledged {
+            self.check_on_majority(&record);
+            self.acknowledged.push(record);
         }
     }
 
-    fn check_on_majority(&self, offset: u64, value: &Bytes) {
+    /// An acknowledged record is on a majority of the voters that acknowledged it.
+    fn check_on_majority(&self, record: &Acknowledged) {
         let holders = self
             .nodes
             .iter()
+            .filter(|node| record.voters.contains(&node.id))
             .filter(|node| {
                 node.log
-                    .record_at(offset)
-                    .is_some_and(|record| record.value == *value)
+                    .record_at(record.offset)
+                    .is_some_and(|stored| stored.value == record.value)
             })
             .count();
-        if holders <= self.nodes.len() / 2 {
+        if holders <= record.voters.len() / 2 {
             self.fail(&format!(
-                "acknowledged {value:?} at {offset} is on {holders} of {} nodes",
-                self.nodes.len()
+                "acknowledged {:?} at {} is on {holders} of the voters {:?}",
+                record.value, record.offset, record.voters
             ));
         }
     }
@@ -563,7 +629,7 @@ impl Sim {
                 if self
                     .acknowledged
                     .iter()
-                    .any(|(o, v)| o == offset && v == value)
+                    .any(|a| a.offset == *offset && a.value == *value)
                 {
                     let all_have = self.nodes.iter().all(|node| {
                         node.replica
@@ -578,11 +644,11 @@ impl Sim {
                 }
             }
         }
-        for (offset, value) in &self.acknowledged {
-            self.check_on_majority(*offset, value);
-            if self.committed.get(*offset as usize) != Some(value) {
+        for record in &self.acknowledged {
+            if self.committed.get(record.offset as usize) != Some(&record.value) {
                 self.fail(&format!(
-                    "acknowledged {value:?} at {offset} is not committed"
+                    "acknowledged {:?} at {} is not committed",
+                    record.value, record.offset
                 ));
             }
         }
@@ -607,15 +673,20 @@ fn seeds() -> Vec<u64> {
 fn safety_holds_under_loss_delay_duplication_partitions_and_crashes() {
     let mut acknowledged = 0;
     let mut epochs = 0;
+    let mut voter_changes = 0;
     for seed in seeds() {
         let mut sim = Sim::new(seed);
         sim.run(6_000);
         acknowledged += sim.acknowledged.len();
         epochs += sim.leaders.len();
+        voter_changes += sim.voter_changes;
     }
-    // The simulation must exercise something: records committed and leaders replaced.
+    // The simulation must exercise something: records committed, leaders replaced, voters
+    // changed.
     assert!(acknowledged > 0 && epochs > 0, "{acknowledged} {epochs}");
-    eprintln!("simulation: {acknowledged} acknowledged records, {epochs} epochs");
+    eprintln!(
+        "simulation: {acknowledged} acknowledged records, {epochs} epochs, {voter_changes} voter changes"
+    );
 }
 
 #[test]
@@ -625,8 +696,8 @@ fn a_single_node_cluster_leads_at_once_and_commits_what_it_appends() {
     sim.nodes.truncate(1);
     sim.nodes[0].log = MemLog::default();
     sim.nodes[0].store = MemStore::default();
-    let voters = vec![sim.nodes[0].id.clone()];
-    sim.start(0, &voters);
+    sim.initial_voters = vec![sim.nodes[0].id.clone()];
+    sim.start(0);
     let replica = sim.nodes[0].replica.as_mut().unwrap();
     assert_eq!(replica.leader_epoch(), Some(1));
     let info = replica.propose(0, &[Record::new(b"x", 1)]).unwrap();
