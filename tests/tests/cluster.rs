@@ -15,11 +15,14 @@ use std::time::Duration;
 
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
-use proglog_proto::log::v1::{ClusterStatusRequest, ConsumeRequest, ProduceRequest, Record};
+use proglog_proto::log::v1::{
+    AddVoterRequest, ClusterStatusRequest, ConsumeRequest, ProduceRequest, Record,
+    RemoveVoterRequest, TransferLeadershipRequest,
+};
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use tokio::time::Instant;
 
-const IDS: [&str; 3] = ["n0", "n1", "n2"];
+const IDS: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];
 /// Leader-change marker records (the log's own, not data).
 const LEADER_CHANGE: u32 = 0x4c43;
 
@@ -31,19 +34,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_cluster() -> Vec<NodeProcess> {
-    let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
-    let peers = IDS
+/// Starts `size` nodes; the first three are the initial voters, the others observers.
+async fn start_cluster_of(size: usize) -> Vec<NodeProcess> {
+    let ids = &IDS[..size];
+    let ports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
+    let peers = ids
         .iter()
         .zip(&ports)
         .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
         .collect::<Vec<_>>()
         .join(",");
     let mut nodes = Vec::new();
-    for (id, port) in IDS.iter().zip(&ports) {
+    for (id, port) in ids.iter().zip(&ports) {
         let mut options = NodeOptions::default()
             .id(*id)
-            .flag("--initial-voters", IDS.join(","))
+            .flag("--initial-voters", IDS[..3].join(","))
             .flag("--peers", &peers)
             .flag("--election-timeout-ms", "300")
             .flag("--durability", "always");
@@ -53,10 +58,15 @@ async fn start_cluster() -> Vec<NodeProcess> {
     nodes
 }
 
+async fn start_cluster() -> Vec<NodeProcess> {
+    start_cluster_of(3).await
+}
+
 struct Status {
     role: String,
     leader: String,
     high_watermark: u64,
+    voters: Vec<String>,
 }
 
 async fn status(node: &NodeProcess) -> Option<Status> {
@@ -70,6 +80,7 @@ async fn status(node: &NodeProcess) -> Option<Status> {
         role: status.role,
         leader: status.leader_id,
         high_watermark: status.high_watermark,
+        voters: status.voters,
     })
 }
 
@@ -299,6 +310,134 @@ async fn a_produce_sent_to_a_follower_is_forwarded_to_the_leader() {
         .unwrap_or_default()
         .to_owned();
     assert_eq!(addr, nodes[leader].rpc_addr().to_string());
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
+}
+
+/// Changes the voter set through the leader's admin service, retrying while the cluster is not
+/// ready for it (the node is still catching up, or the leader moved).
+async fn change_voters(nodes: &[NodeProcess], live: &[usize], add: bool, id: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leader = wait_for_leader(nodes, live).await;
+        let mut admin = AdminClient::new(nodes[leader].channel().await.unwrap());
+        let result = if add {
+            admin
+                .add_voter(AddVoterRequest {
+                    node_id: id.to_owned(),
+                })
+                .await
+        } else {
+            admin
+                .remove_voter(RemoveVoterRequest {
+                    node_id: id.to_owned(),
+                })
+                .await
+        };
+        match result {
+            Ok(response) => return response.into_inner().voters,
+            Err(status) => {
+                assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::Unavailable
+                    ),
+                    "{status:?}"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "voter change of {id} not done: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_3_to_5_to_3_voters_while_producing_loses_nothing() {
+    let mut nodes = start_cluster_of(5).await;
+    let all = [0, 1, 2, 3, 4];
+    wait_for_leader(&nodes, &all).await;
+    let first = status(&nodes[3]).await.unwrap();
+    assert_eq!(first.role, "observer", "n3 starts outside the voter set");
+
+    // A producer through n0 (forwarding to whoever leads) for the whole test.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let producer = {
+        let stop = stop.clone();
+        let channel = nodes[0].channel().await.unwrap();
+        tokio::spawn(async move {
+            let mut client = LogClient::new(channel);
+            let mut acknowledged = BTreeMap::new();
+            let mut next = 0;
+            while !stop.is_cancelled() {
+                let value = format!("scale-{next}");
+                next += 1;
+                let request = ProduceRequest {
+                    record: Some(Record {
+                        value: value.as_bytes().to_vec().into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                if let Ok(response) = client.produce(request).await {
+                    acknowledged.insert(response.into_inner().offset, value);
+                }
+            }
+            acknowledged
+        })
+    };
+
+    let voters = change_voters(&nodes, &all, true, "n3").await;
+    assert_eq!(voters, ["n0", "n1", "n2", "n3"]);
+    let voters = change_voters(&nodes, &all, true, "n4").await;
+    assert_eq!(voters, ["n0", "n1", "n2", "n3", "n4"]);
+    for index in all {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(&nodes[index]).await.unwrap().voters.len() != 5 {
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw 5 voters",
+                IDS[index]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Back to three: a leader among n3/n4 hands over first.
+    for id in ["n4", "n3"] {
+        let leader = wait_for_leader(&nodes, &all).await;
+        if IDS[leader] == id {
+            let mut admin = AdminClient::new(nodes[leader].channel().await.unwrap());
+            admin
+                .transfer_leadership(TransferLeadershipRequest {})
+                .await
+                .unwrap();
+        }
+        change_voters(&nodes, &all, false, id).await;
+    }
+    let leader = wait_for_leader(&nodes, &all).await;
+    assert_eq!(
+        status(&nodes[leader]).await.unwrap().voters,
+        ["n0", "n1", "n2"]
+    );
+    stop.cancel();
+    let acknowledged = producer.await.unwrap();
+    assert!(!acknowledged.is_empty());
+    let last = *acknowledged.keys().last().unwrap();
+    wait_for_high_watermark(&nodes, last + 1).await;
+    for index in all {
+        let log = committed_records(&nodes[index]).await;
+        for (offset, value) in &acknowledged {
+            assert_eq!(
+                log.get(offset).map(|record| record.value.to_vec()),
+                Some(value.as_bytes().to_vec()),
+                "acknowledged offset {offset} on {}",
+                IDS[index]
+            );
+        }
+    }
     for node in &mut nodes {
         node.terminate().await.unwrap();
     }

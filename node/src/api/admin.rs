@@ -4,9 +4,24 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::status::to_replication_status;
 use super::store::LogStore;
+use crate::replication::{ReplicationError, VoterChange};
 use proglog_proto::log::v1 as pb;
 use proglog_proto::log::v1::admin_server::Admin;
+
+/// An added voter may lag the high watermark by this many records at most: it then catches up
+/// within a fetch or two, so the quorum is not left waiting on it.
+const MAX_ADD_LAG: u64 = 1000;
+
+fn node_id(id: String) -> Result<String, Status> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "`node_id` must be a node's id (1 to 128 characters)",
+        ));
+    }
+    Ok(id)
+}
 
 /// The admin service over a node's log and consensus.
 #[derive(Debug, Clone)]
@@ -18,6 +33,23 @@ impl AdminService {
     /// A service over `store`.
     pub fn new(store: Arc<LogStore>) -> Self {
         AdminService { store }
+    }
+
+    async fn change(
+        &self,
+        change: VoterChange,
+    ) -> Result<Response<pb::VoterChangeResponse>, Status> {
+        let consensus = self.store.consensus();
+        let view = consensus.view();
+        if view.leader_epoch.is_none() {
+            return Err(self.store.not_leader(view.leader_id));
+        }
+        tracing::info!(?change, "changing the voter set");
+        match consensus.change_voters(change, MAX_ADD_LAG).await {
+            Ok((offset, voters)) => Ok(Response::new(pb::VoterChangeResponse { voters, offset })),
+            Err(ReplicationError::NotLeader { leader }) => Err(self.store.not_leader(leader)),
+            Err(err) => Err(to_replication_status(err, None)),
+        }
     }
 }
 
@@ -73,6 +105,22 @@ impl Admin for AdminService {
             replicas,
             members,
         }))
+    }
+
+    async fn add_voter(
+        &self,
+        request: Request<pb::AddVoterRequest>,
+    ) -> Result<Response<pb::VoterChangeResponse>, Status> {
+        let id = node_id(request.into_inner().node_id)?;
+        self.change(VoterChange::Add(id)).await
+    }
+
+    async fn remove_voter(
+        &self,
+        request: Request<pb::RemoveVoterRequest>,
+    ) -> Result<Response<pb::VoterChangeResponse>, Status> {
+        let id = node_id(request.into_inner().node_id)?;
+        self.change(VoterChange::Remove(id)).await
     }
 
     async fn transfer_leadership(

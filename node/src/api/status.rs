@@ -33,6 +33,7 @@ pub fn to_replication_status(err: ReplicationError, leader_addr: Option<String>)
         ReplicationError::LeadershipLost { .. } | ReplicationError::ShuttingDown => {
             Status::unavailable(err.to_string())
         }
+        ReplicationError::VoterChangeRefused { .. } => Status::failed_precondition(err.to_string()),
         other => Status::internal(other.to_string()),
     }
 }

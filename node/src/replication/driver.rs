@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::ReplicationError;
 use super::messages::{Envelope, FetchResult, Message, NodeId};
 use super::quorum::FileQuorumStore;
-use super::replica::{Replica, ReplicaStatus, RoleKind};
+use super::replica::{Replica, ReplicaStatus, RoleKind, VoterChange};
 use crate::storage::Log;
 
 /// The replica as a running node uses it.
@@ -198,6 +198,46 @@ impl Consensus {
         })
         .await;
         epoch
+    }
+
+    /// Changes the voter set by one node (on the leader) and waits until the change is
+    /// committed. An added node may lag the high watermark by `max_lag` records at most.
+    pub async fn change_voters(
+        self: &Arc<Self>,
+        change: VoterChange,
+        max_lag: u64,
+    ) -> Result<(u64, Vec<NodeId>), ReplicationError> {
+        let this = Arc::clone(self);
+        let joined = tokio::task::spawn_blocking(move || {
+            let now = this.now();
+            let mut replica = this.replica.lock();
+            let result = replica
+                .change_voters(now, change, max_lag)
+                .map(|info| (info.base_offset, replica.epoch(), replica.voters().to_vec()));
+            let outbox = replica.take_outbox();
+            this.publish_locked(&replica);
+            drop(replica);
+            this.dispatch(outbox);
+            result
+        })
+        .await
+        .map_err(|_| ReplicationError::ShuttingDown)?;
+        let (offset, epoch, voters) = joined?;
+        let mut view = self.subscribe();
+        loop {
+            {
+                let now = view.borrow_and_update();
+                if now.leader_epoch != Some(epoch) {
+                    return Err(ReplicationError::LeadershipLost { epoch, offset });
+                }
+                if now.high_watermark > offset {
+                    return Ok((offset, voters));
+                }
+            }
+            if view.changed().await.is_err() {
+                return Err(ReplicationError::ShuttingDown);
+            }
+        }
     }
 
     /// Handles a request from peer `from` and returns the replica's answer to it. A fetch with
