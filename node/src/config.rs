@@ -69,6 +69,36 @@ pub struct ReplicationConfig {
     pub peers: std::collections::BTreeMap<String, String>,
     /// Lower bound of the randomized election timeout (`--election-timeout-ms`).
     pub election_timeout: Duration,
+    /// Gossip discovery; `None` turns it off (`--gossip-addr off`): peers then come only from
+    /// `peers`.
+    pub gossip: Option<GossipConfig>,
+}
+
+/// Gossip (serf) discovery settings.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// Where gossip listens, UDP and TCP (`--gossip-addr`, default `0.0.0.0:8401`).
+    pub bind_addr: SocketAddr,
+    /// The address peers should use, when `bind_addr` is not reachable as is
+    /// (`--gossip-advertise-addr`, for example the pod IP).
+    pub advertise_addr: Option<SocketAddr>,
+    /// Seed gossip addresses, `host:port` (`--join`), resolved on every attempt; retried
+    /// until one answers.
+    pub seeds: Vec<String>,
+    /// AES-256 key (`--gossip-key`, base64 of 32 bytes): gossip is encrypted and unencrypted
+    /// peers are refused.
+    pub key: Option<[u8; 32]>,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            bind_addr: SocketAddr::from(([0, 0, 0, 0], 8401)),
+            advertise_addr: None,
+            seeds: Vec::new(),
+            key: None,
+        }
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -77,6 +107,7 @@ impl Default for ReplicationConfig {
             initial_voters: Vec::new(),
             peers: std::collections::BTreeMap::new(),
             election_timeout: Duration::from_secs(1),
+            gossip: Some(GossipConfig::default()),
         }
     }
 }

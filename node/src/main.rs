@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use proglog_node::config::{LogFormat, NodeConfig};
+use proglog_node::config::{GossipConfig, LogFormat, NodeConfig};
 use proglog_node::security::{AclConfig, TlsConfig};
 use proglog_node::storage::Durability;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,36 @@ struct Cli {
     /// `[t, 2t)`). Failover takes about 1-2 of these.
     #[arg(long, env = "PROGLOG_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
     election_timeout_ms: u64,
+    /// Where gossip (member discovery) listens, UDP and TCP; `off` disables gossip.
+    #[arg(long, env = "PROGLOG_GOSSIP_ADDR", default_value = "0.0.0.0:8401")]
+    gossip_addr: String,
+    /// The gossip address peers should use (for example the pod IP), when it differs.
+    #[arg(long, env = "PROGLOG_GOSSIP_ADVERTISE_ADDR")]
+    gossip_advertise_addr: Option<SocketAddr>,
+    /// Gossip addresses of nodes to join, `host:port` (comma separated); retried until one
+    /// answers. In Kubernetes: the pods' names under the headless Service.
+    #[arg(long, env = "PROGLOG_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// Gossip encryption key: base64 of 32 random bytes (`head -c 32 /dev/urandom | base64`).
+    /// Every node needs the same key.
+    #[arg(long, env = "PROGLOG_GOSSIP_KEY", value_parser = parse_gossip_key, hide_env_values = true)]
+    gossip_key: Option<GossipKey>,
+}
+
+/// A parsed gossip key (kept out of `Debug` output).
+#[derive(Clone)]
+struct GossipKey([u8; 32]);
+
+impl std::fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GossipKey(..)")
+    }
+}
+
+fn parse_gossip_key(value: &str) -> Result<GossipKey, String> {
+    proglog_node::discovery::parse_key(value)
+        .map(GossipKey)
+        .map_err(|err| err.to_string())
 }
 
 fn parse_peer(value: &str) -> Result<(String, String), String> {
@@ -101,7 +131,7 @@ enum FormatArg {
 }
 
 impl Cli {
-    fn into_config(self) -> NodeConfig {
+    fn into_config(self) -> Result<NodeConfig, String> {
         let mut config = NodeConfig::new(self.id, self.data_dir);
         config.rpc_addr = self.rpc_addr;
         config.http_addr = self.http_addr;
@@ -137,11 +167,26 @@ impl Cli {
         config.replication.initial_voters = self.initial_voters;
         config.replication.peers = self.peers.into_iter().collect();
         config.replication.election_timeout = Duration::from_millis(self.election_timeout_ms);
+        config.replication.gossip = if self.gossip_addr.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(GossipConfig {
+                bind_addr: self.gossip_addr.parse().map_err(|err| {
+                    format!(
+                        "invalid configuration `gossip-addr`: `{}` is not host:port or `off`: {err}",
+                        self.gossip_addr
+                    )
+                })?,
+                advertise_addr: self.gossip_advertise_addr,
+                seeds: self.join,
+                key: self.gossip_key.map(|key| key.0),
+            })
+        };
         config.log_format = match self.log_format {
             FormatArg::Json => LogFormat::Json,
             FormatArg::Pretty => LogFormat::Pretty,
         };
-        config
+        Ok(config)
     }
 }
 
@@ -179,7 +224,13 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 }
 
 fn main() -> ExitCode {
-    let config = Cli::parse().into_config();
+    let config = match Cli::parse().into_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("proglog-node: {err}");
+            return ExitCode::from(2);
+        }
+    };
     init_tracing(config.log_format);
     if let Err(err) = config.validate() {
         tracing::error!(error = %err, "refusing to start");

@@ -11,7 +11,8 @@ use crate::api::{
     AdminService, GrpcPeerTransport, LogService, LogStore, MessageLimitLayer, PeerService,
 };
 use crate::config::NodeConfig;
-use crate::replication::driver::{Consensus, PeerDirectory, StaticDirectory};
+use crate::discovery::{ClusterDirectory, Discovery, DiscoveryConfig, MembershipEvent};
+use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{FileQuorumStore, Replica, ReplicaConfig};
 use crate::security::TlsConfig;
 use crate::security::{DEFAULT_MAX_CONNECTIONS, ServerSecurity, plain_incoming, tls_incoming};
@@ -73,7 +74,26 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     // machine over the log, and its driver.
     let mut peers = config.replication.peers.clone();
     peers.insert(config.id.clone(), advertise.clone());
-    let directory: Arc<dyn PeerDirectory> = Arc::new(StaticDirectory(peers));
+    let gossip_stop = CancellationToken::new();
+    let _stop_gossip_on_return = gossip_stop.clone().drop_guard();
+    let (gossip, membership_events) = match &config.replication.gossip {
+        Some(settings) => {
+            let mut gossip_config = DiscoveryConfig::new(config.id.clone(), advertise.clone());
+            gossip_config.bind_addr = settings.bind_addr;
+            gossip_config.advertise_addr = settings.advertise_addr;
+            gossip_config.seeds = settings.seeds.clone();
+            gossip_config.encryption_key = settings.key;
+            let (gossip, events) = Discovery::start(gossip_config, gossip_stop.clone())
+                .await
+                .with_context(|| {
+                    format!("start gossip on {} (--gossip-addr)", settings.bind_addr)
+                })?;
+            (Some(gossip), Some(events))
+        }
+        None => (None, None),
+    };
+    let gossip_addr = gossip.as_ref().map(|gossip| gossip.local_gossip_addr());
+    let directory: Arc<dyn PeerDirectory> = Arc::new(ClusterDirectory::new(peers, gossip.clone()));
     let peer_tls = match &config.tls {
         Some(tls) => Some(peer_client_tls(tls)?),
         None => None,
@@ -100,6 +120,16 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     let consensus = Consensus::new(replica, Arc::clone(&transport) as _, fatal.clone());
     let consensus_stop = CancellationToken::new();
     let consensus_task = tokio::spawn(Arc::clone(&consensus).run(consensus_stop.clone()));
+    let membership_task = match (gossip.clone(), membership_events) {
+        (Some(gossip), Some(events)) => Some(tokio::spawn(follow_membership(
+            gossip,
+            events,
+            Arc::clone(&consensus),
+            Arc::clone(&directory),
+            gossip_stop.clone(),
+        ))),
+        _ => None,
+    };
     let _stop_consensus_on_return = consensus_stop.clone().drop_guard();
     let store = LogStore::new(log, Arc::clone(&consensus), directory, fatal.clone());
     metrics.watch_log(Arc::clone(&store) as _);
@@ -177,7 +207,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
                 serve_stop.cancelled_owned(),
             )),
         };
-    tracing::info!(id = %config.id, rpc_addr = %local_addr, http_addr = %http_addr, advertise_addr = %advertise, tls = security.tls.is_some(), acl = security.authorizer.is_some(), "serving");
+    tracing::info!(id = %config.id, rpc_addr = %local_addr, http_addr = %http_addr, advertise_addr = %advertise, gossip_addr = gossip_addr.map(|addr| addr.to_string()), tls = security.tls.is_some(), acl = security.authorizer.is_some(), "serving");
 
     let mut server = tokio::spawn(server);
     readiness.set_ready();
@@ -211,6 +241,19 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         }
     }
     consensus_stop.cancel();
+    if let Some(gossip) = &gossip {
+        // Peers see a departure, not a failure; bounded (a whole cluster leaving at once can
+        // wait on each other).
+        gossip.leave(GOSSIP_LEAVE_TIMEOUT).await;
+    }
+    gossip_stop.cancel();
+    if let Some(task) = membership_task
+        && let Err(err) = task.await
+    {
+        failure = failure.or(Some(
+            anyhow::Error::new(err).context("membership task failed"),
+        ));
+    }
     if let Err(err) = consensus_task.await {
         failure = failure.or(Some(
             anyhow::Error::new(err).context("consensus task failed"),
@@ -239,6 +282,49 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         anyhow::bail!("stopped after a fatal storage error");
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// How long leaving the gossip cluster may take on shutdown.
+const GOSSIP_LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Follows gossip: logs membership changes, tells the replica who is around (observers find
+/// the leader through them) and gossips this node's role when it changes.
+async fn follow_membership(
+    gossip: Discovery,
+    mut events: tokio::sync::mpsc::Receiver<MembershipEvent>,
+    consensus: Arc<Consensus>,
+    directory: Arc<dyn PeerDirectory>,
+    stop: CancellationToken,
+) {
+    let mut view = consensus.subscribe();
+    let mut role = String::new();
+    loop {
+        let current = view.borrow_and_update().role.as_str().to_owned();
+        if current != role {
+            role = current;
+            if let Err(err) = gossip.set_role(&role).await {
+                tracing::warn!(error = %err, role, "could not gossip this node's role");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = view.changed() => if changed.is_err() { return },
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                let change = match &event {
+                    MembershipEvent::Joined(_) => "joined",
+                    MembershipEvent::Updated(_) => "updated",
+                    MembershipEvent::Left(_) => "left",
+                    MembershipEvent::Failed(_) => "failed",
+                };
+                let member = event.member();
+                tracing::info!(change, member = %member.id, rpc_addr = %member.rpc_addr, role = %member.role, "membership changed");
+                consensus.set_known_peers(
+                    directory.members().into_iter().map(|(id, _)| id).collect(),
+                );
+            }
+        }
+    }
 }
 
 /// The TLS a node uses to call its peers: its own certificate as the client identity, and the

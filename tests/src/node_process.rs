@@ -268,6 +268,8 @@ impl NodeOptions {
             // parallel do not collide. An environment variable rather than `--http-addr`, so
             // that a node without those endpoints starts all the same; a flag in `args` wins.
             .env("PROGLOG_HTTP_ADDR", "127.0.0.1:0")
+            // Gossip likewise (tests that form clusters by gossip pass `--gossip-addr`).
+            .env("PROGLOG_GOSSIP_ADDR", "127.0.0.1:0")
             .arg("--id")
             .arg(&self.id)
             .arg("--data-dir")

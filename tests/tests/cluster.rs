@@ -442,3 +442,62 @@ async fn scaling_3_to_5_to_3_voters_while_producing_loses_nothing() {
         node.terminate().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_forms_from_initial_voters_and_gossip_alone() {
+    // No --peers: every node has the same --initial-voters and the gossip seeds, and learns
+    // the others' RPC addresses by gossip.
+    let gossip_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let seeds = gossip_ports
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (id, port) in IDS[..3].iter().zip(&gossip_ports) {
+        let options = NodeOptions::default()
+            .id(*id)
+            .flag("--initial-voters", IDS[..3].join(","))
+            .flag("--gossip-addr", format!("127.0.0.1:{port}"))
+            .flag("--join", &seeds)
+            .flag("--election-timeout-ms", "300");
+        nodes.push(NodeProcess::start(options).await.unwrap());
+    }
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+
+    // GetServers lists every member with its RPC address, and which one leads.
+    let follower = (leader + 1) % 3;
+    let mut client = LogClient::new(nodes[follower].channel().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let servers = loop {
+        let servers = client
+            .get_servers(proglog_proto::log::v1::GetServersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .servers;
+        if servers.len() == 3 {
+            break servers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GetServers never listed 3: {servers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (server, node) in servers.iter().zip(&nodes) {
+        assert_eq!(server.id, node.id());
+        assert_eq!(server.rpc_addr, node.rpc_addr().to_string());
+        assert_eq!(server.is_leader, server.id == IDS[leader]);
+    }
+    // And records replicate: produce through a follower, read from every node.
+    let offset = produce(&nodes[follower], "gossip").await.unwrap();
+    wait_for_high_watermark(&nodes, offset + 1).await;
+    for node in &nodes {
+        let log = committed_records(node).await;
+        assert_eq!(log[&offset].value, "gossip".as_bytes());
+    }
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
+}

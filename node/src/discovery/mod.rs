@@ -27,6 +27,7 @@
 //! failure rather than a departure.
 
 mod config;
+mod directory;
 mod error;
 mod events;
 mod gossip;
@@ -44,6 +45,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DEFAULT_GOSSIP_PORT, DiscoveryConfig, GossipProfile, parse_key};
+pub use directory::ClusterDirectory;
 pub use error::{DiscoveryError, GossipCause};
 pub use events::EVENT_CHANNEL_CAPACITY;
 pub use join::{JOIN_BACKOFF_MAX, JOIN_BACKOFF_MIN};

@@ -156,6 +156,11 @@ impl Consensus {
         self.now()
     }
 
+    /// Peers an observer may ask who leads (from gossip).
+    pub fn set_known_peers(&self, peers: Vec<NodeId>) {
+        self.replica.lock().set_known_peers(peers);
+    }
+
     /// Tells the leader its log grew (records appended outside the replica, so concurrent
     /// appends can share an fsync). Cheap: no I/O.
     pub fn note_local_append(&self) {
