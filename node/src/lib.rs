@@ -14,6 +14,7 @@
 //!   to storage.
 //! - [`client`]: the Rust client the CLI, benches and tests share.
 //! - [`config`]: [`config::NodeConfig`], validated before anything starts.
+//! - [`dev`]: `proglog-node dev`, a local cluster in one command.
 //! - [`server`]: start, serve until shutdown, drain, close.
 //! - [`security`]: TLS with certificate hot reload, mutual TLS, and the Casbin ACL (proglog's
 //!   model and policy files) enforced in one tower layer.
@@ -27,6 +28,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod dev;
 pub mod discovery;
 pub mod fuzzing;
 pub mod replication;

@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// `dev` starts a local cluster instead of one node.
+    #[command(subcommand)]
+    command: Option<Mode>,
     /// This node's id, unique in the cluster.
     #[arg(long, env = "PROGLOG_ID", default_value = "node-0")]
     id: String,
@@ -124,6 +127,26 @@ fn parse_peer(value: &str) -> Result<(String, String), String> {
     }
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Runs a local cluster of nodes on 127.0.0.1 (embedded defaults), prints the addresses,
+    /// and stops it on Ctrl-C. Data is kept in `--dir`, so running it again resumes.
+    Dev {
+        /// Number of nodes, all voters.
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// Directory of the nodes' data and logs.
+        #[arg(long, default_value = "proglog-dev")]
+        dir: PathBuf,
+        /// RPC port of the first node; node i uses base + 10 i (gossip + 1, HTTP + 1000).
+        #[arg(long, default_value_t = 8400)]
+        base_port: u16,
+        /// Durability of every node: always, interval or never.
+        #[arg(long, default_value = "always")]
+        durability: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum FormatArg {
     Json,
@@ -202,6 +225,29 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+fn run_dev(cluster: proglog_node::dev::DevCluster) -> ExitCode {
+    init_tracing(LogFormat::Pretty);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("proglog-node dev: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        proglog_node::dev::run(cluster, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("proglog-node dev: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -224,7 +270,22 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 }
 
 fn main() -> ExitCode {
-    let config = match Cli::parse().into_config() {
+    let mut cli = Cli::parse();
+    if let Some(Mode::Dev {
+        nodes,
+        dir,
+        base_port,
+        durability,
+    }) = cli.command.take()
+    {
+        return run_dev(proglog_node::dev::DevCluster {
+            nodes,
+            dir,
+            base_port,
+            durability,
+        });
+    }
+    let config = match cli.into_config() {
         Ok(config) => config,
         Err(err) => {
             eprintln!("proglog-node: {err}");

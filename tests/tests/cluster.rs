@@ -283,6 +283,43 @@ async fn a_produce_sent_to_a_follower_is_forwarded_to_the_leader() {
         .unwrap();
     assert_eq!(record.value, "to-a-follower".as_bytes());
 
+    // A produce stream through the follower is relayed to the leader, in order.
+    let requests: Vec<ProduceRequest> = (0..100)
+        .map(|i| ProduceRequest {
+            record: Some(Record {
+                value: format!("streamed-{i}").into_bytes().into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let mut follower_client = LogClient::new(nodes[follower].channel().await.unwrap());
+    let mut answers = follower_client
+        .produce_stream(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut offsets = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        offsets.push(answer.offset);
+    }
+    assert_eq!(offsets.len(), 100);
+    assert!(
+        offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{offsets:?}"
+    );
+    let streamed = client
+        .consume(ConsumeRequest {
+            offset: offsets[99],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(streamed.value, "streamed-99".as_bytes());
+
     // A request already forwarded once is not forwarded again: the answer names the leader,
     // with its address in the metadata, for clients that route themselves.
     let mut request = tonic::Request::new(ProduceRequest {

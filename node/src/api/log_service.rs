@@ -71,6 +71,55 @@ impl LogService {
         }
     }
 
+    /// Relays a whole `ProduceStream` to the leader: requests in order, answers back in order,
+    /// the leader's error (if any) as the stream's end. A follower stays in the path for the
+    /// stream's life; clients that route themselves skip it.
+    async fn forward_produce_stream(
+        &self,
+        leader: &str,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<ReceiverStream<Result<ProduceResponse, Status>>>, Status> {
+        let mut client = self.leader_client(leader)?;
+        let (requests_tx, requests_rx) = mpsc::channel(self.settings.stream_buffer);
+        let mut inbound = request.into_inner();
+        let shutdown = self.shutdown.clone();
+        let (tx, rx) = mpsc::channel(self.settings.stream_buffer);
+        let error_tx = tx.clone();
+        // Client -> leader. A bad request from the client ends what is sent; the leader then
+        // sees the stream end.
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = inbound.next() => match next {
+                        Some(Ok(request)) => if requests_tx.send(request).await.is_err() { return },
+                        Some(Err(status)) => {
+                            let _ = error_tx.send(Err(status)).await;
+                            return;
+                        }
+                        None => return,
+                    },
+                }
+            }
+        });
+        let mut outbound = Request::new(ReceiverStream::new(requests_rx));
+        outbound.metadata_mut().insert(
+            FORWARDED_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let mut answers = client.produce_stream(outbound).await?.into_inner();
+        // Leader -> client.
+        tokio::spawn(async move {
+            while let Some(answer) = answers.next().await {
+                let end = answer.is_err();
+                if tx.send(answer).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     /// A client of the leader's `Log` service, to forward a produce there.
     fn leader_client(&self, leader: &str) -> Result<LogClient<Channel>, Status> {
         let channel = self.peers.channel_to(leader).map_err(|reason| {
@@ -305,6 +354,10 @@ impl LogApi for LogService {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
+        if let Some(leader) = self.store.produce_route(forwarded).await? {
+            return self.forward_produce_stream(&leader, request).await;
+        }
         // Requests are appended in the order they arrive, so offsets follow request order.
         // Whatever has arrived while the previous append synced (up to `produce_pipeline`
         // requests) goes into the next batch: one append and one fsync for many records. The

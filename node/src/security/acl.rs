@@ -1,5 +1,6 @@
 //! ACL authorization with proglog's Casbin model: subject = the client certificate's common
-//! name, object `*`, action `produce` or `consume`.
+//! name, object `*`, action `produce` or `consume` (proglog's), plus `replicate` for the peer
+//! service (grant it to node certificates) and `admin` for the admin service.
 //!
 //! proglog's `model.conf` and `policy.csv` work unchanged:
 //!
@@ -30,6 +31,10 @@ pub const WILDCARD_OBJECT: &str = "*";
 /// The gRPC service whose methods need authorization; every other service (health,
 /// reflection) stays open.
 pub const LOG_SERVICE: &str = "log.v1.Log";
+/// The peer service replicas replicate through: needs `replicate` (node certificates).
+pub const PEER_SERVICE: &str = "log.v1.Peer";
+/// The admin service: needs `admin`.
+pub const ADMIN_SERVICE: &str = "log.v1.Admin";
 
 /// Where the ACL's model and policy live (`--acl-model`, `--acl-policy`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +52,11 @@ pub enum Action {
     Produce,
     /// Reads records or cluster state: `Consume`, `ConsumeStream`, `GetOffsets`, `GetServers`.
     Consume,
+    /// Node to node: every `log.v1.Peer` method (votes, fetches). Grant it to the nodes'
+    /// certificate names only: a fetch reads the whole log and a vote can move leadership.
+    Replicate,
+    /// Cluster administration: every `log.v1.Admin` method.
+    Admin,
 }
 
 impl Action {
@@ -55,6 +65,8 @@ impl Action {
         match self {
             Action::Produce => "produce",
             Action::Consume => "consume",
+            Action::Replicate => "replicate",
+            Action::Admin => "admin",
         }
     }
 }
@@ -77,8 +89,11 @@ pub fn method_access(path: &str) -> MethodAccess<'_> {
     let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
         return MethodAccess::Open;
     };
-    if service != LOG_SERVICE {
-        return MethodAccess::Open;
+    match service {
+        PEER_SERVICE => return MethodAccess::Requires(Action::Replicate),
+        ADMIN_SERVICE => return MethodAccess::Requires(Action::Admin),
+        LOG_SERVICE => {}
+        _ => return MethodAccess::Open,
     }
     match method {
         "Produce" | "ProduceStream" | "ProduceBatch" => MethodAccess::Requires(Action::Produce),
@@ -238,6 +253,18 @@ mod tests {
         assert_eq!(
             method_access("/log.v1.Log/Truncate"),
             MethodAccess::Unknown("Truncate")
+        );
+        for method in ["Fetch", "Vote", "BeginQuorumEpoch", "EndQuorumEpoch"] {
+            assert_eq!(
+                method_access(&format!("/log.v1.Peer/{method}")),
+                MethodAccess::Requires(Action::Replicate),
+                "a client with any certificate of the cluster's CA must not read the whole \
+                 log by fetching, or move leadership by voting"
+            );
+        }
+        assert_eq!(
+            method_access("/log.v1.Admin/RemoveVoter"),
+            MethodAccess::Requires(Action::Admin)
         );
     }
 
