@@ -538,3 +538,48 @@ async fn a_cluster_forms_from_initial_voters_and_gossip_alone() {
         node.terminate().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_leadership_over() {
+    let mut nodes = start_cluster().await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..50 {
+        let value = format!("before-{i}");
+        let offset = produce(&nodes[leader], &value).await.unwrap();
+        acknowledged.insert(offset, value);
+    }
+    let exit = nodes[leader].terminate().await.unwrap();
+    assert!(exit.success(), "{exit}");
+    assert!(
+        nodes[leader]
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("handed leadership over")),
+        "the leader resigned with EndQuorumEpoch before stopping"
+    );
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let next = wait_for_leader(&nodes, &survivors).await;
+    let offset = produce(&nodes[next], "after").await.unwrap();
+    acknowledged.insert(offset, "after".into());
+    let nodes_left: Vec<&NodeProcess> = survivors.iter().map(|&i| &nodes[i]).collect();
+    for node in nodes_left {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(node).await.unwrap().high_watermark <= offset {
+            assert!(Instant::now() < deadline, "{} did not commit", node.id());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = committed_records(node).await;
+        for (offset, value) in &acknowledged {
+            assert_eq!(
+                log[offset].value,
+                value.as_bytes(),
+                "offset {offset} on {}",
+                node.id()
+            );
+        }
+    }
+    for &index in &survivors {
+        nodes[index].terminate().await.unwrap();
+    }
+}

@@ -89,6 +89,8 @@ pub struct ClusterView {
     pub high_watermark: u64,
     /// The log's end.
     pub end_offset: u64,
+    /// How many voters are in force.
+    pub voters: usize,
 }
 
 /// The running consensus of one node.
@@ -412,6 +414,7 @@ fn view_of(replica: &NodeReplica) -> ClusterView {
         leader_epoch: replica.leader_epoch(),
         high_watermark: replica.high_watermark(),
         end_offset: replica.log().end_offset(),
+        voters: replica.voters().len(),
     }
 }
 

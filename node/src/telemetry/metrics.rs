@@ -33,6 +33,14 @@ pub struct LogSnapshot {
     pub fsyncs: u64,
     /// Time spent in them, in nanoseconds.
     pub fsync_nanos: u64,
+    /// Records below it are committed and visible to consumers.
+    pub high_watermark: u64,
+    /// The current leader epoch.
+    pub epoch: u64,
+    /// 1 while this node leads, else 0.
+    pub is_leader: u64,
+    /// Voters in force.
+    pub voters: u64,
 }
 
 /// Where the log gauges come from. Called on every scrape, on a runtime thread: it must be cheap
@@ -46,6 +54,7 @@ impl LogStats for crate::api::LogStore {
     fn log_snapshot(&self) -> LogSnapshot {
         let log = self.log();
         let sync = log.sync_stats();
+        let view = self.consensus().view();
         LogSnapshot {
             start_offset: log.start_offset(),
             end_offset: log.end_offset(),
@@ -53,6 +62,10 @@ impl LogStats for crate::api::LogStore {
             segments: log.segment_count() as u64,
             fsyncs: sync.syncs,
             fsync_nanos: sync.sync_nanos,
+            high_watermark: view.high_watermark,
+            epoch: view.epoch,
+            is_leader: u64::from(view.leader_epoch.is_some()),
+            voters: view.voters as u64,
         }
     }
 }
@@ -184,6 +197,22 @@ impl Collector for LogCollector {
                 log.size_bytes,
             ),
             ("log_segments", "Number of segments", log.segments),
+            (
+                "log_high_watermark",
+                "Records below this offset are committed on a majority and visible to consumers",
+                log.high_watermark,
+            ),
+            ("leader_epoch", "The current leader epoch", log.epoch),
+            (
+                "is_leader",
+                "1 while this node leads the cluster",
+                log.is_leader,
+            ),
+            (
+                "voters",
+                "Voters in the quorum, as this node knows it",
+                log.voters,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
@@ -233,10 +262,18 @@ mod tests {
             segments: 3,
             fsyncs: 5,
             fsync_nanos: 1_500_000_000,
+            high_watermark: 6,
+            epoch: 4,
+            is_leader: 1,
+            voters: 3,
         })));
         let text = metrics.encode().unwrap();
         for line in [
             "proglog_log_start_offset 2\n",
+            "proglog_log_high_watermark 6\n",
+            "proglog_leader_epoch 4\n",
+            "proglog_is_leader 1\n",
+            "proglog_voters 3\n",
             "proglog_log_end_offset 7\n",
             "proglog_log_size_bytes 4096\n",
             "proglog_log_segments 3\n",
