@@ -583,3 +583,44 @@ async fn a_leader_stopped_with_sigterm_hands_leadership_over() {
         nodes[index].terminate().await.unwrap();
     }
 }
+
+/// The `/metrics` text of a node.
+async fn metrics(node: &NodeProcess) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = node.http_addr().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_produces_to_the_leader_itself() {
+    let mut nodes = start_cluster().await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let cli = proglog_tests::node_process::node_binary()
+        .unwrap()
+        .with_file_name("proglog");
+    // Given only a follower's address, the CLI asks it for the members and produces on the
+    // leader directly: the follower serves no produce at all.
+    let output = tokio::process::Command::new(cli)
+        .arg("--addr")
+        .arg(nodes[follower].rpc_addr().to_string())
+        .args(["produce", "routed-1", "routed-2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let produced = |text: &str| {
+        text.lines()
+            .any(|line| line.starts_with("proglog_rpc_requests_total{method=\"ProduceStream\""))
+    };
+    assert!(produced(&metrics(&nodes[leader]).await));
+    assert!(!produced(&metrics(&nodes[follower]).await));
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
+}

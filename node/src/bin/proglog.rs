@@ -18,14 +18,15 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
-use proglog_node::client::{Client, Produce, TlsOptions};
-use proglog_proto::log::v1::Record;
+use proglog_node::client::{Client, ClusterClient, Produce, TlsOptions};
+use proglog_proto::log::v1::{Record, Server};
 
 /// Produce to and consume from a proglog node.
 #[derive(Debug, Parser)]
 #[command(version, about = "Produce to and consume from a proglog node")]
 struct Cli {
-    /// The node's gRPC address.
+    /// A node's gRPC address, or several comma separated: the first that answers tells the
+    /// client the members and the leader.
     #[arg(
         long,
         env = "PROGLOG_ADDR",
@@ -250,9 +251,9 @@ async fn consume(
     Ok(())
 }
 
-async fn servers(client: &mut Client, output: Output) -> Result<()> {
+fn servers(members: &[Server], output: Output) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    for server in client.servers().await? {
+    for server in members {
         match output {
             Output::Text => writeln!(
                 out,
@@ -282,16 +283,30 @@ async fn run(cli: Cli) -> Result<()> {
         client_key: cli.tls_key,
         server_name: cli.tls_server_name,
     };
-    let mut client = Client::connect_with(&cli.addr, &tls).await?;
+    // Produces go to the leader, reads to the members in turn; any node would do (followers
+    // forward), the leader saves a hop.
+    let seeds: Vec<String> = cli
+        .addr
+        .split(',')
+        .map(str::trim)
+        .filter(|addr| !addr.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut cluster = ClusterClient::connect(&seeds, &tls).await?;
     match cli.command {
-        Command::Produce { values } => produce(&mut client, values, cli.output).await,
+        Command::Produce { values } => {
+            produce(&mut cluster.leader().await?, values, cli.output).await
+        }
         Command::Consume {
             from,
             since,
             follow,
             count,
-        } => consume(&mut client, from, since, follow, count, cli.output).await,
-        Command::Servers => servers(&mut client, cli.output).await,
+        } => {
+            let mut client = cluster.reader().await?;
+            consume(&mut client, from, since, follow, count, cli.output).await
+        }
+        Command::Servers => servers(cluster.members(), cli.output),
     }
 }
 

@@ -1,7 +1,12 @@
 //! The Rust client of proglog's `log.v1.Log` API, shared by the CLI, the benches and the tests.
 //!
 //! Thin on purpose: typed calls over the generated tonic client with errors that say what to
-//! do. Leader-aware produce and load-balanced consume arrive with replication.
+//! do. [`ClusterClient`] picks the node per call: the leader for produces, members in turn for
+//! reads.
+
+mod cluster;
+
+pub use cluster::ClusterClient;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,0 +1,98 @@
+//! A client of a whole cluster: produces go to the leader, reads rotate over the members.
+//!
+//! It learns the members and the leader from `GetServers` on the first seed that answers, and
+//! falls back to a seed when a member's address cannot be reached (nodes forward produces to
+//! the leader, so any reachable node is correct, only one hop slower).
+
+use super::{Client, ClientError, TlsOptions};
+use proglog_proto::log::v1::Server;
+
+/// Connections chosen per call: the leader for writes, members in turn for reads.
+#[derive(Debug)]
+pub struct ClusterClient {
+    tls: TlsOptions,
+    seeds: Vec<String>,
+    members: Vec<Server>,
+    next_reader: usize,
+}
+
+impl ClusterClient {
+    /// Asks the seeds, in order, for the cluster's members.
+    pub async fn connect(seeds: &[String], tls: &TlsOptions) -> Result<Self, ClientError> {
+        let mut client = ClusterClient {
+            tls: tls.clone(),
+            seeds: seeds.to_vec(),
+            members: Vec::new(),
+            next_reader: 0,
+        };
+        client.refresh().await?;
+        Ok(client)
+    }
+
+    /// The members as last learned.
+    pub fn members(&self) -> &[Server] {
+        &self.members
+    }
+
+    /// Learns the members and the leader again (after a failover, say).
+    pub async fn refresh(&mut self) -> Result<(), ClientError> {
+        let mut last_error = None;
+        for seed in self.seeds.clone() {
+            match Client::connect_with(&seed, &self.tls).await {
+                Ok(mut client) => match client.servers().await {
+                    Ok(servers) => {
+                        self.members = servers;
+                        return Ok(());
+                    }
+                    Err(err) => last_error = Some(err),
+                },
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::InvalidAddress {
+            addr: String::new(),
+            reason: "no address given".into(),
+        }))
+    }
+
+    /// A connection to the leader; to a seed when no leader is known or it cannot be reached.
+    pub async fn leader(&mut self) -> Result<Client, ClientError> {
+        let leader = self
+            .members
+            .iter()
+            .find(|server| server.is_leader)
+            .map(|server| server.rpc_addr.clone());
+        if let Some(addr) = leader
+            && let Ok(client) = Client::connect_with(&addr, &self.tls).await
+        {
+            return Ok(client);
+        }
+        self.any_seed().await
+    }
+
+    /// A connection to the next member in turn (reads see committed records on every node).
+    pub async fn reader(&mut self) -> Result<Client, ClientError> {
+        if !self.members.is_empty() {
+            let member = &self.members[self.next_reader % self.members.len()];
+            self.next_reader = self.next_reader.wrapping_add(1);
+            if let Ok(client) = Client::connect_with(&member.rpc_addr, &self.tls).await {
+                return Ok(client);
+            }
+        }
+        self.any_seed().await
+    }
+
+    async fn any_seed(&self) -> Result<Client, ClientError> {
+        let mut last_error = None;
+        for seed in &self.seeds {
+            match Client::connect_with(seed, &self.tls).await {
+                Ok(client) => return Ok(client),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::InvalidAddress {
+            addr: String::new(),
+            reason: "no address given".into(),
+        }))
+    }
+}
