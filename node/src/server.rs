@@ -207,6 +207,14 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
                 serve_stop.cancelled_owned(),
             )),
         };
+    if let Some(authorizer) = &security.authorizer {
+        // The policy (and model) reload when they change, like the certificates.
+        let every = config
+            .tls
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |tls| tls.reload_interval);
+        tokio::spawn(Arc::clone(authorizer).watch(every, stop.clone()));
+    }
     tracing::info!(id = %config.id, rpc_addr = %local_addr, http_addr = %http_addr, advertise_addr = %advertise, gossip_addr = gossip_addr.map(|addr| addr.to_string()), tls = security.tls.is_some(), acl = security.authorizer.is_some(), "serving");
 
     let mut server = tokio::spawn(server);

@@ -104,9 +104,13 @@ pub fn method_access(path: &str) -> MethodAccess<'_> {
     }
 }
 
-/// Decides who may do what, from a Casbin model and policy loaded at start.
+/// Decides who may do what, from a Casbin model and policy loaded at start and reloaded when
+/// the files change ([`Authorizer::watch`]).
 pub struct Authorizer {
-    enforcer: Enforcer,
+    enforcer: parking_lot::RwLock<Enforcer>,
+    config: AclConfig,
+    /// The files' contents the enforcer was built from.
+    loaded: parking_lot::Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -118,6 +122,56 @@ impl std::fmt::Debug for Authorizer {
 impl Authorizer {
     /// Loads and checks the model and the policy, naming the flag of the file that is wrong.
     pub async fn load(config: &AclConfig) -> Result<Self, SecurityError> {
+        let (enforcer, loaded) = Self::build(config).await?;
+        Ok(Authorizer {
+            enforcer: parking_lot::RwLock::new(enforcer),
+            config: config.clone(),
+            loaded: parking_lot::Mutex::new(loaded),
+        })
+    }
+
+    /// Rebuilds the enforcer if the model or policy file changed. A file that fails to load
+    /// leaves the current rules in force (and is reported): a half-written policy never opens
+    /// or closes access by accident. Returns whether new rules took effect.
+    pub async fn reload_if_changed(&self) -> Result<bool, SecurityError> {
+        let current = (
+            tokio::fs::read(&self.config.model)
+                .await
+                .unwrap_or_default(),
+            tokio::fs::read(&self.config.policy)
+                .await
+                .unwrap_or_default(),
+        );
+        if *self.loaded.lock() == current {
+            return Ok(false);
+        }
+        let (enforcer, loaded) = Self::build(&self.config).await?;
+        *self.enforcer.write() = enforcer;
+        *self.loaded.lock() = loaded;
+        Ok(true)
+    }
+
+    /// Checks the files every `every` until `stop`, reloading them when they change.
+    pub async fn watch(
+        self: std::sync::Arc<Self>,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => match self.reload_if_changed().await {
+                    Ok(true) => tracing::info!(policy = %self.config.policy.display(), "ACL reloaded"),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(error = %err, "ACL files changed but do not load; the previous rules stay in force"),
+                },
+            }
+        }
+    }
+
+    async fn build(config: &AclConfig) -> Result<(Enforcer, (Vec<u8>, Vec<u8>)), SecurityError> {
         let model_text = tokio::fs::read_to_string(&config.model)
             .await
             .map_err(|source| SecurityError::Read {
@@ -150,12 +204,14 @@ impl Authorizer {
                     path: config.policy.clone(),
                     reason: source.to_string(),
                 })?;
-        Ok(Authorizer { enforcer })
+        let policy_bytes = tokio::fs::read(&config.policy).await.unwrap_or_default();
+        Ok((enforcer, (model_text.into_bytes(), policy_bytes)))
     }
 
     /// Whether `subject` may perform `action` (on object `*`).
     pub fn allows(&self, subject: &str, action: Action) -> Result<bool, Status> {
         self.enforcer
+            .read()
             .enforce((subject, WILDCARD_OBJECT, action.as_str()))
             .map_err(|err| Status::internal(format!("ACL evaluation failed: {err}")))
     }
@@ -294,6 +350,32 @@ mod tests {
             "{}",
             denied.message()
         );
+    }
+
+    #[tokio::test]
+    async fn a_changed_policy_takes_effect_and_a_broken_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let acl = authorizer(&dir).await;
+        assert!(
+            !acl.reload_if_changed().await.unwrap(),
+            "nothing changed yet"
+        );
+        assert!(!acl.allows("reader", Action::Produce).unwrap());
+
+        let policy = dir.path().join("policy.csv");
+        std::fs::write(&policy, format!("{POLICY}p, reader, *, produce\n")).unwrap();
+        assert!(acl.reload_if_changed().await.unwrap());
+        assert!(acl.allows("reader", Action::Produce).unwrap());
+
+        // A model that does not parse is refused; the rules in force stay.
+        std::fs::write(
+            dir.path().join("model.conf"),
+            "[request_definition]\nbroken",
+        )
+        .unwrap();
+        assert!(acl.reload_if_changed().await.is_err());
+        assert!(acl.allows("reader", Action::Produce).unwrap());
+        assert!(!acl.allows("nobody", Action::Consume).unwrap());
     }
 
     #[tokio::test]
