@@ -6,10 +6,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ServiceSettings;
 use crate::api::{
     AdminService, GrpcPeerTransport, LogService, LogStore, MessageLimitLayer, PeerService,
 };
+use crate::api::{ServiceSettings, health_service};
 use crate::config::NodeConfig;
 use crate::discovery::{ClusterDirectory, Discovery, DiscoveryConfig, MembershipEvent};
 use crate::replication::driver::{Consensus, PeerDirectory};
@@ -148,8 +148,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         Arc::clone(&transport),
     );
     let max_message = config.log.max_batch_bytes as usize + MESSAGE_OVERHEAD;
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = tonic_health::server::HealthReporter::new();
     health.set_serving::<LogServer<LogService>>().await;
+    let health_server = health_service(health.clone(), stop.clone());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proglog_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -174,7 +175,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         .layer(MessageLimitLayer::new(config.log.max_record_bytes as usize))
         // Every call is authorized here (a pass-through without an ACL).
         .layer(security.acl_layer())
-        .add_service(health_service)
+        .add_service(health_server)
         .add_service(
             PeerServer::new(PeerService::new(
                 Arc::clone(&consensus),

@@ -814,3 +814,38 @@ async fn python_grpcio_client_interoperates() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_open_health_watch_ends_at_shutdown_instead_of_holding_the_drain() -> anyhow::Result<()>
+{
+    let mut node = NodeProcess::start_default().await?;
+    let mut health = node.health_client().await?;
+    let mut watch = within(
+        "Health.Watch",
+        health.watch(HealthCheckRequest {
+            service: "log.v1.Log".into(),
+        }),
+    )
+    .await??
+    .into_inner();
+    let first = within("first watch update", watch.message())
+        .await??
+        .context("the watch ended before its first update")?;
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let exit = node.terminate().await?;
+    assert!(exit.success(), "{exit}");
+    // The watch saw the node stop serving, then ended; the drain never waited for it.
+    let mut statuses = Vec::new();
+    while let Ok(Some(update)) = within("watch update", watch.message()).await? {
+        statuses.push(update.status());
+    }
+    assert_eq!(statuses, [ServingStatus::NotServing]);
+    assert!(
+        !node
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("calls still running after the grace period")),
+        "the drain waited for the watch"
+    );
+    Ok(())
+}

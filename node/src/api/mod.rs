@@ -12,9 +12,11 @@
 //! - `peer`: the `log.v1.Peer` service replicas replicate through, and the gRPC transport that
 //!   calls it.
 //! - `admin`: the `log.v1.Admin` service: cluster status, leadership transfer.
+//! - `health`: `grpc.health.v1`, with watches that end at shutdown.
 //! - `status`: the one place storage errors become gRPC statuses.
 
 mod admin;
+mod health;
 mod limits;
 mod log_service;
 mod peer;
@@ -22,6 +24,7 @@ mod status;
 mod store;
 
 pub use admin::AdminService;
+pub use health::{EndingHealth, health_service};
 pub use limits::MessageLimitLayer;
 pub use log_service::{LogService, ServiceSettings};
 pub use peer::{GrpcPeerTransport, PeerService};
