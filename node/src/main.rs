@@ -215,7 +215,11 @@ impl Cli {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // memberlist logs a harmless "broadcast failed to notify" at ERROR each time a gossip
+        // tag changes (the role, on every election); keep it out of operators' alerts.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,memberlist_core::broadcast=off")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,0 +1,492 @@
+//! A 3-node cluster of real `proglog-node` processes on loopback with mutual TLS and the ACL on
+//! every node: clients and nodes alike present certificates of one throwaway CA, and nodes call
+//! each other (votes, fetches, forwarded produces) with their own certificates.
+//!
+//! Proves: the nodes elect a leader and replicate over mutual TLS with nothing but `replicate`
+//! and `produce` granted to their names; a record produced through the leader by an application
+//! is read back from every follower; an application certificate of the cluster's own CA cannot
+//! call the peer service (no raw `Fetch` of the log, no `Vote`); a produce sent to a follower is
+//! forwarded to the leader and succeeds, while a client the follower would refuse is not
+//! forwarded at all; and the follower calls the leader as itself, so with `produce` taken from
+//! the nodes' names the leader refuses the forwarded produce, naming the follower.
+//!
+//! Certificates are made with `rcgen`: node certificates carry the addresses `--peers` gives
+//! (`127.0.0.1`, as an IP SAN) and are usable as server and client certificates; clients connect
+//! to `https://127.0.0.1:<port>` and so check the same SAN. Every wait polls with a deadline.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use proglog_proto::log::v1::admin_client::AdminClient;
+use proglog_proto::log::v1::log_client::LogClient;
+use proglog_proto::log::v1::peer_client::PeerClient;
+use proglog_proto::log::v1::{
+    ClusterStatusRequest, ClusterStatusResponse, ConsumeRequest, FetchRequest, ProduceRequest,
+    Record, VoteRequest,
+};
+use proglog_tests::node_process::{NodeOptions, NodeProcess};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use tempfile::TempDir;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const IDS: [&str; 3] = ["n0", "n1", "n2"];
+
+/// The longest any one call may take.
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long an election, or a record's replication, may take.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Between two looks at a condition being polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// proglog's Casbin model, unchanged.
+const MODEL: &str = "[request_definition]
+r = sub, obj, act
+
+[policy_definition]
+p = sub, obj, act
+
+[policy_effect]
+e = some(where (p.eft == allow))
+
+[matchers]
+m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
+";
+
+/// The nodes get only what they use: `replicate` for the peer service and `produce` for the
+/// produces they forward. The application produces and consumes, `reader` only consumes, and
+/// `operator` administers.
+const POLICY: &str = "p, n0, *, replicate
+p, n0, *, produce
+p, n1, *, replicate
+p, n1, *, produce
+p, n2, *, replicate
+p, n2, *, produce
+p, app, *, produce
+p, app, *, consume
+p, reader, *, consume
+p, operator, *, admin
+";
+
+/// A CA, and the certificates, keys, model and policy files of one cluster.
+struct Pki {
+    dir: TempDir,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+/// One issued certificate: its files (for a node's flags) and its PEM (for a client identity).
+struct Issued {
+    cert: PathBuf,
+    key: PathBuf,
+    identity: Identity,
+}
+
+impl Pki {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("proglog-cluster-tls-")
+            .tempdir()?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "proglog cluster CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = params.self_signed(&key)?.pem();
+        let pki = Pki {
+            dir,
+            issuer: Issuer::new(params, key),
+            ca_pem,
+        };
+        pki.write("ca.pem", &pki.ca_pem)?;
+        Ok(pki)
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A node's certificate: it serves with it (SANs `localhost` and `127.0.0.1`, what
+    /// `--peers` names) and presents it when calling its peers, so it is for both.
+    fn issue_node(&self, id: &str) -> anyhow::Result<Issued> {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(params, id)
+    }
+
+    /// A client's certificate, good for client authentication only.
+    fn issue_client(&self, common_name: &str) -> anyhow::Result<Issued> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params, common_name)
+    }
+
+    /// Signs `params` with subject CN `common_name` (the ACL subject) and writes
+    /// `<common_name>.pem` and `<common_name>.key`.
+    fn issue(&self, mut params: CertificateParams, common_name: &str) -> anyhow::Result<Issued> {
+        let key = KeyPair::generate()?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        Ok(Issued {
+            cert: self.write(&format!("{common_name}.pem"), &cert_pem)?,
+            key: self.write(&format!("{common_name}.key"), &key_pem)?,
+            identity: Identity::from_pem(cert_pem, key_pem),
+        })
+    }
+
+    fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// A running cluster and the client certificates the tests call it with.
+struct SecureCluster {
+    nodes: Vec<NodeProcess>,
+    pki: Pki,
+    app: Issued,
+    reader: Issued,
+    operator: Issued,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl SecureCluster {
+    /// Starts n0, n1 and n2 with [`POLICY`].
+    async fn start() -> anyhow::Result<Self> {
+        Self::start_with_policy(POLICY).await
+    }
+
+    /// Starts n0, n1 and n2, each serving mutual TLS with its own certificate and enforcing
+    /// the ACL `policy`, with the others' addresses from `--peers`.
+    async fn start_with_policy(policy: &str) -> anyhow::Result<Self> {
+        let pki = Pki::new()?;
+        let model = pki.write("model.conf", MODEL)?;
+        let policy = pki.write("policy.csv", policy)?;
+        let ports = IDS
+            .iter()
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let peers = IDS
+            .iter()
+            .zip(&ports)
+            .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (id, port) in IDS.iter().zip(&ports) {
+            let certificate = pki.issue_node(id)?;
+            let mut options = NodeOptions::default()
+                .id(*id)
+                .flag("--initial-voters", IDS.join(","))
+                .flag("--peers", &peers)
+                .flag("--election-timeout-ms", "300")
+                .flag("--tls-cert", &certificate.cert)
+                .flag("--tls-key", &certificate.key)
+                .flag("--tls-client-ca", pki.ca_path())
+                .flag("--acl-model", &model)
+                .flag("--acl-policy", &policy);
+            options.rpc_addr = format!("127.0.0.1:{port}");
+            nodes.push(NodeProcess::start(options).await?);
+        }
+        Ok(SecureCluster {
+            nodes,
+            app: pki.issue_client("app")?,
+            reader: pki.issue_client("reader")?,
+            operator: pki.issue_client("operator")?,
+            pki,
+        })
+    }
+
+    /// A mutual-TLS channel to node `index` presenting `who`, checking the node's certificate
+    /// against the cluster's CA and its IP address. It connects at the first call (and again
+    /// after a failure), so polls can keep one channel.
+    fn channel(&self, index: usize, who: &Issued) -> anyhow::Result<Channel> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
+            .identity(who.identity.clone());
+        Ok(
+            Endpoint::from_shared(format!("https://{}", self.nodes[index].rpc_addr()))?
+                .connect_timeout(CALL_DEADLINE)
+                .timeout(CALL_DEADLINE)
+                .tls_config(tls)?
+                .connect_lazy(),
+        )
+    }
+
+    fn log_client(&self, index: usize, who: &Issued) -> anyhow::Result<LogClient<Channel>> {
+        Ok(LogClient::new(self.channel(index, who)?))
+    }
+
+    /// Polls `ClusterStatus` (as `operator`) until exactly one node leads and the other two
+    /// follow it; returns the leader's index.
+    async fn wait_for_leader(&self) -> anyhow::Result<usize> {
+        let mut admins = (0..IDS.len())
+            .map(|index| Ok(AdminClient::new(self.channel(index, &self.operator)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let deadline = Instant::now() + CONVERGE_DEADLINE;
+        loop {
+            let mut statuses: Vec<Result<ClusterStatusResponse, tonic::Status>> = Vec::new();
+            for admin in &mut admins {
+                let status = admin.cluster_status(ClusterStatusRequest {}).await;
+                statuses.push(status.map(tonic::Response::into_inner));
+            }
+            // A refused certificate or call never heals: fail at once rather than at the
+            // deadline.
+            for status in statuses.iter().filter_map(|status| status.as_ref().err()) {
+                ensure!(
+                    !matches!(
+                        status.code(),
+                        Code::PermissionDenied | Code::Unauthenticated
+                    ),
+                    "ClusterStatus as operator refused: {status:?}"
+                );
+            }
+            if let Some(leader) = single_leader(&statuses) {
+                return Ok(leader);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no single leader within {CONVERGE_DEADLINE:?}; last statuses: {statuses:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Polls `Consume(offset)` on node `index` as `app` until the record is there (a follower
+    /// serves it once it is committed there).
+    async fn wait_for_record(&self, index: usize, offset: u64) -> anyhow::Result<Record> {
+        let mut client = self.log_client(index, &self.app)?;
+        let deadline = Instant::now() + CONVERGE_DEADLINE;
+        loop {
+            let answer = client
+                .consume(ConsumeRequest {
+                    offset,
+                    ..Default::default()
+                })
+                .await;
+            match answer {
+                Ok(response) => {
+                    return response
+                        .into_inner()
+                        .record
+                        .with_context(|| format!("{} answered without a record", IDS[index]));
+                }
+                // Not replicated (or committed) there yet, or not reachable yet.
+                Err(status) if matches!(status.code(), Code::OutOfRange | Code::Unavailable) => {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "offset {offset} not readable on {} within {CONVERGE_DEADLINE:?}: {status:?}",
+                        IDS[index]
+                    );
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+                Err(status) => bail!(
+                    "consume of offset {offset} on {} as app: {status:?}",
+                    IDS[index]
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM to every node, and waits for each to exit.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            let status = node.terminate().await?;
+            ensure!(status.success(), "{} exited with {status}", node.id());
+        }
+        Ok(())
+    }
+}
+
+/// The leader's index if exactly one node says it leads and every other one names it.
+fn single_leader(statuses: &[Result<ClusterStatusResponse, tonic::Status>]) -> Option<usize> {
+    let mut leaders = Vec::new();
+    let mut named = HashSet::new();
+    for (index, status) in statuses.iter().enumerate() {
+        let status = status.as_ref().ok()?;
+        if status.role == "leader" {
+            leaders.push(index);
+        } else {
+            named.insert(status.leader_id.as_str());
+        }
+    }
+    match leaders[..] {
+        [leader] if named.iter().all(|name| *name == IDS[leader]) => Some(leader),
+        _ => None,
+    }
+}
+
+fn produce_request(value: &str) -> ProduceRequest {
+    ProduceRequest {
+        record: Some(Record {
+            value: value.as_bytes().to_vec().into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutual_tls_cluster_elects_a_leader_and_replicates() -> anyhow::Result<()> {
+    let cluster = SecureCluster::start().await?;
+    let leader = cluster.wait_for_leader().await?;
+
+    let mut client = cluster.log_client(leader, &cluster.app)?;
+    let offset = client
+        .produce(produce_request("over mutual TLS"))
+        .await
+        .context("produce on the leader as app")?
+        .into_inner()
+        .offset;
+    for index in (0..IDS.len()).filter(|&index| index != leader) {
+        let record = cluster.wait_for_record(index, offset).await?;
+        assert_eq!(
+            record.value,
+            "over mutual TLS".as_bytes(),
+            "offset {offset} on {}",
+            IDS[index]
+        );
+    }
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_certificate_cannot_call_the_peer_service() -> anyhow::Result<()> {
+    let cluster = SecureCluster::start().await?;
+    let leader = cluster.wait_for_leader().await?;
+    let mut peer = PeerClient::new(cluster.channel(leader, &cluster.app)?);
+
+    // A fetch would read the whole raw log, past any consume permission.
+    let denied = peer
+        .fetch(FetchRequest {
+            epoch: 0,
+            replica_id: "app".into(),
+            fetch_offset: 0,
+            last_fetched_epoch: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+        })
+        .await
+        .expect_err("a fetch as app must be refused");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    ensure!(
+        denied.message().contains("app") && denied.message().contains("replicate"),
+        "the denial names the subject and the action: {}",
+        denied.message()
+    );
+
+    // A vote would move leadership.
+    let denied = peer
+        .vote(VoteRequest {
+            pre_vote: false,
+            candidate_epoch: u64::MAX / 2,
+            candidate_id: "app".into(),
+            last_offset_epoch: u64::MAX / 2,
+            end_offset: u64::MAX / 2,
+        })
+        .await
+        .expect_err("a vote request as app must be refused");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    // And it moved nothing: the same node still leads.
+    assert_eq!(cluster.wait_for_leader().await?, leader);
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_sent_to_a_follower_is_forwarded_with_the_nodes_identity() -> anyhow::Result<()> {
+    let cluster = SecureCluster::start().await?;
+    let leader = cluster.wait_for_leader().await?;
+    let follower = (leader + 1) % IDS.len();
+
+    // The follower checks the client, then calls the leader as itself (a node name with
+    // `produce`); the leader commits it.
+    let mut client = cluster.log_client(follower, &cluster.app)?;
+    let offset = client
+        .produce(produce_request("through a follower"))
+        .await
+        .context("produce on a follower as app")?
+        .into_inner()
+        .offset;
+    let mut on_leader = cluster.log_client(leader, &cluster.app)?;
+    let record = on_leader
+        .consume(ConsumeRequest {
+            offset,
+            ..Default::default()
+        })
+        .await
+        .context("consume on the leader as app")?
+        .into_inner()
+        .record
+        .context("no record")?;
+    assert_eq!(record.value, "through a follower".as_bytes());
+    let record = cluster.wait_for_record(follower, offset).await?;
+    assert_eq!(record.value, "through a follower".as_bytes());
+
+    // Forwarding lends no permission: a client the follower refuses is refused there, naming
+    // that client, not the node.
+    let mut reader = cluster.log_client(follower, &cluster.reader)?;
+    let denied = reader
+        .produce(produce_request("not allowed"))
+        .await
+        .expect_err("a produce as reader must be refused");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    ensure!(
+        denied.message().contains("reader") && denied.message().contains("produce"),
+        "{}",
+        denied.message()
+    );
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_produce_needs_produce_granted_to_the_forwarding_node() -> anyhow::Result<()> {
+    // The nodes may replicate but not produce: the leader refuses what a follower forwards,
+    // because the follower calls it with its own certificate, not the client's.
+    let policy: String = POLICY
+        .lines()
+        .filter(|line| !(line.starts_with("p, n") && line.ends_with(", produce")))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let cluster = SecureCluster::start_with_policy(&policy).await?;
+    let leader = cluster.wait_for_leader().await?;
+    let follower = (leader + 1) % IDS.len();
+
+    let mut direct = cluster.log_client(leader, &cluster.app)?;
+    direct
+        .produce(produce_request("straight to the leader"))
+        .await
+        .context("produce on the leader as app")?;
+    let mut forwarded = cluster.log_client(follower, &cluster.app)?;
+    let denied = forwarded
+        .produce(produce_request("forwarded"))
+        .await
+        .expect_err("the leader must refuse a node without produce");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    ensure!(
+        denied.message().contains(IDS[follower]) && denied.message().contains("produce"),
+        "the leader names the forwarding node: {}",
+        denied.message()
+    );
+    cluster.stop().await
+}
