@@ -328,9 +328,9 @@ async fn follow_membership(
                 };
                 let member = event.member();
                 tracing::info!(change, member = %member.id, rpc_addr = %member.rpc_addr, role = %member.role, "membership changed");
-                consensus.set_known_peers(
-                    directory.members().into_iter().map(|(id, _)| id).collect(),
-                );
+                consensus
+                    .set_known_peers(directory.members().into_iter().map(|(id, _)| id).collect())
+                    .await;
             }
         }
     }

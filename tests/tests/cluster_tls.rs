@@ -410,6 +410,28 @@ async fn an_application_certificate_cannot_call_the_peer_service() -> anyhow::Re
 
     // And it moved nothing: the same node still leads.
     assert_eq!(cluster.wait_for_leader().await?, leader);
+
+    // A node's certificate speaks for that node only: n1 cannot fetch (and so count towards
+    // the high watermark) as n2.
+    let n1 = cluster.pki.issue_node("n1")?;
+    let mut as_n1 = PeerClient::new(cluster.channel(leader, &n1)?);
+    let denied = as_n1
+        .fetch(FetchRequest {
+            epoch: 0,
+            replica_id: "n2".into(),
+            fetch_offset: 0,
+            last_fetched_epoch: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+        })
+        .await
+        .expect_err("n1 fetching as n2 must be refused");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    ensure!(
+        denied.message().contains("cannot speak for node `n2`"),
+        "{}",
+        denied.message()
+    );
     cluster.stop().await
 }
 

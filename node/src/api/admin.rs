@@ -60,7 +60,10 @@ impl Admin for AdminService {
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let consensus = self.store.consensus();
-        let status = consensus.status();
+        let status = consensus
+            .status()
+            .await
+            .map_err(|err| to_replication_status(err, None))?;
         let now = consensus.clock_ms();
         let leader_end = status.end_offset;
         let replicas = status

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::replication::ReplicationError;
 use crate::replication::driver::{Consensus, PeerDirectory, PeerTransport};
 use crate::replication::messages::{self as msg, Message, NodeId};
+use crate::security::PeerIdentity;
 use crate::storage::Batch;
 use proglog_proto::log::v1 as pb;
 use proglog_proto::log::v1::peer_client::PeerClient;
@@ -37,11 +38,25 @@ impl PeerService {
         }
     }
 
-    async fn handle(&self, from: String, message: Message) -> Result<Option<Message>, Status> {
+    async fn handle(
+        &self,
+        identity: Option<PeerIdentity>,
+        from: String,
+        message: Message,
+    ) -> Result<Option<Message>, Status> {
         if from.is_empty() {
             return Err(Status::invalid_argument(
                 "the sender's node id is empty; peers must say who they are",
             ));
+        }
+        // With mutual TLS a peer is who its certificate says: a node cannot vote, fetch or
+        // announce itself under another node's id.
+        if let Some(name) = identity.as_ref().and_then(PeerIdentity::common_name)
+            && name != from
+        {
+            return Err(Status::permission_denied(format!(
+                "the certificate of `{name}` cannot speak for node `{from}`"
+            )));
         }
         self.consensus
             .handle(from, message)
@@ -59,10 +74,15 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let request = request.into_inner();
         let from = request.candidate_id.clone();
         match self
-            .handle(from, Message::VoteRequest(vote_request_from_pb(request)))
+            .handle(
+                identity,
+                from,
+                Message::VoteRequest(vote_request_from_pb(request)),
+            )
             .await?
         {
             Some(Message::VoteResponse(response)) => {
@@ -76,13 +96,14 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::BeginQuorumEpochRequest>,
     ) -> Result<Response<pb::PeerAck>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let request = request.into_inner();
         let from = request.leader_id.clone();
         let message = Message::BeginQuorumEpoch(msg::BeginQuorumEpoch {
             epoch: request.epoch,
             leader_id: request.leader_id,
         });
-        self.handle(from, message).await?;
+        self.handle(identity, from, message).await?;
         Ok(Response::new(pb::PeerAck {}))
     }
 
@@ -90,6 +111,7 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::EndQuorumEpochRequest>,
     ) -> Result<Response<pb::PeerAck>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let request = request.into_inner();
         let from = request.leader_id.clone();
         let message = Message::EndQuorumEpoch(msg::EndQuorumEpoch {
@@ -97,7 +119,7 @@ impl Peer for PeerService {
             leader_id: request.leader_id,
             preferred_successors: request.preferred_successors,
         });
-        self.handle(from, message).await?;
+        self.handle(identity, from, message).await?;
         Ok(Response::new(pb::PeerAck {}))
     }
 
@@ -105,6 +127,7 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let request = request.into_inner();
         let from = request.replica_id.clone();
         let message = Message::FetchRequest(msg::FetchRequest {
@@ -117,7 +140,7 @@ impl Peer for PeerService {
                 .min(self.max_batch_bytes.saturating_mul(4)),
             max_wait_ms: request.max_wait_ms,
         });
-        match self.handle(from, message).await? {
+        match self.handle(identity, from, message).await? {
             Some(Message::FetchResponse(response)) => {
                 Ok(Response::new(fetch_response_to_pb(response)))
             }

@@ -148,9 +148,13 @@ impl Consensus {
         self.view.subscribe()
     }
 
-    /// A snapshot of the replica for the admin API.
-    pub fn status(&self) -> ReplicaStatus {
-        self.replica.lock().status()
+    /// A snapshot of the replica for the admin API (on the blocking pool: a step may hold the
+    /// replica across an fsync).
+    pub async fn status(self: &Arc<Self>) -> Result<ReplicaStatus, ReplicationError> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.replica.lock().status())
+            .await
+            .map_err(|_| ReplicationError::ShuttingDown)
     }
 
     /// Milliseconds on the replica's clock, to turn its fetch times into ages.
@@ -159,17 +163,31 @@ impl Consensus {
     }
 
     /// Peers an observer may ask who leads (from gossip).
-    pub fn set_known_peers(&self, peers: Vec<NodeId>) {
-        self.replica.lock().set_known_peers(peers);
+    pub async fn set_known_peers(self: &Arc<Self>, peers: Vec<NodeId>) {
+        let this = Arc::clone(self);
+        let _ =
+            tokio::task::spawn_blocking(move || this.replica.lock().set_known_peers(peers)).await;
     }
 
     /// Tells the leader its log grew (records appended outside the replica, so concurrent
     /// appends can share an fsync). Cheap: no I/O.
-    pub fn note_local_append(&self) {
-        let now = self.now();
-        let mut replica = self.replica.lock();
-        replica.note_local_append(now);
-        self.publish_locked(&replica);
+    ///
+    /// Called from async code, so it never waits for the replica's lock, which a step may hold
+    /// across an fsync: when the lock is busy the work moves to the blocking pool.
+    pub fn note_local_append(self: &Arc<Self>) {
+        if let Some(mut replica) = self.replica.try_lock() {
+            let now = self.now();
+            replica.note_local_append(now);
+            self.publish_locked(&replica);
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let now = this.now();
+            let mut replica = this.replica.lock();
+            replica.note_local_append(now);
+            this.publish_locked(&replica);
+        });
     }
 
     /// Runs the timers until `shutdown`.

@@ -36,6 +36,9 @@ pub const LEADER_CHANGE_RECORD_TYPE: u32 = 0x4c43; // "LC"
 /// Record type of a voter-set change (control, never user data): `{"voters": [ids]}`.
 pub const VOTERS_RECORD_TYPE: u32 = 0x5653; // "VS"
 
+/// Epochs above this are refused as impossible (corrupt or hostile peers).
+pub const MAX_EPOCH: u64 = 1 << 53;
+
 /// How often a node saves how far its log was scanned for voter changes, so a restart scans
 /// only the tail.
 const HISTORY_SAVE_INTERVAL_MS: u64 = 10_000;
@@ -182,8 +185,6 @@ struct FollowerState {
     election_deadline: u64,
     in_flight: Option<InFlightFetch>,
     last_fetch_ok: Option<u64>,
-    /// Set after this node resigned leadership: it lets the others take over.
-    resigned: bool,
 }
 
 #[derive(Debug)]
@@ -232,6 +233,8 @@ pub struct Replica<L, Q> {
     known_peers: Vec<NodeId>,
     next_peer: usize,
     next_history_save: u64,
+    /// Set by a resignation for good (shutdown): this node never campaigns again.
+    retired: bool,
     outbox: Vec<Envelope>,
 }
 
@@ -287,13 +290,13 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             known_peers: Vec::new(),
             next_peer: 0,
             next_history_save: now + HISTORY_SAVE_INTERVAL_MS,
+            retired: false,
             outbox: Vec::new(),
             role: Role::Follower(FollowerState {
                 leader: None,
                 election_deadline: now,
                 in_flight: None,
                 last_fetch_ok: None,
-                resigned: false,
             }),
             state,
         };
@@ -310,7 +313,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             election_deadline: deadline,
             in_flight: None,
             last_fetch_ok: None,
-            resigned: false,
         });
         if replica.is_sole_voter() {
             replica.start_candidacy(now)?;
@@ -457,14 +459,15 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 .map(|(id, progress)| (progress.end_offset.unwrap_or(0), id.clone()))
                 .collect(),
             _ => {
-                if let Role::Follower(follower) = &mut self.role {
-                    follower.resigned |= for_good;
-                }
+                self.retired |= for_good;
                 return Ok(());
             }
         };
         successors.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let preferred_successors: Vec<NodeId> = successors.into_iter().map(|(_, id)| id).collect();
+        self.state.leader_id = None;
+        self.persist()?;
+        self.retired |= for_good;
         for to in &preferred_successors {
             self.send(
                 to,
@@ -475,14 +478,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 }),
             );
         }
-        self.state.leader_id = None;
-        self.persist()?;
         self.role = Role::Follower(FollowerState {
             leader: None,
             election_deadline: now + self.random_election_timeout(),
             in_flight: None,
             last_fetch_ok: None,
-            resigned: for_good,
         });
         Ok(())
     }
@@ -506,8 +506,18 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let is_voter = self.is_voter(&self.config.id);
         let action = match &mut self.role {
             Role::Follower(follower) => {
-                if is_voter && !follower.resigned && now >= follower.election_deadline {
+                if is_voter && !self.retired && now >= follower.election_deadline {
                     Action::PreVote
+                } else if !is_voter
+                    && follower.leader.is_some()
+                    && now >= follower.election_deadline
+                {
+                    // An observer whose leader went quiet looks for the new one among the
+                    // peers it knows (leaders announce themselves only to voters).
+                    follower.leader = None;
+                    follower.in_flight = None;
+                    follower.election_deadline = now + 2 * self.config.election_timeout_ms;
+                    Action::Fetch
                 } else if follower
                     .in_flight
                     .as_ref()
@@ -522,7 +532,9 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             Role::Prospective(election) if now >= election.deadline => {
                 Action::BackToFollower(election.previous_leader.clone())
             }
-            Role::Candidate(election) if now >= election.deadline => Action::PreVote,
+            Role::Candidate(election) if now >= election.deadline && !self.retired => {
+                Action::PreVote
+            }
             Role::Prospective(_) | Role::Candidate(_) => Action::None,
             Role::Leader(leader) => {
                 if now >= leader.next_quorum_check {
@@ -556,7 +568,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                     election_deadline: now + self.random_election_timeout(),
                     in_flight: None,
                     last_fetch_ok: None,
-                    resigned: false,
                 });
                 Ok(())
             }
@@ -599,7 +610,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     }
 
     fn start_candidacy(&mut self, now: u64) -> Result<(), ReplicationError> {
-        self.state.epoch += 1;
+        self.state.epoch = self
+            .state
+            .epoch
+            .checked_add(1)
+            .ok_or_else(|| ReplicationError::Config("the epoch space is exhausted".into()))?;
         self.state.voted_for = Some(self.config.id.clone());
         self.state.leader_id = None;
         self.persist()?;
@@ -623,7 +638,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let request = VoteRequest {
             pre_vote,
             candidate_epoch: if pre_vote {
-                self.state.epoch + 1
+                self.state.epoch.saturating_add(1)
             } else {
                 self.state.epoch
             },
@@ -732,7 +747,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             election_deadline: now + self.random_election_timeout(),
             in_flight: None,
             last_fetch_ok: None,
-            resigned: false,
         });
         Ok(())
     }
@@ -801,7 +815,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let from_voter = self.is_voter(from);
         match &mut self.role {
             Role::Prospective(election)
-                if response.pre_vote && response.candidate_epoch == self.state.epoch + 1 =>
+                if response.pre_vote
+                    && response.candidate_epoch == self.state.epoch.saturating_add(1) =>
             {
                 if !from_voter {
                     return Ok(());
@@ -827,7 +842,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                         election_deadline: now + self.random_election_timeout(),
                         in_flight: None,
                         last_fetch_ok: None,
-                        resigned: false,
                     });
                 }
                 Ok(())
@@ -896,7 +910,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             election_deadline: now + delay,
             in_flight: None,
             last_fetch_ok: None,
-            resigned: false,
         });
         Ok(())
     }
@@ -922,7 +935,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             election_deadline: now + self.random_election_timeout(),
             in_flight: None,
             last_fetch_ok: None,
-            resigned: false,
         });
         Ok(())
     }
@@ -943,7 +955,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             election_deadline: now + self.random_election_timeout(),
             in_flight: None,
             last_fetch_ok: None,
-            resigned: false,
         });
         self.send_fetch(now);
         Ok(())
@@ -1040,7 +1051,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             respond(self, high_watermark, FetchResult::NotLeader);
             return Ok(());
         }
-        if request.fetch_offset < self.log.start_offset() && request.fetch_offset > 0 {
+        if request.fetch_offset < self.log.start_offset() {
             let start_offset = self.log.start_offset();
             let high_watermark = self.high_watermark;
             respond(
@@ -1052,10 +1063,22 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         }
         if request.fetch_offset > 0 {
             // The fetcher's last batch must be in the leader's log with the same epoch.
-            let (epoch, end_offset) = self
+            let Some((epoch, end_offset)) = self
                 .log
                 .epoch_end_offset(request.last_fetched_epoch)
-                .unwrap_or((0, 0));
+                .or_else(|| (self.log.start_offset() == 0).then_some((0, 0)))
+            else {
+                // The fetcher's last epoch is older than anything retention left here: the
+                // leader cannot tell where the logs diverge, only that the fetcher must resync.
+                let start_offset = self.log.start_offset();
+                let high_watermark = self.high_watermark;
+                respond(
+                    self,
+                    high_watermark,
+                    FetchResult::OffsetOutOfRange { start_offset },
+                );
+                return Ok(());
+            };
             if epoch != request.last_fetched_epoch || end_offset < request.fetch_offset {
                 let high_watermark = self.high_watermark;
                 respond(
