@@ -2,8 +2,9 @@
 //!
 //! The pieces of `proglog-loadgen` worth sharing: a gRPC floor server and latency bookkeeping.
 //! The load generator itself (what it runs against proglog, the echo floor and NATS JetStream,
-//! and how it reports) lives in `src/main.rs` and its modules; `bench/run.sh` drives a whole
-//! comparison.
+//! and how it reports) lives in `src/loadgen/` and its modules; `bench/run.sh` drives the
+//! single-node comparison and `bench/cluster.sh` the three-node one (proglog against a NATS
+//! JetStream R3 cluster, and leader failover time).
 //!
 //! ## Layout
 //!

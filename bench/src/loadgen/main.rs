@@ -12,7 +12,13 @@
 //! proglog-loadgen echo-server --rpc-addr 127.0.0.1:0                      # or as its own process
 //! proglog-loadgen --target nats --addr 127.0.0.1:4222 --case consume --messages 200000
 //! proglog-loadgen report results.jsonl                                    # table and ratios
+//! proglog-loadgen report results.jsonl --against nats-r3                  # cluster comparison
+//! proglog-loadgen leader --nodes 127.0.0.1:8400,127.0.0.1:8401,127.0.0.1:8402 --caught-up
+//! proglog-loadgen failover --nodes A0,A1,A2 --pids P0,P1,P2               # kill -9 the leader
 //! ```
+//!
+//! `bench/cluster.sh` drives the three-node comparison (proglog against a NATS JetStream R3
+//! cluster) and the failover measurement with `leader`, `failover` and `report --against`.
 //!
 //! Every case stops by itself at `--seconds` or `--messages`, whichever comes first, and only
 //! talks to loopback addresses.
@@ -37,6 +43,7 @@
 //! counts record values only (10^6 bytes), not framing. Compare ratios from one run, never
 //! absolute numbers from different runs or machines.
 
+mod cluster;
 mod grpc;
 mod nats;
 mod report;
@@ -76,7 +83,31 @@ enum Command {
     Report {
         /// The JSON-lines file.
         results: PathBuf,
+        /// Instead of issue 3's ratios, compare every proglog row with this label's row of the
+        /// same case, size and concurrency (msgs/s ratio and both p99s), and summarize the
+        /// failover rows (the cluster comparison of `bench/cluster.sh`).
+        #[arg(long)]
+        against: Option<String>,
     },
+    /// Wait until one of the nodes says it is the leader (and, with `--caught-up`, until every
+    /// voter has fetched up to the leader's end), then print the leader's address.
+    Leader {
+        /// RPC addresses of the cluster's nodes, comma separated (loopback only).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Also wait until every other voter has fetched up to the leader's log end and the
+        /// high watermark is the log end (no produce load must be running).
+        #[arg(long)]
+        caught_up: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout_seconds: f64,
+    },
+    /// Under a steady unary produce load (concurrency 1) against the leader, `kill -9` the
+    /// leader and measure the time from the kill to the first produce acknowledged by the new
+    /// leader, which the client finds by polling `Admin/ClusterStatus` on the survivors (or
+    /// from a `proglog-leader-addr` hint).
+    Failover(cluster::FailoverArgs),
     /// Print a free TCP port on 127.0.0.1 (for starting servers that cannot report theirs).
     FreePort,
 }
@@ -88,7 +119,8 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Target::Echo)]
     target: Target,
     /// Its address, HOST:PORT on loopback. Required except for `echo`, which then starts an
-    /// echo server in this process.
+    /// echo server in this process. For `nats`, the addresses of a cluster's servers, comma
+    /// separated: the case runs against the server that leads the stream.
     #[arg(long)]
     addr: Option<String>,
     /// The workload.
@@ -113,6 +145,9 @@ struct RunArgs {
     /// Records per call (produce-batch).
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Replicas of the JetStream stream (nats only; 3 needs a three-server cluster).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Name of this target in the report, e.g. `proglog-interval` (default: the target).
     #[arg(long)]
     label: Option<String>,
@@ -170,12 +205,22 @@ struct Load {
     concurrency: usize,
     window: usize,
     batch: usize,
+    replicas: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Report { results }) => report::print(&results),
+        Some(Command::Report { results, against }) => match against {
+            Some(baseline) => report::print_against(&results, &baseline),
+            None => report::print(&results),
+        },
+        Some(Command::Leader {
+            nodes,
+            caught_up,
+            timeout_seconds,
+        }) => runtime()?.block_on(cluster::print_leader(&nodes, caught_up, timeout_seconds)),
+        Some(Command::Failover(args)) => runtime()?.block_on(cluster::failover(args)),
         Some(Command::FreePort) => {
             let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
             println!("{}", listener.local_addr()?.port());
@@ -226,8 +271,13 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.size == 0 || args.concurrency == 0 || args.window == 0 || args.batch == 0 {
-        bail!("--size, --concurrency, --window and --batch must be at least 1");
+    if args.size == 0
+        || args.concurrency == 0
+        || args.window == 0
+        || args.batch == 0
+        || args.replicas == 0
+    {
+        bail!("--size, --concurrency, --window, --batch and --replicas must be at least 1");
     }
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         bail!("--seconds must be in (0, 3600]");
@@ -242,10 +292,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         window: args.window,
         batch: args.batch,
+        replicas: args.replicas,
     };
     let addr = match (&args.addr, args.target) {
         (Some(addr), _) => {
-            ensure_loopback_addr(addr)?;
+            for one in addr.split(',') {
+                ensure_loopback_addr(one.trim())?;
+            }
             addr.clone()
         }
         (None, Target::Echo) => proglog_bench::echo::spawn_in_background()
@@ -263,15 +316,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.target.name().to_string());
     let line = result_json(&label, &args, &load, &outcome);
     println!("{}", report::format_line(&line));
-    if let Some(path) = &args.results {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("open {}", path.display()))?;
-        writeln!(file, "{line}").with_context(|| format!("write {}", path.display()))?;
-    }
-    Ok(())
+    append_result(args.results.as_deref(), &line)
+}
+
+/// Appends `line` to the results file, when there is one.
+fn append_result(path: Option<&std::path::Path>, line: &serde_json::Value) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("write {}", path.display()))
 }
 
 fn result_json(label: &str, args: &RunArgs, load: &Load, outcome: &Outcome) -> serde_json::Value {
@@ -289,6 +347,7 @@ fn result_json(label: &str, args: &RunArgs, load: &Load, outcome: &Outcome) -> s
         "concurrency": load.concurrency,
         "window": (args.case == Case::ProduceStream).then_some(load.window),
         "batch": (args.case == Case::ProduceBatch).then_some(load.batch),
+        "replicas": (args.target == Target::Nats).then_some(load.replicas),
         "messages": outcome.messages,
         "elapsed_s": outcome.elapsed.as_secs_f64(),
         "msgs_per_s": outcome.messages_per_second(),

@@ -1,10 +1,16 @@
-//! The same cases against NATS JetStream with `async-nats`: a stream with file storage and one
-//! replica per record size (`BENCH_<size>` on subject `bench.<size>`), created if missing.
+//! The same cases against NATS JetStream with `async-nats`: a stream with file storage and
+//! `--replicas` replicas per record size (`BENCH_<size>_R<replicas>` on subject
+//! `bench.<size>.r<replicas>`), created if missing.
 //!
 //! JetStream 2.9 acknowledges a publish once the message is written to the stream's file,
-//! without fsync; compare it with proglog `--durability interval`.
+//! without fsync (with replicas, once a quorum of them has it, still without fsync); compare it
+//! with proglog `--durability interval`.
+//!
+//! A clustered JetStream takes a moment to elect its meta leader and then each stream's
+//! leader, so creating the stream is retried for up to [`READY_TIMEOUT`], and one untimed
+//! publish must be acknowledged before a case starts.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_nats::Subject;
@@ -22,34 +28,106 @@ use crate::{Case, Load};
 /// Messages per pull request when reading the stream back.
 const PULL_BATCH: usize = 1000;
 
-/// Runs `case` against the NATS server at `addr`.
+/// How long JetStream may take to accept the stream and acknowledge a first publish.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause between two attempts while JetStream is not ready.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runs `case` against the NATS server at `addr`. With several comma-separated addresses (the
+/// servers of one cluster), the stream is created through the first and the case then runs on
+/// a connection to the server that leads the stream, as proglog's client talks to its leader.
 pub async fn run(addr: &str, case: Case, load: &Load) -> anyhow::Result<Outcome> {
-    let client = async_nats::connect(addr)
-        .await
-        .with_context(|| format!("connect to NATS at {addr} (is nats-server running with -js?)"))?;
+    let addrs: Vec<&str> = addr.split(',').map(str::trim).collect();
     // Our own windows bound the acks in flight; the context only has to allow them.
     let inflight = load.window.max(load.concurrency) * 2;
-    let js = jetstream::ContextBuilder::new()
-        .max_ack_inflight(inflight)
-        .backpressure_on_inflight(true)
-        .build(client);
-    let name = format!("BENCH_{}", load.size);
-    let subject = Subject::from(format!("bench.{}", load.size));
-    js.get_or_create_stream(stream::Config {
-        name: name.clone(),
-        subjects: vec![subject.to_string()],
-        storage: StorageType::File,
-        num_replicas: 1,
-        ..stream::Config::default()
-    })
-    .await
-    .with_context(|| format!("create JetStream stream {name}"))?;
+    let context = |client| {
+        jetstream::ContextBuilder::new()
+            .max_ack_inflight(inflight)
+            .backpressure_on_inflight(true)
+            .build(client)
+    };
+    let mut js = context(connect(addrs[0]).await?);
+    let name = format!("BENCH_{}_R{}", load.size, load.replicas);
+    let subject = Subject::from(format!("bench.{}.r{}", load.size, load.replicas));
     let value = Bytes::from(vec![0x5A; load.size]);
+    ensure_stream(&js, &name, &subject, &value, load.replicas).await?;
+    if addrs.len() > 1 {
+        let info = js.get_stream(&name).await?.get_info().await?;
+        let leader = info
+            .cluster
+            .and_then(|cluster| cluster.leader)
+            .with_context(|| format!("stream {name} reports no leader"))?;
+        let mut found = false;
+        for addr in &addrs {
+            let client = connect(addr).await?;
+            if client.server_info().server_name == leader {
+                js = context(client);
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            bail!("the leader of stream {name}, server `{leader}`, is none of {addr}");
+        }
+    }
     match case {
         Case::ProduceUnary => publish_each(&js, &subject, &value, load).await,
         Case::ProduceStream => publish_pipelined(&js, &subject, &value, load).await,
         Case::ProduceBatch => bail!("JetStream has no batch publish; use produce-stream"),
         Case::Consume => read_back(&js, &name, &subject, &value, load).await,
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::connect(addr)
+        .await
+        .with_context(|| format!("connect to NATS at {addr} (is nats-server running with -js?)"))
+}
+
+/// Creates the stream if missing and waits until a publish to it is acknowledged, retrying
+/// while the (clustered) JetStream elects its leaders.
+async fn ensure_stream(
+    js: &JetStream,
+    name: &str,
+    subject: &Subject,
+    value: &Bytes,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let created = js
+            .get_or_create_stream(stream::Config {
+                name: name.to_string(),
+                subjects: vec![subject.to_string()],
+                storage: StorageType::File,
+                num_replicas: replicas,
+                ..stream::Config::default()
+            })
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("create JetStream stream {name} with {replicas} replica(s)")
+                });
+            }
+        }
+    }
+    loop {
+        let acked = match js.publish(subject.clone(), value.clone()).await {
+            Ok(ack) => ack.await.map(drop).map_err(anyhow::Error::from),
+            Err(err) => Err(err.into()),
+        };
+        match acked {
+            Ok(()) => return Ok(()),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("first publish to {subject} never acknowledged"));
+            }
+        }
     }
 }
 
