@@ -34,6 +34,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A port free for both TCP and UDP now (gossip listens on both).
+fn free_gossip_port() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Starts `size` nodes; the first three are the initial voters, the others observers.
 async fn start_cluster_of(size: usize) -> Vec<NodeProcess> {
     let ids = &IDS[..size];
@@ -135,22 +145,27 @@ async fn produce(node: &NodeProcess, value: &str) -> Result<u64, tonic::Status> 
     Ok(response.into_inner().offset)
 }
 
+/// The record at `offset` (which must be there).
+async fn consume_at(client: &mut LogClient<tonic::transport::Channel>, offset: u64) -> Record {
+    client
+        .consume(ConsumeRequest {
+            offset,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap()
+}
+
 /// Every record below the node's high watermark, by offset.
 async fn committed_records(node: &NodeProcess) -> BTreeMap<u64, Record> {
     let high_watermark = status(node).await.unwrap().high_watermark;
     let mut client = LogClient::new(node.channel().await.unwrap());
     let mut records = BTreeMap::new();
     for offset in 0..high_watermark {
-        let record = client
-            .consume(ConsumeRequest {
-                offset,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap();
+        let record = consume_at(&mut client, offset).await;
         records.insert(offset, record);
     }
     records
@@ -271,16 +286,7 @@ async fn a_produce_sent_to_a_follower_is_forwarded_to_the_leader() {
     // Any node works, as through a Kubernetes Service: the follower forwards to the leader.
     let offset = produce(&nodes[follower], "to-a-follower").await.unwrap();
     let mut client = LogClient::new(nodes[leader].channel().await.unwrap());
-    let record = client
-        .consume(ConsumeRequest {
-            offset,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let record = consume_at(&mut client, offset).await;
     assert_eq!(record.value, "to-a-follower".as_bytes());
 
     // A produce stream through the follower is relayed to the leader, in order.
@@ -308,16 +314,7 @@ async fn a_produce_sent_to_a_follower_is_forwarded_to_the_leader() {
         offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
         "{offsets:?}"
     );
-    let streamed = client
-        .consume(ConsumeRequest {
-            offset: offsets[99],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let streamed = consume_at(&mut client, offsets[99]).await;
     assert_eq!(streamed.value, "streamed-99".as_bytes());
 
     // A request already forwarded once is not forwarded again: the answer names the leader,
@@ -484,7 +481,7 @@ async fn scaling_3_to_5_to_3_voters_while_producing_loses_nothing() {
 async fn a_cluster_forms_from_initial_voters_and_gossip_alone() {
     // No --peers: every node has the same --initial-voters and the gossip seeds, and learns
     // the others' RPC addresses by gossip.
-    let gossip_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let gossip_ports: Vec<u16> = (0..3).map(|_| free_gossip_port()).collect();
     let seeds = gossip_ports
         .iter()
         .map(|port| format!("127.0.0.1:{port}"))

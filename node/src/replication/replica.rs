@@ -219,6 +219,19 @@ enum Role {
     Leader(LeaderState),
 }
 
+impl Role {
+    /// A follower of `leader` (or waiting to learn one) with no fetch out yet; it campaigns
+    /// (a voter) or looks for a new leader (an observer) at `election_deadline`.
+    fn follower(leader: Option<NodeId>, election_deadline: u64) -> Role {
+        Role::Follower(FollowerState {
+            leader,
+            election_deadline,
+            in_flight: None,
+            last_fetch_ok: None,
+        })
+    }
+}
+
 /// One replica's consensus state machine.
 #[derive(Debug)]
 pub struct Replica<L, Q> {
@@ -292,12 +305,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             next_history_save: now + HISTORY_SAVE_INTERVAL_MS,
             retired: false,
             outbox: Vec::new(),
-            role: Role::Follower(FollowerState {
-                leader: None,
-                election_deadline: now,
-                in_flight: None,
-                last_fetch_ok: None,
-            }),
+            role: Role::follower(None, now),
             state,
         };
         replica.high_watermark = replica.log.start_offset();
@@ -308,12 +316,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             .clone()
             .filter(|leader| *leader != replica.config.id);
         let deadline = now + replica.random_election_timeout();
-        replica.role = Role::Follower(FollowerState {
-            leader,
-            election_deadline: deadline,
-            in_flight: None,
-            last_fetch_ok: None,
-        });
+        replica.role = Role::follower(leader, deadline);
         if replica.is_sole_voter() {
             replica.start_candidacy(now)?;
         }
@@ -478,12 +481,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 }),
             );
         }
-        self.role = Role::Follower(FollowerState {
-            leader: None,
-            election_deadline: now + self.random_election_timeout(),
-            in_flight: None,
-            last_fetch_ok: None,
-        });
+        self.role = Role::follower(None, now + self.random_election_timeout());
         Ok(())
     }
 
@@ -563,12 +561,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             Action::BackToFollower(leader) => {
                 // The pre-vote failed: follow the previous leader again if there was one, and
                 // try again after a new timeout otherwise.
-                self.role = Role::Follower(FollowerState {
-                    leader,
-                    election_deadline: now + self.random_election_timeout(),
-                    in_flight: None,
-                    last_fetch_ok: None,
-                });
+                self.role = Role::follower(leader, now + self.random_election_timeout());
                 Ok(())
             }
         }
@@ -742,12 +735,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         );
         self.state.leader_id = None;
         self.persist()?;
-        self.role = Role::Follower(FollowerState {
-            leader: None,
-            election_deadline: now + self.random_election_timeout(),
-            in_flight: None,
-            last_fetch_ok: None,
-        });
+        self.role = Role::follower(None, now + self.random_election_timeout());
         Ok(())
     }
 
@@ -837,12 +825,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                             response.epoch == self.state.epoch && *leader != self.config.id
                         })
                         .or_else(|| election.previous_leader.clone());
-                    self.role = Role::Follower(FollowerState {
-                        leader,
-                        election_deadline: now + self.random_election_timeout(),
-                        in_flight: None,
-                        last_fetch_ok: None,
-                    });
+                    self.role = Role::follower(leader, now + self.random_election_timeout());
                 }
                 Ok(())
             }
@@ -905,12 +888,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         } else {
             rank as u64 * self.config.election_timeout_ms / 2 + self.random_below(100)
         };
-        self.role = Role::Follower(FollowerState {
-            leader: None,
-            election_deadline: now + delay,
-            in_flight: None,
-            last_fetch_ok: None,
-        });
+        self.role = Role::follower(None, now + delay);
         Ok(())
     }
 
@@ -930,12 +908,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         self.state.voted_for = None;
         self.state.leader_id = leader.clone();
         self.persist()?;
-        self.role = Role::Follower(FollowerState {
-            leader,
-            election_deadline: now + self.random_election_timeout(),
-            in_flight: None,
-            last_fetch_ok: None,
-        });
+        self.role = Role::follower(leader, now + self.random_election_timeout());
         Ok(())
     }
 
@@ -950,12 +923,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             self.state.leader_id = Some(leader.clone());
             self.persist()?;
         }
-        self.role = Role::Follower(FollowerState {
-            leader: Some(leader),
-            election_deadline: now + self.random_election_timeout(),
-            in_flight: None,
-            last_fetch_ok: None,
-        });
+        self.role = Role::follower(Some(leader), now + self.random_election_timeout());
         self.send_fetch(now);
         Ok(())
     }
