@@ -16,7 +16,7 @@ use std::time::Duration;
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::{
-    AddVoterRequest, ClusterStatusRequest, ConsumeRequest, ProduceRequest, Record,
+    Acks, AddVoterRequest, ClusterStatusRequest, ConsumeRequest, ProduceRequest, Record,
     RemoveVoterRequest, TransferLeadershipRequest,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
@@ -619,5 +619,56 @@ async fn the_cli_sends_produces_to_the_leader_itself() {
     assert!(!produced(&metrics(&nodes[follower]).await));
     for node in &mut nodes {
         node.terminate().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_leader_answers_without_a_majority_and_quorum_acks_do_not() {
+    let mut nodes = start_cluster().await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    // Both followers down: nothing can commit, but the leader still appends. The leader steps
+    // down once it notices (check-quorum), so produce right away.
+    for index in (0..3).filter(|&i| i != leader) {
+        nodes[index].kill().await.unwrap();
+    }
+    let mut client = LogClient::new(nodes[leader].channel().await.unwrap());
+    let request = |acks: Acks| ProduceRequest {
+        record: Some(Record {
+            value: b"x".to_vec().into(),
+            ..Default::default()
+        }),
+        acks: acks as i32,
+    };
+    let quorum = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.produce(request(Acks::Quorum)),
+    )
+    .await;
+    assert!(
+        !matches!(quorum, Ok(Ok(_))),
+        "a quorum produce must not be acknowledged without a majority: {quorum:?}"
+    );
+    // Restart the followers so there is a leader again, then take one away and ask for
+    // acks=leader: the leader alone answers.
+    for index in (0..3).filter(|&i| i != leader) {
+        nodes[index].restart().await.unwrap();
+    }
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let mut client = LogClient::new(nodes[leader].channel().await.unwrap());
+    for index in (0..3).filter(|&i| i != leader) {
+        nodes[index].kill().await.unwrap();
+    }
+    let offset = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.produce(request(Acks::Leader)),
+    )
+    .await
+    .expect("acks=leader answers without waiting for followers")
+    .expect("acks=leader succeeds on the leader alone")
+    .into_inner()
+    .offset;
+    assert!(offset > 0);
+    for node in &mut nodes {
+        let _ = node.kill().await;
     }
 }
