@@ -9,9 +9,12 @@
 //!   each namespace's hosts file, for running real processes on separate addresses (reachable
 //!   from the test process too, if asked) and cutting one off from the others (a network
 //!   partition) and healing it.
+//! - `ports`: fixed loopback ports for processes that must know each other's addresses before
+//!   they start, chosen so that nothing else is handed the same port meanwhile.
 //! - `node_process`: a real `proglog-node` process on port 0 with a temporary data directory
 //!   (start, connect, SIGTERM, restart, kill on drop), for the tests that talk to it over gRPC.
 
 pub mod crash_protocol;
 pub mod netns;
 pub mod node_process;
+pub mod ports;

@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
 use std::time::Duration;
 
 use proglog_proto::log::v1::admin_client::AdminClient;
@@ -20,29 +19,12 @@ use proglog_proto::log::v1::{
     RemoveVoterRequest, TransferLeadershipRequest,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
+use proglog_tests::ports::free_port;
 use tokio::time::Instant;
 
 const IDS: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];
 /// Leader-change marker records (the log's own, not data).
 const LEADER_CHANGE: u32 = 0x4c43;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A port free for both TCP and UDP now (gossip listens on both).
-fn free_gossip_port() -> u16 {
-    loop {
-        let port = free_port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// Starts `size` nodes; the first three are the initial voters, the others observers.
 async fn start_cluster_of(size: usize) -> Vec<NodeProcess> {
@@ -481,7 +463,7 @@ async fn scaling_3_to_5_to_3_voters_while_producing_loses_nothing() {
 async fn a_cluster_forms_from_initial_voters_and_gossip_alone() {
     // No --peers: every node has the same --initial-voters and the gossip seeds, and learns
     // the others' RPC addresses by gossip.
-    let gossip_ports: Vec<u16> = (0..3).map(|_| free_gossip_port()).collect();
+    let gossip_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let seeds = gossip_ports
         .iter()
         .map(|port| format!("127.0.0.1:{port}"))

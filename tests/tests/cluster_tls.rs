@@ -15,7 +15,6 @@
 //! to `https://127.0.0.1:<port>` and so check the same SAN. Every wait polls with a deadline.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use proglog_proto::log::v1::{
     Record, VoteRequest,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
+use proglog_tests::ports::free_port;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
@@ -166,10 +166,6 @@ struct SecureCluster {
     operator: Issued,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl SecureCluster {
     /// Starts n0, n1 and n2 with [`POLICY`].
     async fn start() -> anyhow::Result<Self> {
@@ -182,10 +178,7 @@ impl SecureCluster {
         let pki = Pki::new()?;
         let model = pki.write("model.conf", MODEL)?;
         let policy = pki.write("policy.csv", policy)?;
-        let ports = IDS
-            .iter()
-            .map(|_| free_port())
-            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
         let peers = IDS
             .iter()
             .zip(&ports)

@@ -4,22 +4,20 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::{ConsumeRequest, ProduceRequest, Record};
 use proglog_tests::node_process::node_binary;
+use proglog_tests::ports::is_free;
 
-/// A base port whose nine ports (3 nodes x RPC, gossip, HTTP) are free now.
+/// A base port whose nine ports (3 nodes x RPC, gossip, HTTP) are free now, all below the
+/// kernel's ephemeral range (see `proglog_tests::ports`).
 fn free_base_port() -> u16 {
-    for base in (20_000..60_000).step_by(1_237) {
+    for base in (20_000..31_000).step_by(557) {
         let ports = (0..3).flat_map(|i| [base + 10 * i, base + 10 * i + 1, base + 1000 + 10 * i]);
-        let free = ports.clone().all(|port| {
-            TcpListener::bind(("127.0.0.1", port)).is_ok()
-                && UdpSocket::bind(("127.0.0.1", port)).is_ok()
-        });
+        let free = ports.clone().all(is_free);
         if free {
             return base;
         }
