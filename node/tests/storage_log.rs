@@ -325,6 +325,37 @@ fn concurrent_appends_under_always_share_fsyncs_and_are_all_durable() {
 }
 
 #[test]
+fn an_unsynced_append_is_published_at_once_and_durable_after_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        durability: Durability::Always,
+        ..small_options()
+    };
+    let log = Log::open(dir.path(), options).unwrap();
+    let mut written = log.subscribe_written();
+    assert_eq!(*written.borrow_and_update(), 0);
+    let info = log
+        .append_unsynced(1, &[Record::new(b"a", 0), Record::new(b"b", 0)])
+        .unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (0, 1));
+    // Written: published and readable, but not yet claimed durable.
+    assert!(written.has_changed().unwrap());
+    assert_eq!(*written.borrow_and_update(), 2);
+    assert_eq!(log.read(0, 1 << 20).unwrap()[0].next_offset(), 2);
+    assert_eq!(log.durable_offset(), 0);
+    // One flush makes everything written so far durable.
+    log.append_unsynced(1, &[Record::new(b"c", 0)]).unwrap();
+    log.flush().unwrap();
+    assert_eq!(log.durable_offset(), 3);
+    // A synced append publishes too, and a suffix truncation publishes the shorter end.
+    log.append(1, &[Record::new(b"d", 0)]).unwrap();
+    assert_eq!(*written.borrow_and_update(), 4);
+    log.truncate_suffix(2).unwrap();
+    assert_eq!(*written.borrow_and_update(), 2);
+    log.close().unwrap();
+}
+
+#[test]
 fn interval_durability_syncs_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let options = LogOptions {

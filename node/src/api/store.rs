@@ -1,7 +1,11 @@
 //! `LogStore`: the one async adapter to the synchronous storage engine.
 //!
-//! Blocking work (appends that fsync, reads) runs on tokio's blocking pool, never on a runtime
-//! thread and never under a lock held across `.await`. A watch channel carries the *visible*
+//! Blocking work (fsyncs, reads) runs on tokio's blocking pool, never on a runtime thread and
+//! never under a lock held across `.await`. Under `always`, a produce with quorum acks only
+//! writes its batch; one sync task fsyncs everything written since its last fsync (group
+//! commit without a blocked thread per produce) and tells the consensus, whose high watermark
+//! counts only durable offsets, so the produce is still acknowledged only once durable on a
+//! majority. A watch channel carries the *visible*
 //! end offset: records below it were acknowledged (durable under `always`), so consumers never
 //! see a record its producer has not been told about, and streams wait on the channel instead of
 //! polling.
@@ -9,7 +13,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -41,6 +47,8 @@ pub struct LogStore {
     visible: watch::Sender<u64>,
     /// Cancelled when the log hits a fatal error: the node must stop.
     fatal: CancellationToken,
+    /// The sync task under `always` (see the module docs), stopped by `close`.
+    sync_task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
 
 impl LogStore {
@@ -55,12 +63,23 @@ impl LogStore {
     ) -> Arc<Self> {
         let mut view = consensus.subscribe();
         let visible = watch::Sender::new(view.borrow_and_update().high_watermark);
+        let sync_task = (log.options().durability == Durability::Always).then(|| {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(sync_loop(
+                Arc::clone(&log),
+                Arc::clone(&consensus),
+                fatal.clone(),
+                stop.clone(),
+            ));
+            (stop, task)
+        });
         let store = Arc::new(LogStore {
             log,
             consensus,
             directory,
             visible: visible.clone(),
             fatal,
+            sync_task: Mutex::new(sync_task),
         });
         // The high watermark, as consumers' watch channel. Ends with the consensus.
         tokio::spawn(async move {
@@ -109,11 +128,12 @@ impl LogStore {
     /// Appends `records` as one batch on the leader and returns once it is committed (below
     /// the high watermark, on a majority), or once the leader has it with `acks_leader`.
     ///
-    /// Under `always` the append waits for an fsync, so it runs on the blocking pool. Under
-    /// `interval` and `never` it only copies into the page cache (a few microseconds for the
-    /// largest batch allowed), so it runs in place: the hop to the blocking pool and back would
-    /// cost more than the write and is what bounds unary produce at concurrency 1. The rare
-    /// exception is a segment roll, which fsyncs the sealed segment once per `segment_bytes`.
+    /// The write only copies into the page cache (a few microseconds for the largest batch
+    /// allowed), so it runs in place: the hop to the blocking pool and back would cost more
+    /// than the write and is what bounds unary produce at concurrency 1. The rare exception is
+    /// a segment roll, which fsyncs the sealed segment once per `segment_bytes`. Under
+    /// `always` the sync task makes the write durable; only `acks_leader` waits for its own
+    /// fsync, on the blocking pool.
     pub async fn append(
         &self,
         records: Vec<NewRecord>,
@@ -123,13 +143,13 @@ impl LogStore {
         let Some(epoch) = view.leader_epoch else {
             return Err(self.not_leader(view.leader_id));
         };
-        let result = if self.log.options().durability == Durability::Always {
+        let result = if acks_leader && self.log.options().durability == Durability::Always {
             let log = Arc::clone(&self.log);
-            tokio::task::spawn_blocking(move || append_now(&log, epoch, &records))
+            tokio::task::spawn_blocking(move || append_now(&log, epoch, &records, true))
                 .await
                 .map_err(|err| Status::internal(format!("append task failed: {err}")))?
         } else {
-            append_now(&self.log, epoch, &records)
+            append_now(&self.log, epoch, &records, false)
         };
         let info = match result {
             Ok(info) => info,
@@ -246,6 +266,11 @@ impl LogStore {
     /// Clean shutdown of the log: sync and checkpoint. Calls still in flight that write
     /// afterwards fail with `UNAVAILABLE`.
     pub async fn close(&self) -> Result<(), StorageError> {
+        let sync_task = self.sync_task.lock().take();
+        if let Some((stop, task)) = sync_task {
+            stop.cancel();
+            let _ = task.await;
+        }
         let log = Arc::clone(&self.log);
         tokio::task::spawn_blocking(move || log.close())
             .await
@@ -265,8 +290,53 @@ impl LogStore {
     }
 }
 
-/// Appends `records` as one batch of `epoch`, stamping records without a time.
-fn append_now(log: &Log, epoch: u64, records: &[NewRecord]) -> Result<AppendInfo, StorageError> {
+/// Under `always`: makes what the leader wrote durable and tells `consensus`, until `stop`.
+/// Each fsync covers everything written before it started, so produces that arrive during one
+/// share the next (group commit). A fatal error cancels `fatal`.
+async fn sync_loop(
+    log: Arc<Log>,
+    consensus: Arc<Consensus>,
+    fatal: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut written = log.subscribe_written();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = written.changed() => if changed.is_err() { return },
+        }
+        let end = *written.borrow_and_update();
+        if log.durable_offset() >= end {
+            // A follower's append, which syncs itself, or one an earlier fsync covered.
+            continue;
+        }
+        let flushing = Arc::clone(&log);
+        match tokio::task::spawn_blocking(move || flushing.flush()).await {
+            Ok(Ok(())) => consensus.note_local_append(),
+            // A suffix truncation raced the fsync: the next write brings a new one.
+            Ok(Err(StorageError::Truncated { .. })) => {}
+            Ok(Err(err)) => {
+                if err.is_fatal() {
+                    tracing::error!(error = %err, "fatal storage error; stopping the node");
+                    fatal.cancel();
+                } else {
+                    tracing::warn!(error = %err, "the log stopped taking writes; sync task ends");
+                }
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Appends `records` as one batch of `epoch`, stamping records without a time; waits for
+/// durability (under `always`) only `until_durable`.
+fn append_now(
+    log: &Log,
+    epoch: u64,
+    records: &[NewRecord],
+    until_durable: bool,
+) -> Result<AppendInfo, StorageError> {
     let now = now_ms();
     let batch: Vec<Record<'_>> = records
         .iter()
@@ -281,5 +351,9 @@ fn append_now(log: &Log, epoch: u64, records: &[NewRecord]) -> Result<AppendInfo
             record_type: record.record_type,
         })
         .collect();
-    log.append(epoch, &batch)
+    if until_durable {
+        log.append(epoch, &batch)
+    } else {
+        log.append_unsynced(epoch, &batch)
+    }
 }

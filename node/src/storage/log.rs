@@ -121,6 +121,10 @@ struct Inner {
     maintenance_wake: Condvar,
     /// Held from open until `close()` (or drop), so no other process opens the directory.
     dir_lock: Mutex<Option<DirLock>>,
+    /// The end offset, published as soon as an append is written and before it is durable, so
+    /// readers that may see unsynced records (followers copying the leader) need not wait for
+    /// the leader's fsync.
+    written: tokio::sync::watch::Sender<u64>,
 }
 
 /// One job of the background thread.
@@ -340,6 +344,7 @@ impl Log {
             maintenance_wake: Condvar::new(),
             options,
             dir_lock: Mutex::new(Some(lock)),
+            written: tokio::sync::watch::Sender::new(end),
         });
         inner.wait_durable(end, 0)?;
         let maintenance = Mutex::new(Some(Maintenance::start(&inner)));
@@ -384,6 +389,12 @@ impl Log {
     /// One past the last offset the log holds: the offset the next record gets.
     pub fn end_offset(&self) -> u64 {
         self.inner.end_offset.load(Ordering::Acquire)
+    }
+
+    /// A receiver of the end offset that changes as soon as an append is written, before it is
+    /// durable under `Durability::Always` (and on a suffix truncation).
+    pub fn subscribe_written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.written.subscribe()
     }
 
     /// Offsets below this are on stable storage.
@@ -431,12 +442,20 @@ impl Log {
     /// Appends `records` as one batch written by the leader of `epoch`. Returns once the batch is
     /// durable under `Durability::Always`, or once it is written otherwise.
     pub fn append(&self, epoch: u64, records: &[Record<'_>]) -> Result<AppendInfo> {
-        self.inner.append(epoch, 0, records)
+        self.inner.append(epoch, 0, records, true)
+    }
+
+    /// Appends like [`Log::append`] but returns once the batch is written, whatever the
+    /// durability: under `Durability::Always` the caller makes it durable with [`Log::flush`]
+    /// (which syncs everything written so far, so one caller can sync for many appends) and
+    /// learns how far it is durable from [`Log::durable_offset`].
+    pub fn append_unsynced(&self, epoch: u64, records: &[Record<'_>]) -> Result<AppendInfo> {
+        self.inner.append(epoch, 0, records, false)
     }
 
     /// Appends a control batch (leader change, voter change): never user data.
     pub fn append_control(&self, epoch: u64, records: &[Record<'_>]) -> Result<AppendInfo> {
-        self.inner.append(epoch, ATTR_CONTROL, records)
+        self.inner.append(epoch, ATTR_CONTROL, records, true)
     }
 
     /// Appends a batch exactly as another replica encoded it (a follower copying the leader's
@@ -634,7 +653,13 @@ impl Inner {
         err
     }
 
-    fn append(&self, epoch: u64, attributes: u16, records: &[Record<'_>]) -> Result<AppendInfo> {
+    fn append(
+        &self,
+        epoch: u64,
+        attributes: u16,
+        records: &[Record<'_>],
+        until_durable: bool,
+    ) -> Result<AppendInfo> {
         self.check_running()?;
         let mut writer = self.writer.lock();
         let base_offset = self.end_offset.load(Ordering::Acquire);
@@ -650,7 +675,7 @@ impl Inner {
         );
         let result = encoded.and_then(|header| self.write_locked(&mut writer, &buf, &header));
         writer.encode_buf = buf;
-        self.finish_append(writer, result)
+        self.finish_append(writer, result, until_durable)
     }
 
     fn append_encoded(&self, batch: &Batch) -> Result<AppendInfo> {
@@ -671,7 +696,7 @@ impl Inner {
             });
         }
         let result = self.write_locked(&mut writer, bytes, batch.header());
-        self.finish_append(writer, result)
+        self.finish_append(writer, result, true)
     }
 
     fn append_encoded_all(&self, batches: &[Batch]) -> Result<Option<AppendInfo>> {
@@ -711,26 +736,39 @@ impl Inner {
             base_offset: first.base_offset(),
             last_offset: last.last_offset(),
         };
-        self.finish_append(writer, result.map(|()| (info, checkpoint_due)))
+        self.finish_append(writer, result.map(|()| (info, checkpoint_due)), true)
             .map(Some)
     }
 
-    /// After the write: release the writer, wait for durability, ask for a checkpoint when due.
+    /// After the write: release the writer, publish the new end, wait for durability (under
+    /// `Always`, when asked to), ask for a checkpoint when due.
     fn finish_append(
         &self,
         writer: parking_lot::MutexGuard<'_, Writer>,
         result: Result<(AppendInfo, bool)>,
+        until_durable: bool,
     ) -> Result<AppendInfo> {
         let truncations = self.sync.lock().truncations;
         drop(writer);
         let (info, checkpoint_due) = result?;
-        if self.options.durability == Durability::Always {
+        self.publish_written();
+        if until_durable && self.options.durability == Durability::Always {
             self.wait_durable(info.last_offset + 1, truncations)?;
         }
         if checkpoint_due {
             self.request_checkpoint();
         }
         Ok(info)
+    }
+
+    /// Publishes the end offset to `subscribe_written` receivers (only when it moved).
+    fn publish_written(&self) {
+        let end = self.end_offset.load(Ordering::Acquire);
+        self.written.send_if_modified(|published| {
+            let moved = *published != end;
+            *published = end;
+            moved
+        });
     }
 
     /// Writes one encoded batch at the end of the log, rolling first if due. Any I/O error here
@@ -1063,6 +1101,7 @@ impl Inner {
             self.clamp_epochs()?;
         }
         drop(writer);
+        self.publish_written();
         self.flush()
     }
 
