@@ -1,0 +1,980 @@
+//! The cluster's certificates: a CA, one certificate per node, and one for the operator, and
+//! the decision of what to keep and what to issue again.
+//!
+//! [`plan`] is pure apart from key generation: given the Secrets' current data (or none) and
+//! the time, it returns the data the Secrets should hold and when things expire. A certificate
+//! is issued again when it is missing or unreadable, when it comes within `renewBefore` of its
+//! end, when its names no longer match (the cluster was renamed into another namespace, say),
+//! when its key does not match, or when the CA that signed it is no longer the CA. Everything
+//! that is still good is kept byte for byte, so applying the result again changes nothing.
+//!
+//! Nodes present their own certificate both as servers and as clients (they call each other),
+//! so node certificates carry both `serverAuth` and `clientAuth`; the subject common name is
+//! the node id, the pod name, which the ACL and the peer service check.
+//!
+//! Which Secret holds what: `NAME-ca` holds the CA's `ca.crt` and `ca.key` (only for a CA the
+//! operator generated; with `issuer.kind: Secret` the user's Secret is read and never written).
+//! `NAME-tls` holds the trust bundle `ca.crt` and every node's `<pod>.crt` and `<pod>.key`; it
+//! is mounted in every pod, and each node picks its own files by its pod name (one Secret per
+//! pod cannot be mounted from one pod template). `NAME-operator-tls` holds the operator's
+//! client certificate.
+//!
+//! When the CA itself is replaced, the old one stays in the trust bundle (`previous-ca.crt` in
+//! the CA Secret) until it expires, so nodes still holding certificates from the old CA are
+//! trusted while the new ones propagate.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::jiff::Timestamp;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+};
+
+/// The data of a Secret, key to bytes.
+pub type SecretData = BTreeMap<String, ByteString>;
+
+/// Key of the CA certificate, in the CA Secret and as the trust bundle elsewhere.
+pub const CA_CERT: &str = "ca.crt";
+/// Key of the CA's private key in the CA Secret.
+pub const CA_KEY: &str = "ca.key";
+/// Key of the CA this one replaced, kept in the trust bundle until it expires.
+pub const PREVIOUS_CA_CERT: &str = "previous-ca.crt";
+/// Key of a certificate in a `kubernetes.io/tls` Secret (the operator's, a user CA's).
+pub const TLS_CERT: &str = "tls.crt";
+/// Key of a private key in a `kubernetes.io/tls` Secret.
+pub const TLS_KEY: &str = "tls.key";
+/// Subject common name of the operator's client certificate (the ACL grants it `admin`).
+pub const OPERATOR_COMMON_NAME: &str = "proglog-operator";
+
+/// How far before `now` certificates start, for clocks that lag a little.
+const CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// A certificate, key or CA that cannot be used, or one that cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Key generation failed (the crypto library refused).
+    #[error("cannot generate a key pair: {0}")]
+    KeyGeneration(#[source] rcgen::Error),
+    /// Signing a certificate failed.
+    #[error("cannot issue the certificate of {subject}: {source}")]
+    Issue {
+        /// The subject common name.
+        subject: String,
+        /// Why.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A name cannot go in a certificate.
+    #[error("`{name}` cannot be a DNS name in a certificate: {source}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The user's CA Secret lacks a key.
+    #[error("CA Secret {secret} has no `{key}` (it needs `tls.crt` and `tls.key`, PEM)")]
+    MissingCaKey {
+        /// The Secret's name.
+        secret: String,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// The user's CA cannot sign.
+    #[error("CA Secret {secret}: {reason}")]
+    UnusableCa {
+        /// The Secret's name.
+        secret: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A validity setting does not fit.
+    #[error("tls.{field}: {reason}")]
+    BadValidity {
+        /// `caValidity`, `certValidity` or `renewBefore`.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// How long certificates live and when they are renewed (`spec.tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Lifetime of a CA the operator generates.
+    pub ca_validity: std::time::Duration,
+    /// Lifetime of each node (and the operator's) certificate.
+    pub cert_validity: std::time::Duration,
+    /// Renew this long before the end.
+    pub renew_before: std::time::Duration,
+}
+
+impl Lifetimes {
+    /// Takes the spec's durations, refusing the combinations the CRD's rules refuse too.
+    pub fn from_spec(spec: &crate::crd::TlsSpec) -> Result<Self, TlsError> {
+        let lifetimes = Lifetimes {
+            ca_validity: spec.ca_validity.into(),
+            cert_validity: spec.cert_validity.into(),
+            renew_before: spec.renew_before.into(),
+        };
+        let bad = |field, reason: &str| {
+            Err(TlsError::BadValidity {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if spec.cert_validity.is_negative() || lifetimes.cert_validity.is_zero() {
+            return bad("certValidity", "must be positive");
+        }
+        if spec.renew_before.is_negative() || lifetimes.renew_before >= lifetimes.cert_validity {
+            return bad(
+                "renewBefore",
+                "must be at least zero and shorter than certValidity",
+            );
+        }
+        if lifetimes.ca_validity <= lifetimes.cert_validity {
+            return bad("caValidity", "must be longer than certValidity");
+        }
+        Ok(lifetimes)
+    }
+}
+
+/// Who a certificate is for: its common name and the names it is valid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Subject common name: the node id (pod name), or [`OPERATOR_COMMON_NAME`].
+    pub common_name: String,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// IP subject alternative names.
+    pub ip_addresses: Vec<IpAddr>,
+}
+
+/// Where the CA comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum CaSource<'a> {
+    /// The operator's own CA, with the CA Secret's current data if it exists.
+    Operator {
+        /// Data of `NAME-ca`, if it exists.
+        existing: Option<&'a SecretData>,
+        /// Subject common name for a new CA.
+        common_name: &'a str,
+    },
+    /// A CA the user keeps in a Secret (`tls.crt`, `tls.key`).
+    User {
+        /// The Secret's name, for errors.
+        secret_name: &'a str,
+        /// Its data.
+        data: &'a SecretData,
+    },
+}
+
+/// Everything [`plan`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct PkiRequest<'a> {
+    /// The time decisions are made at.
+    pub now: Timestamp,
+    /// Lifetimes and renewal margin.
+    pub lifetimes: Lifetimes,
+    /// The CA.
+    pub ca: CaSource<'a>,
+    /// One identity per node that needs a certificate, in ordinal order.
+    pub nodes: &'a [Identity],
+    /// Current data of `NAME-tls`, if it exists.
+    pub existing_nodes: Option<&'a SecretData>,
+    /// Current data of `NAME-operator-tls`, if it exists.
+    pub existing_operator: Option<&'a SecretData>,
+}
+
+/// Why a certificate was issued (again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueReason {
+    /// There was none.
+    Missing,
+    /// What was there does not parse.
+    Unreadable(String),
+    /// It ends within `renewBefore` (or has ended).
+    Expiring {
+        /// Its end.
+        not_after: Timestamp,
+    },
+    /// Its common name or alternative names differ from what it needs now.
+    NamesChanged,
+    /// It was not signed by the current CA.
+    IssuerChanged,
+    /// The key next to it is not its key.
+    KeyMismatch,
+}
+
+impl std::fmt::Display for IssueReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IssueReason::Missing => f.write_str("missing"),
+            IssueReason::Unreadable(reason) => write!(f, "unreadable: {reason}"),
+            IssueReason::Expiring { not_after } => write!(f, "expires at {not_after}"),
+            IssueReason::NamesChanged => f.write_str("names changed"),
+            IssueReason::IssuerChanged => f.write_str("signed by another CA"),
+            IssueReason::KeyMismatch => f.write_str("key does not match"),
+        }
+    }
+}
+
+/// One certificate [`plan`] issued, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// Its subject common name (the CA's for the CA).
+    pub subject: String,
+    /// Why.
+    pub reason: IssueReason,
+}
+
+/// What the certificate Secrets should hold.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    /// Data of `NAME-ca`; `None` when the CA is the user's.
+    pub ca_secret: Option<SecretData>,
+    /// Data of `NAME-tls`: `ca.crt` and each node's `<pod>.crt` and `<pod>.key`.
+    pub nodes_secret: SecretData,
+    /// Data of `NAME-operator-tls`: `tls.crt`, `tls.key`, `ca.crt`.
+    pub operator_secret: SecretData,
+    /// When the CA expires.
+    pub ca_not_after: Timestamp,
+    /// When the first of the node and operator certificates expires.
+    pub certs_not_after: Timestamp,
+    /// The user's CA ends within `renewBefore`: the operator cannot renew it; the user must.
+    pub ca_expiring: bool,
+    /// What was issued in this pass, CA first.
+    pub issued: Vec<Issued>,
+}
+
+/// Decides which certificates to keep and issues the rest. See the module documentation.
+pub fn plan(request: &PkiRequest<'_>) -> Result<Pki, TlsError> {
+    let now = request.now.as_second();
+    let renew_before = seconds(request.lifetimes.renew_before);
+    let mut issued = Vec::new();
+    let (ca, ca_secret) = match request.ca {
+        CaSource::Operator {
+            existing,
+            common_name,
+        } => {
+            let (ca, data, reason) = operator_ca(existing, common_name, now, &request.lifetimes)?;
+            if let Some(reason) = reason {
+                issued.push(Issued {
+                    subject: common_name.to_owned(),
+                    reason,
+                });
+            }
+            (ca, Some(data))
+        }
+        CaSource::User { secret_name, data } => (user_ca(secret_name, data, now)?, None),
+    };
+    let ca_expiring = now.saturating_add(renew_before) >= ca.not_after;
+
+    let mut nodes_secret = SecretData::new();
+    let mut operator_secret = SecretData::new();
+    let mut certs_not_after = i64::MAX;
+    let leaves = request
+        .nodes
+        .iter()
+        .map(|node| {
+            (
+                node.clone(),
+                LeafKind::Node,
+                request.existing_nodes,
+                format!("{}.crt", node.common_name),
+                format!("{}.key", node.common_name),
+            )
+        })
+        .chain(std::iter::once((
+            Identity {
+                common_name: OPERATOR_COMMON_NAME.to_owned(),
+                dns_names: Vec::new(),
+                ip_addresses: Vec::new(),
+            },
+            LeafKind::Operator,
+            request.existing_operator,
+            TLS_CERT.to_owned(),
+            TLS_KEY.to_owned(),
+        )));
+    for (identity, kind, existing, cert_key, key_key) in leaves {
+        let current = existing.and_then(|data| Some((data.get(&cert_key)?, data.get(&key_key)?)));
+        let decision = match current {
+            None => Err(IssueReason::Missing),
+            Some((cert, key)) => check_leaf(&cert.0, &key.0, &identity, &ca, now, renew_before),
+        };
+        let (cert_pem, key_pem, not_after) = match decision {
+            Ok(not_after) => {
+                let (cert, key) = current.map_or((Vec::new(), Vec::new()), |(cert, key)| {
+                    (cert.0.clone(), key.0.clone())
+                });
+                (cert, key, not_after)
+            }
+            Err(reason) => {
+                let leaf = issue_leaf(&identity, kind, &ca, now, &request.lifetimes)?;
+                issued.push(Issued {
+                    subject: identity.common_name.clone(),
+                    reason,
+                });
+                (leaf.cert_pem, leaf.key_pem, leaf.not_after)
+            }
+        };
+        certs_not_after = certs_not_after.min(not_after);
+        let target = match kind {
+            LeafKind::Node => &mut nodes_secret,
+            LeafKind::Operator => &mut operator_secret,
+        };
+        target.insert(cert_key, ByteString(cert_pem));
+        target.insert(key_key, ByteString(key_pem));
+    }
+    nodes_secret.insert(CA_CERT.to_owned(), ByteString(ca.trust_bundle.clone()));
+    operator_secret.insert(CA_CERT.to_owned(), ByteString(ca.trust_bundle.clone()));
+    Ok(Pki {
+        ca_secret,
+        nodes_secret,
+        operator_secret,
+        ca_not_after: timestamp(ca.not_after),
+        certs_not_after: timestamp(certs_not_after),
+        ca_expiring,
+        issued,
+    })
+}
+
+/// Whose certificate: decides the extended key usages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeafKind {
+    /// A node: server and client.
+    Node,
+    /// The operator: client only.
+    Operator,
+}
+
+/// The CA in force for this pass.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    /// Its public key (SubjectPublicKeyInfo, DER), to check what it signed.
+    public_key: Vec<u8>,
+    not_after: i64,
+    /// The CA certificate, plus the previous CA's while that is valid (PEM).
+    trust_bundle: Vec<u8>,
+}
+
+/// Keeps the operator's CA when it is readable, matches its key and is not about to end;
+/// otherwise makes a new one, keeping the old certificate in the bundle while it is valid.
+fn operator_ca(
+    existing: Option<&SecretData>,
+    common_name: &str,
+    now: i64,
+    lifetimes: &Lifetimes,
+) -> Result<(Ca, SecretData, Option<IssueReason>), TlsError> {
+    let renew_before = seconds(lifetimes.renew_before);
+    let cert = existing.and_then(|data| data.get(CA_CERT));
+    let key = existing.and_then(|data| data.get(CA_KEY));
+    let previous = existing
+        .and_then(|data| data.get(PREVIOUS_CA_CERT))
+        .filter(|pem| parse(&pem.0, |cert| Ok(not_after(cert))).is_ok_and(|end| end > now));
+    let reason = match (cert, key) {
+        (Some(cert), Some(key)) => match load_ca(&cert.0, &key.0) {
+            Ok(ca) if now.saturating_add(renew_before) < ca.not_after => {
+                let mut bundle = cert.0.clone();
+                let mut data = SecretData::new();
+                data.insert(CA_CERT.to_owned(), cert.clone());
+                data.insert(CA_KEY.to_owned(), key.clone());
+                if let Some(previous) = previous {
+                    append_pem(&mut bundle, &previous.0);
+                    data.insert(PREVIOUS_CA_CERT.to_owned(), previous.clone());
+                }
+                return Ok((
+                    Ca {
+                        trust_bundle: bundle,
+                        ..ca
+                    },
+                    data,
+                    None,
+                ));
+            }
+            Ok(ca) => IssueReason::Expiring {
+                not_after: timestamp(ca.not_after),
+            },
+            Err(reason) => reason,
+        },
+        _ => IssueReason::Missing,
+    };
+    // The CA being replaced stays trusted while it is valid.
+    let outgoing =
+        cert.filter(|pem| parse(&pem.0, |cert| Ok(not_after(cert))).is_ok_and(|end| end > now));
+
+    let key_pair = KeyPair::generate().map_err(TlsError::KeyGeneration)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = offset_date_time(now - CLOCK_SKEW_SECONDS);
+    let end = now.saturating_add(seconds(lifetimes.ca_validity));
+    params.not_after = offset_date_time(end);
+    let certificate = params
+        .self_signed(&key_pair)
+        .map_err(|source| TlsError::Issue {
+            subject: common_name.to_owned(),
+            source,
+        })?;
+    let cert_pem = certificate.pem().into_bytes();
+    let mut data = SecretData::new();
+    data.insert(CA_CERT.to_owned(), ByteString(cert_pem.clone()));
+    data.insert(
+        CA_KEY.to_owned(),
+        ByteString(key_pair.serialize_pem().into_bytes()),
+    );
+    let mut bundle = cert_pem;
+    if let Some(outgoing) = outgoing {
+        append_pem(&mut bundle, &outgoing.0);
+        data.insert(PREVIOUS_CA_CERT.to_owned(), outgoing.clone());
+    }
+    let public_key = key_pair.subject_public_key_info();
+    Ok((
+        Ca {
+            issuer: Issuer::new(params, key_pair),
+            public_key,
+            not_after: end,
+            trust_bundle: bundle,
+        },
+        data,
+        Some(reason),
+    ))
+}
+
+/// Loads the user's CA, refusing one that cannot sign: not a CA, key not matching, expired.
+fn user_ca(secret: &str, data: &SecretData, now: i64) -> Result<Ca, TlsError> {
+    let get = |key| {
+        data.get(key).ok_or_else(|| TlsError::MissingCaKey {
+            secret: secret.to_owned(),
+            key,
+        })
+    };
+    let (cert, key) = (get(TLS_CERT)?, get(TLS_KEY)?);
+    let unusable = |reason: String| TlsError::UnusableCa {
+        secret: secret.to_owned(),
+        reason,
+    };
+    let is_ca = parse(&cert.0, |cert| Ok(cert.is_ca())).map_err(&unusable)?;
+    if !is_ca {
+        return Err(unusable(
+            "tls.crt is not a CA certificate (basicConstraints CA:TRUE)".into(),
+        ));
+    }
+    let ca = load_ca(&cert.0, &key.0).map_err(|reason| unusable(reason.to_string()))?;
+    if ca.not_after <= now {
+        return Err(unusable(format!(
+            "the CA expired at {}",
+            timestamp(ca.not_after)
+        )));
+    }
+    Ok(ca)
+}
+
+/// Reads a CA certificate and its key, checking that they belong together.
+fn load_ca(cert_pem: &[u8], key_pem: &[u8]) -> Result<Ca, IssueReason> {
+    let (public_key, end) = parse(cert_pem, |cert| {
+        Ok((cert.public_key().raw.to_vec(), not_after(cert)))
+    })
+    .map_err(IssueReason::Unreadable)?;
+    let key_text = std::str::from_utf8(key_pem)
+        .map_err(|_| IssueReason::Unreadable("the key is not PEM text".into()))?;
+    let key_pair = KeyPair::from_pem(key_text).map_err(|err| {
+        IssueReason::Unreadable(format!(
+            "the key does not load (PKCS#8 PEM expected): {err}"
+        ))
+    })?;
+    if key_pair.subject_public_key_info() != public_key {
+        return Err(IssueReason::KeyMismatch);
+    }
+    let cert_text = std::str::from_utf8(cert_pem)
+        .map_err(|_| IssueReason::Unreadable("the certificate is not PEM text".into()))?;
+    let issuer = Issuer::from_ca_cert_pem(cert_text, key_pair)
+        .map_err(|err| IssueReason::Unreadable(err.to_string()))?;
+    Ok(Ca {
+        issuer,
+        public_key,
+        not_after: end,
+        trust_bundle: cert_pem.to_vec(),
+    })
+}
+
+/// Returns the certificate's end if it can stay, or why it must be issued again.
+fn check_leaf(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    identity: &Identity,
+    ca: &Ca,
+    now: i64,
+    renew_before: i64,
+) -> Result<i64, IssueReason> {
+    let ca_key = ca.public_key.clone();
+    let facts = parse(cert_pem, move |cert| {
+        let (_, ca_spki) =
+                <x509_parser::x509::SubjectPublicKeyInfo<'_> as x509_parser::prelude::FromDer<
+                    '_,
+                    _,
+                >>::from_der(&ca_key)
+                .map_err(|err| format!("CA key: {err}"))?;
+        let signed_by_ca = cert.verify_signature(Some(&ca_spki)).is_ok();
+        Ok(LeafFacts {
+            not_after: not_after(cert),
+            names: names_of(cert)?,
+            public_key: cert.public_key().raw.to_vec(),
+            signed_by_ca,
+        })
+    })
+    .map_err(IssueReason::Unreadable)?;
+    if !facts.signed_by_ca {
+        return Err(IssueReason::IssuerChanged);
+    }
+    if facts.names != Names::of(identity) {
+        return Err(IssueReason::NamesChanged);
+    }
+    let key_matches = std::str::from_utf8(key_pem)
+        .ok()
+        .and_then(|text| KeyPair::from_pem(text).ok())
+        .is_some_and(|key| key.subject_public_key_info() == facts.public_key);
+    if !key_matches {
+        return Err(IssueReason::KeyMismatch);
+    }
+    // Renew within the margin, unless a new certificate would end no later (a user CA that
+    // itself ends soon caps every certificate it signs: reissuing would change nothing).
+    let renewal_end = now.saturating_add(renew_before);
+    if renewal_end >= facts.not_after && ca.not_after > facts.not_after {
+        return Err(IssueReason::Expiring {
+            not_after: timestamp(facts.not_after),
+        });
+    }
+    if facts.not_after <= now {
+        return Err(IssueReason::Expiring {
+            not_after: timestamp(facts.not_after),
+        });
+    }
+    Ok(facts.not_after)
+}
+
+struct LeafFacts {
+    not_after: i64,
+    names: Names,
+    public_key: Vec<u8>,
+    signed_by_ca: bool,
+}
+
+/// The identity a certificate states, comparable regardless of order.
+#[derive(Debug, PartialEq, Eq)]
+struct Names {
+    common_name: Option<String>,
+    dns: BTreeSet<String>,
+    ips: BTreeSet<IpAddr>,
+}
+
+impl Names {
+    fn of(identity: &Identity) -> Names {
+        Names {
+            common_name: Some(identity.common_name.clone()),
+            dns: identity.dns_names.iter().cloned().collect(),
+            ips: identity.ip_addresses.iter().copied().collect(),
+        }
+    }
+}
+
+fn names_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Names, String> {
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    let mut dns = BTreeSet::new();
+    let mut ips = BTreeSet::new();
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|err| format!("subjectAltName: {err}"))?;
+    for name in sans.iter().flat_map(|ext| ext.value.general_names.iter()) {
+        match name {
+            x509_parser::extensions::GeneralName::DNSName(name) => {
+                dns.insert((*name).to_owned());
+            }
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                let ip = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(*bytes).map(IpAddr::from).ok(),
+                    16 => <[u8; 16]>::try_from(*bytes).map(IpAddr::from).ok(),
+                    _ => None,
+                };
+                if let Some(ip) = ip {
+                    ips.insert(ip);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Names {
+        common_name,
+        dns,
+        ips,
+    })
+}
+
+struct Leaf {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    not_after: i64,
+}
+
+fn issue_leaf(
+    identity: &Identity,
+    kind: LeafKind,
+    ca: &Ca,
+    now: i64,
+    lifetimes: &Lifetimes,
+) -> Result<Leaf, TlsError> {
+    let key_pair = KeyPair::generate().map_err(TlsError::KeyGeneration)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(&identity.common_name);
+    for name in &identity.dns_names {
+        let dns = name
+            .as_str()
+            .try_into()
+            .map_err(|source| TlsError::BadName {
+                name: name.clone(),
+                source,
+            })?;
+        params.subject_alt_names.push(SanType::DnsName(dns));
+    }
+    params.subject_alt_names.extend(
+        identity
+            .ip_addresses
+            .iter()
+            .map(|ip| SanType::IpAddress(*ip)),
+    );
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match kind {
+        LeafKind::Node => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        LeafKind::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = offset_date_time(now - CLOCK_SKEW_SECONDS);
+    // Never beyond the CA: a certificate cannot outlive its issuer.
+    let end = now
+        .saturating_add(seconds(lifetimes.cert_validity))
+        .min(ca.not_after);
+    params.not_after = offset_date_time(end);
+    let certificate =
+        params
+            .signed_by(&key_pair, &ca.issuer)
+            .map_err(|source| TlsError::Issue {
+                subject: identity.common_name.clone(),
+                source,
+            })?;
+    Ok(Leaf {
+        cert_pem: certificate.pem().into_bytes(),
+        key_pem: key_pair.serialize_pem().into_bytes(),
+        not_after: end,
+    })
+}
+
+fn distinguished_name(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "proglog");
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+/// Parses the first certificate of a PEM blob and reads from it with `read`.
+fn parse<T>(
+    pem: &[u8],
+    read: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> Result<T, String>,
+) -> Result<T, String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem)
+        .map_err(|err| format!("not a PEM certificate: {err}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|err| format!("not an X.509 certificate: {err}"))?;
+    read(&cert)
+}
+
+fn not_after(cert: &x509_parser::certificate::X509Certificate<'_>) -> i64 {
+    cert.validity().not_after.timestamp()
+}
+
+fn append_pem(bundle: &mut Vec<u8>, pem: &[u8]) {
+    if !bundle.ends_with(b"\n") {
+        bundle.push(b'\n');
+    }
+    bundle.extend_from_slice(pem);
+}
+
+/// Whole seconds of a duration, saturating.
+fn seconds(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Seconds since the epoch as a timestamp, clamped to what both time libraries hold.
+pub(crate) fn timestamp(seconds: i64) -> Timestamp {
+    let clamped = seconds.clamp(Timestamp::MIN.as_second(), Timestamp::MAX.as_second());
+    Timestamp::from_second(clamped).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Certificates use the UTC of `seconds`, clamped to the X.509 range (years 1950 to 9999).
+fn offset_date_time(seconds: i64) -> time::OffsetDateTime {
+    const YEAR_9999_END: i64 = 253_402_300_799;
+    const YEAR_1950: i64 = -631_152_000;
+    time::OffsetDateTime::from_unix_timestamp(seconds.clamp(YEAR_1950, YEAR_9999_END))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+
+    const DAY: i64 = 86_400;
+    const T0: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+    fn lifetimes() -> Lifetimes {
+        Lifetimes::from_spec(&crate::crd::TlsSpec::default()).unwrap()
+    }
+
+    fn node(name: &str, namespace: &str) -> Identity {
+        Identity {
+            common_name: name.to_owned(),
+            dns_names: vec![
+                format!("{name}.events-headless.{namespace}.svc.cluster.local"),
+                "localhost".to_owned(),
+            ],
+            ip_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+        }
+    }
+
+    fn request<'a>(now: i64, nodes: &'a [Identity], previous: Option<&'a Pki>) -> PkiRequest<'a> {
+        PkiRequest {
+            now: timestamp(now),
+            lifetimes: lifetimes(),
+            ca: CaSource::Operator {
+                existing: previous.and_then(|pki| pki.ca_secret.as_ref()),
+                common_name: "proglog CA test",
+            },
+            nodes,
+            existing_nodes: previous.map(|pki| &pki.nodes_secret),
+            existing_operator: previous.map(|pki| &pki.operator_secret),
+        }
+    }
+
+    fn subjects(pki: &Pki) -> Vec<(&str, &IssueReason)> {
+        pki.issued
+            .iter()
+            .map(|issued| (issued.subject.as_str(), &issued.reason))
+            .collect()
+    }
+
+    #[test]
+    fn node_certificates_serve_and_call_with_their_names() {
+        let nodes = [node("events-0", "prod")];
+        let pki = plan(&request(T0, &nodes, None)).unwrap();
+        let pem = &pki.nodes_secret["events-0.crt"].0;
+        parse(pem, |cert| {
+            let cn = cert.subject().iter_common_name().next().unwrap();
+            assert_eq!(cn.as_str().unwrap(), "events-0");
+            let eku = cert.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.server_auth && eku.client_auth);
+            let sans = &cert.subject_alternative_name().unwrap().unwrap().value;
+            assert!(sans.general_names.contains(&GeneralName::DNSName(
+                "events-0.events-headless.prod.svc.cluster.local"
+            )));
+            assert!(
+                sans.general_names
+                    .contains(&GeneralName::IPAddress(&[127, 0, 0, 1]))
+            );
+            assert!(!cert.is_ca());
+            assert_eq!(not_after(cert), T0 + 90 * DAY);
+            Ok(())
+        })
+        .unwrap();
+        let operator = &pki.operator_secret[TLS_CERT].0;
+        parse(operator, |cert| {
+            let eku = cert.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.client_auth && !eku.server_auth);
+            Ok(())
+        })
+        .unwrap();
+        parse(&pki.ca_secret.as_ref().unwrap()[CA_CERT].0, |cert| {
+            assert!(cert.is_ca());
+            assert_eq!(not_after(cert), T0 + 3650 * DAY);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pki.ca_not_after, timestamp(T0 + 3650 * DAY));
+        assert_eq!(pki.certs_not_after, timestamp(T0 + 90 * DAY));
+        assert_eq!(
+            subjects(&pki),
+            [
+                ("proglog CA test", &IssueReason::Missing),
+                ("events-0", &IssueReason::Missing),
+                ("proglog-operator", &IssueReason::Missing),
+            ]
+        );
+    }
+
+    #[test]
+    fn certificates_renew_exactly_renew_before_their_end() {
+        let nodes = [node("events-0", "prod")];
+        let first = plan(&request(T0, &nodes, None)).unwrap();
+        // 90 days of validity, renewed 30 days before: kept until day 60, renewed at day 60.
+        let kept = plan(&request(T0 + 60 * DAY - 1, &nodes, Some(&first))).unwrap();
+        assert!(kept.issued.is_empty(), "{:?}", kept.issued);
+        assert_eq!(kept.nodes_secret, first.nodes_secret);
+        assert_eq!(kept.ca_secret, first.ca_secret);
+        let renewed = plan(&request(T0 + 60 * DAY, &nodes, Some(&first))).unwrap();
+        let expiring = IssueReason::Expiring {
+            not_after: timestamp(T0 + 90 * DAY),
+        };
+        assert_eq!(
+            subjects(&renewed),
+            [("events-0", &expiring), ("proglog-operator", &expiring)]
+        );
+        assert_ne!(
+            renewed.nodes_secret["events-0.crt"],
+            first.nodes_secret["events-0.crt"]
+        );
+        assert_eq!(renewed.ca_secret, first.ca_secret, "the CA is kept");
+        assert_eq!(renewed.certs_not_after, timestamp(T0 + 150 * DAY));
+    }
+
+    #[test]
+    fn changed_names_new_nodes_and_foreign_keys_are_issued_again() {
+        let nodes = [node("events-0", "prod")];
+        let first = plan(&request(T0, &nodes, None)).unwrap();
+        let moved = [node("events-0", "staging"), node("events-1", "staging")];
+        let second = plan(&request(T0 + DAY, &moved, Some(&first))).unwrap();
+        assert_eq!(
+            subjects(&second),
+            [
+                ("events-0", &IssueReason::NamesChanged),
+                ("events-1", &IssueReason::Missing)
+            ]
+        );
+        let mut swapped = second.clone();
+        let other_key = swapped.nodes_secret["events-1.key"].clone();
+        swapped
+            .nodes_secret
+            .insert("events-0.key".to_owned(), other_key);
+        let third = plan(&request(T0 + DAY, &moved, Some(&swapped))).unwrap();
+        assert_eq!(subjects(&third), [("events-0", &IssueReason::KeyMismatch)]);
+        let mut garbled = second.clone();
+        garbled.nodes_secret.insert(
+            "events-1.crt".to_owned(),
+            ByteString(b"not a cert".to_vec()),
+        );
+        let fourth = plan(&request(T0 + DAY, &moved, Some(&garbled))).unwrap();
+        assert!(matches!(
+            fourth.issued[0].reason,
+            IssueReason::Unreadable(_)
+        ));
+        // Nodes no longer asked for are dropped.
+        let shrunk = plan(&request(T0 + DAY, &moved[..1], Some(&second))).unwrap();
+        assert!(!shrunk.nodes_secret.contains_key("events-1.crt"));
+    }
+
+    #[test]
+    fn a_replaced_ca_reissues_everything_and_stays_trusted_until_it_ends() {
+        let nodes = [node("events-0", "prod")];
+        let first = plan(&request(T0, &nodes, None)).unwrap();
+        let ca_end = T0 + 3650 * DAY;
+        let at = ca_end - 30 * DAY;
+        let second = plan(&request(at, &nodes, Some(&first))).unwrap();
+        assert_eq!(second.issued.len(), 3);
+        assert_eq!(
+            second.issued[1].reason,
+            IssueReason::IssuerChanged,
+            "{:?}",
+            second.issued
+        );
+        let ca = second.ca_secret.as_ref().unwrap();
+        assert_eq!(
+            ca[PREVIOUS_CA_CERT],
+            first.ca_secret.as_ref().unwrap()[CA_CERT]
+        );
+        let bundle = String::from_utf8(second.nodes_secret[CA_CERT].0.clone()).unwrap();
+        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+        // Once the old CA has ended it leaves the bundle.
+        let third = plan(&request(ca_end + 1, &nodes, Some(&second))).unwrap();
+        assert!(third.issued.is_empty(), "{:?}", third.issued);
+        assert!(
+            !third
+                .ca_secret
+                .as_ref()
+                .unwrap()
+                .contains_key(PREVIOUS_CA_CERT)
+        );
+        let bundle = String::from_utf8(third.nodes_secret[CA_CERT].0.clone()).unwrap();
+        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1);
+    }
+
+    #[test]
+    fn a_user_ca_signs_and_is_never_written() {
+        let nodes = [node("events-0", "prod")];
+        let generated = plan(&request(T0, &nodes, None)).unwrap();
+        let ca = generated.ca_secret.unwrap();
+        let user = SecretData::from([
+            (TLS_CERT.to_owned(), ca[CA_CERT].clone()),
+            (TLS_KEY.to_owned(), ca[CA_KEY].clone()),
+        ]);
+        let mut request = request(T0, &nodes, None);
+        request.ca = CaSource::User {
+            secret_name: "my-ca",
+            data: &user,
+        };
+        let pki = plan(&request).unwrap();
+        assert!(pki.ca_secret.is_none());
+        assert_eq!(pki.nodes_secret[CA_CERT], ca[CA_CERT]);
+        assert!(!pki.ca_expiring);
+
+        // A leaf is not a CA.
+        let leaf = SecretData::from([
+            (
+                TLS_CERT.to_owned(),
+                generated.nodes_secret["events-0.crt"].clone(),
+            ),
+            (
+                TLS_KEY.to_owned(),
+                generated.nodes_secret["events-0.key"].clone(),
+            ),
+        ]);
+        request.ca = CaSource::User {
+            secret_name: "my-ca",
+            data: &leaf,
+        };
+        let err = plan(&request).unwrap_err();
+        assert!(err.to_string().contains("not a CA"), "{err}");
+        let empty = SecretData::new();
+        request.ca = CaSource::User {
+            secret_name: "my-ca",
+            data: &empty,
+        };
+        let err = plan(&request).unwrap_err();
+        assert!(err.to_string().contains("tls.crt"), "{err}");
+    }
+
+    #[test]
+    fn lifetimes_that_cannot_work_are_refused() {
+        let mut spec = crate::crd::TlsSpec::default();
+        spec.renew_before = spec.cert_validity;
+        let err = Lifetimes::from_spec(&spec).unwrap_err();
+        assert!(err.to_string().contains("renewBefore"), "{err}");
+        let mut spec = crate::crd::TlsSpec::default();
+        spec.ca_validity = spec.cert_validity;
+        assert!(Lifetimes::from_spec(&spec).is_err());
+    }
+}
