@@ -14,14 +14,13 @@ use crate::config::NodeConfig;
 use crate::discovery::{ClusterDirectory, Discovery, DiscoveryConfig, MembershipEvent};
 use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{FileQuorumStore, Replica, ReplicaConfig};
-use crate::security::TlsConfig;
+use crate::security::TlsFiles;
 use crate::security::{DEFAULT_MAX_CONNECTIONS, ServerSecurity, plain_incoming, tls_incoming};
 use crate::storage::Log;
 use crate::telemetry::{Health, HttpServer, Metrics, RpcMetricsLayer};
 use proglog_proto::log::v1::admin_server::AdminServer;
 use proglog_proto::log::v1::log_server::LogServer;
 use proglog_proto::log::v1::peer_server::PeerServer;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// HTTP/2 streams (calls) one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
@@ -94,10 +93,12 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     };
     let gossip_addr = gossip.as_ref().map(|gossip| gossip.local_gossip_addr());
     let directory: Arc<dyn PeerDirectory> = Arc::new(ClusterDirectory::new(peers, gossip.clone()));
-    let peer_tls = match &config.tls {
-        Some(tls) => Some(peer_client_tls(tls)?),
-        None => None,
-    };
+    // Peers are called with the node's own certificate, the one the server presents; when a
+    // reload swaps in new files, peer calls switch to them too.
+    let peer_tls_files = security.tls.as_ref().map(|tls| tls.subscribe_files());
+    let peer_tls = peer_tls_files
+        .as_ref()
+        .map(|files| files.borrow().peer_client_config());
     let transport: Arc<GrpcPeerTransport> = Arc::new(GrpcPeerTransport::new(
         Arc::clone(&directory),
         peer_tls,
@@ -117,6 +118,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     .await
     .context("replica start task failed")?
     .context("start replication")?;
+    if let Some(files) = peer_tls_files {
+        tokio::spawn(follow_peer_tls(files, Arc::clone(&transport), stop.clone()));
+    }
     let consensus = Consensus::new(replica, Arc::clone(&transport) as _, fatal.clone());
     let consensus_stop = CancellationToken::new();
     let consensus_task = tokio::spawn(Arc::clone(&consensus).run(consensus_stop.clone()));
@@ -336,20 +340,22 @@ async fn follow_membership(
     }
 }
 
-/// The TLS a node uses to call its peers: its own certificate as the client identity, and the
-/// client CA (the cluster's CA) to check theirs.
-fn peer_client_tls(tls: &TlsConfig) -> anyhow::Result<ClientTlsConfig> {
-    let read = |flag: &str, path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("read {} (--{flag})", path.display()))
-    };
-    let mut config = ClientTlsConfig::new().identity(Identity::from_pem(
-        read("tls-cert", &tls.cert)?,
-        read("tls-key", &tls.key)?,
-    ));
-    if let Some(ca) = &tls.client_ca {
-        config = config.ca_certificate(Certificate::from_pem(read("tls-client-ca", ca)?));
+/// Switches peer calls to the node's certificate whenever the server's files are reloaded,
+/// until `stop`.
+async fn follow_peer_tls(
+    mut files: tokio::sync::watch::Receiver<Arc<TlsFiles>>,
+    transport: Arc<GrpcPeerTransport>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = files.changed() => if changed.is_err() { return },
+        }
+        let config = files.borrow_and_update().peer_client_config();
+        transport.set_tls(config);
+        tracing::info!("peer calls now use the reloaded certificate");
     }
-    Ok(config)
 }
 
 /// A seed for election-timeout randomness that differs between nodes and starts.

@@ -8,7 +8,10 @@
 //! call the peer service (no raw `Fetch` of the log, no `Vote`); a produce sent to a follower is
 //! forwarded to the leader and succeeds, while a client the follower would refuse is not
 //! forwarded at all; and the follower calls the leader as itself, so with `produce` taken from
-//! the nodes' names the leader refuses the forwarded produce, naming the follower.
+//! the nodes' names the leader refuses the forwarded produce, naming the follower. And a CA
+//! rotation done on the files alone (trust both CAs, reissue every node from the new one, trust
+//! only the new one) leaves a cluster that still replicates over new connections: a node calls
+//! its peers with the reloaded certificate, not the one it started with.
 //!
 //! Certificates are made with `rcgen`: node certificates carry the addresses `--peers` gives
 //! (`127.0.0.1`, as an IP SAN) and are usable as server and client certificates; clients connect
@@ -24,7 +27,7 @@ use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::peer_client::PeerClient;
 use proglog_proto::log::v1::{
     ClusterStatusRequest, ClusterStatusResponse, ConsumeRequest, FetchRequest, ProduceRequest,
-    Record, VoteRequest,
+    Record, TransferLeadershipRequest, VoteRequest,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use proglog_tests::ports::free_port;
@@ -197,7 +200,8 @@ impl SecureCluster {
                 .flag("--tls-key", &certificate.key)
                 .flag("--tls-client-ca", pki.ca_path())
                 .flag("--acl-model", &model)
-                .flag("--acl-policy", &policy);
+                .flag("--acl-policy", &policy)
+                .flag("--tls-reload-interval-ms", "100");
             options.rpc_addr = format!("127.0.0.1:{port}");
             nodes.push(NodeProcess::start(options).await?);
         }
@@ -214,16 +218,7 @@ impl SecureCluster {
     /// against the cluster's CA and its IP address. It connects at the first call (and again
     /// after a failure), so polls can keep one channel.
     fn channel(&self, index: usize, who: &Issued) -> anyhow::Result<Channel> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
-            .identity(who.identity.clone());
-        Ok(
-            Endpoint::from_shared(format!("https://{}", self.nodes[index].rpc_addr()))?
-                .connect_timeout(CALL_DEADLINE)
-                .timeout(CALL_DEADLINE)
-                .tls_config(tls)?
-                .connect_lazy(),
-        )
+        tls_channel(&self.nodes[index], &self.pki.ca_pem, who)
     }
 
     fn log_client(&self, index: usize, who: &Issued) -> anyhow::Result<LogClient<Channel>> {
@@ -308,6 +303,51 @@ impl SecureCluster {
             ensure!(status.success(), "{} exited with {status}", node.id());
         }
         Ok(())
+    }
+}
+
+/// A mutual-TLS channel to `node` presenting `who`, trusting `ca_pem`; connects lazily.
+fn tls_channel(node: &NodeProcess, ca_pem: &str, who: &Issued) -> anyhow::Result<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(who.identity.clone());
+    Ok(
+        Endpoint::from_shared(format!("https://{}", node.rpc_addr()))?
+            .connect_timeout(CALL_DEADLINE)
+            .timeout(CALL_DEADLINE)
+            .tls_config(tls)?
+            .connect_lazy(),
+    )
+}
+
+/// Writes `bytes` to `path` the way a rotation should: aside, then renamed over.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, bytes).with_context(|| format!("write {}", aside.display()))?;
+    std::fs::rename(&aside, path).with_context(|| format!("rename onto {}", path.display()))
+}
+
+/// Polls until every node has logged `times` TLS reloads in all.
+async fn wait_for_reloads(nodes: &[NodeProcess], times: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
+    loop {
+        let counts: Vec<usize> = nodes
+            .iter()
+            .map(|node| {
+                node.stderr_lines()
+                    .iter()
+                    .filter(|line| line.contains("TLS certificate reloaded"))
+                    .count()
+            })
+            .collect();
+        if counts.iter().all(|&count| count >= times) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not every node reloaded its TLS files {times} times within {CONVERGE_DEADLINE:?}: {counts:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
@@ -503,5 +543,124 @@ async fn a_forwarded_produce_needs_produce_granted_to_the_forwarding_node() -> a
         "the leader names the forwarding node: {}",
         denied.message()
     );
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_ca_rotation_nodes_call_their_peers_with_the_new_certificates() -> anyhow::Result<()>
+{
+    let mut cluster = SecureCluster::start().await?;
+    // The node that keeps running through the test: a follower now (it may lead later; the
+    // test hands leadership away from it then).
+    let old = (cluster.wait_for_leader().await? + 1) % IDS.len();
+    let ca_path = cluster.pki.ca_path();
+    let new_ca = Pki::new()?;
+
+    // 1. Trust both CAs. 2. Reissue every node from the new one. 3. Trust only the new one.
+    replace_file(
+        &ca_path,
+        format!("{}{}", cluster.pki.ca_pem, new_ca.ca_pem).as_bytes(),
+    )?;
+    wait_for_reloads(&cluster.nodes, 1).await?;
+    for node in &cluster.nodes {
+        let issued = new_ca.issue_node(node.id())?;
+        let dir = cluster.pki.dir.path();
+        // Key first: a new key with the old certificate is refused and retried, not served.
+        replace_file(
+            &dir.join(format!("{}.key", node.id())),
+            &std::fs::read(&issued.key)?,
+        )?;
+        replace_file(
+            &dir.join(format!("{}.pem", node.id())),
+            &std::fs::read(&issued.cert)?,
+        )?;
+    }
+    wait_for_reloads(&cluster.nodes, 2).await?;
+    replace_file(&ca_path, new_ca.ca_pem.as_bytes())?;
+    wait_for_reloads(&cluster.nodes, 3).await?;
+
+    // Open connections keep the certificates they were made with, so make the nodes connect
+    // anew: restart two of them, and keep the third (`old`, still the process that started
+    // with the old certificate) a follower. It must then fetch from a restarted leader over a
+    // new connection, which the leader accepts only with a certificate of the new CA.
+    let operator = new_ca.issue_client("operator")?;
+    let app = new_ca.issue_client("app")?;
+    for index in (0..IDS.len()).filter(|&index| index != old) {
+        let status = cluster.nodes[index].terminate().await?;
+        ensure!(status.success(), "{} exited with {status}", IDS[index]);
+        cluster.nodes[index].restart().await?;
+    }
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
+    let leader = loop {
+        let mut leaders = Vec::new();
+        for (index, node) in cluster.nodes.iter().enumerate() {
+            let mut admin = AdminClient::new(tls_channel(node, &new_ca.ca_pem, &operator)?);
+            if let Ok(status) = admin.cluster_status(ClusterStatusRequest {}).await
+                && status.get_ref().role == "leader"
+            {
+                leaders.push(index);
+            }
+        }
+        match leaders[..] {
+            [leader] if leader != old => break leader,
+            [leader] => {
+                // The old process leads: hand over to a restarted one.
+                let mut admin = AdminClient::new(tls_channel(
+                    &cluster.nodes[leader],
+                    &new_ca.ca_pem,
+                    &operator,
+                )?);
+                let _ = admin
+                    .transfer_leadership(TransferLeadershipRequest {})
+                    .await;
+            }
+            _ => {}
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no single leader other than {} within {CONVERGE_DEADLINE:?}",
+            IDS[old]
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+
+    let mut client = LogClient::new(tls_channel(&cluster.nodes[leader], &new_ca.ca_pem, &app)?);
+    let offset = client
+        .produce(produce_request("after the rotation"))
+        .await
+        .context("produce on the restarted leader with a new-CA certificate")?
+        .into_inner()
+        .offset;
+    let mut reader = LogClient::new(tls_channel(&cluster.nodes[old], &new_ca.ca_pem, &app)?);
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
+    loop {
+        let answer = reader
+            .consume(ConsumeRequest {
+                offset,
+                ..Default::default()
+            })
+            .await;
+        match answer {
+            Ok(response) => {
+                let record = response.into_inner().record.context("no record")?;
+                assert_eq!(record.value, "after the rotation".as_bytes());
+                break;
+            }
+            Err(status) => ensure!(
+                Instant::now() < deadline,
+                "{} never replicated offset {offset} from the restarted leader {}: {status:?}; \
+                 its log: {:?}",
+                IDS[old],
+                IDS[leader],
+                cluster.nodes[old]
+                    .stderr_lines()
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+            ),
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
     cluster.stop().await
 }

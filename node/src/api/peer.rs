@@ -235,18 +235,24 @@ fn fetch_response_from_pb(
 }
 
 /// Calls peers over gRPC, one lazily connected channel per address, with the node's own
-/// certificate when TLS is on.
+/// certificate when TLS is on. A renewed certificate ([`GrpcPeerTransport::set_tls`]) is used
+/// by the next call to each peer; calls already in flight finish on their connection.
 pub struct GrpcPeerTransport {
     directory: Arc<dyn PeerDirectory>,
-    tls: Option<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<Channels>,
     max_batch_bytes: u32,
+}
+
+/// The client TLS in force and the channels made with it.
+struct Channels {
+    tls: Option<ClientTlsConfig>,
+    by_addr: HashMap<String, Channel>,
 }
 
 impl std::fmt::Debug for GrpcPeerTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrpcPeerTransport")
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.channels.lock().tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -260,10 +266,21 @@ impl GrpcPeerTransport {
     ) -> Self {
         GrpcPeerTransport {
             directory,
-            tls,
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::new(Channels {
+                tls,
+                by_addr: HashMap::new(),
+            }),
             max_batch_bytes,
         }
+    }
+
+    /// Calls peers with `tls` from now on (the node's certificate was renewed): the channels
+    /// made with the old one are dropped from the cache, so each peer's next call connects
+    /// anew and presents the new certificate.
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        let mut channels = self.channels.lock();
+        channels.tls = Some(tls);
+        channels.by_addr.clear();
     }
 
     /// A channel to node `to` (shared with replication's calls), for forwarding a client's
@@ -277,23 +294,29 @@ impl GrpcPeerTransport {
             .directory
             .rpc_addr(to)
             .ok_or_else(|| format!("no address known for node {to} yet"))?;
-        if let Some(channel) = self.channels.lock().get(&addr) {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.by_addr.get(&addr) {
             return Ok(channel.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = if channels.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|err| format!("bad address {addr} for node {to}: {err}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &channels.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
                 .map_err(|err| format!("TLS for node {to}: {err}"))?;
         }
+        // Lazy: no I/O here, so making it under the lock is cheap.
         let channel = endpoint.connect_lazy();
-        self.channels.lock().insert(addr, channel.clone());
+        channels.by_addr.insert(addr, channel.clone());
         Ok(channel)
     }
 }

@@ -21,6 +21,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::SecurityError;
@@ -102,6 +103,17 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The TLS this node calls its peers with: these files' certificate as its client
+    /// identity, and the client CA (the cluster's CA) to check theirs.
+    pub fn peer_client_config(&self) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key));
+        if let Some(ca) = &self.client_ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        config
+    }
+
     /// Reads the files `config` names.
     pub fn read(config: &TlsConfig) -> Result<Self, SecurityError> {
         Ok(TlsFiles {
@@ -212,6 +224,8 @@ pub fn load_server_config(
 pub struct ReloadableTlsConfig {
     config: TlsConfig,
     current: RwLock<(TlsFiles, Arc<ServerConfig>)>,
+    /// The files in force, for the other users of the same certificate (peer calls).
+    files: watch::Sender<Arc<TlsFiles>>,
 }
 
 impl ReloadableTlsConfig {
@@ -222,8 +236,14 @@ impl ReloadableTlsConfig {
         log_certificate("TLS certificate loaded", &files, &config);
         Ok(Arc::new(ReloadableTlsConfig {
             config,
+            files: watch::Sender::new(Arc::new(files.clone())),
             current: RwLock::new((files, server)),
         }))
+    }
+
+    /// The files in force, changing whenever a reload swaps new ones in.
+    pub fn subscribe_files(&self) -> watch::Receiver<Arc<TlsFiles>> {
+        self.files.subscribe()
     }
 
     /// The config a connection accepted now should use.
@@ -246,6 +266,7 @@ impl ReloadableTlsConfig {
         }
         let server = Arc::new(load_server_config(&files, &self.config)?);
         log_certificate("TLS certificate reloaded", &files, &self.config);
+        self.files.send_replace(Arc::new(files.clone()));
         *self.current.write() = (files, server);
         Ok(true)
     }
