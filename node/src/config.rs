@@ -150,6 +150,17 @@ impl NodeConfig {
         if self.id.is_empty() || self.id.len() > 128 {
             return invalid("id", "must be 1 to 128 characters".into());
         }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.retention_check_interval)
+        {
+            return invalid(
+                "retention-check-interval-ms",
+                format!(
+                    "{} is outside 100..=3600000",
+                    self.retention_check_interval.as_millis()
+                ),
+            );
+        }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data-dir", "must name a directory".into());
         }

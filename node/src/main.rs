@@ -53,6 +53,13 @@ struct Cli {
     /// Delete segments whose newest record is older than this many hours (unset: keep all).
     #[arg(long, env = "PROGLOG_RETENTION_HOURS")]
     retention_hours: Option<u64>,
+    /// How often the retention limits are applied, in milliseconds (100 to 3600000).
+    #[arg(
+        long,
+        env = "PROGLOG_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    retention_check_interval_ms: u64,
     /// Format of the node's own log lines.
     #[arg(long, env = "PROGLOG_LOG_FORMAT", value_enum, default_value_t = FormatArg::Json)]
     log_format: FormatArg,
@@ -178,6 +185,7 @@ impl Cli {
         config.log.retention_age = self
             .retention_hours
             .map(|hours| Duration::from_secs(hours.saturating_mul(3600)));
+        config.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             let mut tls = TlsConfig::new(cert, key);
             tls.client_ca = self.tls_client_ca;

@@ -356,6 +356,55 @@ fn an_unsynced_append_is_published_at_once_and_durable_after_a_flush() {
 }
 
 #[test]
+fn reset_empties_the_log_and_restarts_it_at_a_later_offset_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 1, 0, 300, 7);
+    assert!(log.segment_count() > 1);
+    let mut written = log.subscribe_written();
+    written.borrow_and_update();
+
+    log.reset_to(1000).unwrap();
+    assert_eq!((log.start_offset(), log.end_offset()), (1000, 1000));
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.latest_epoch(), None, "no epoch without records");
+    assert_eq!(*written.borrow_and_update(), 1000);
+    assert!(matches!(
+        log.read(0, 1 << 20),
+        Err(StorageError::OffsetOutOfRange { start: 1000, .. })
+    ));
+    // Copies of the leader's batches continue from the new start.
+    let leader_dir = tempfile::tempdir().unwrap();
+    let leader = Log::open(leader_dir.path(), small_options()).unwrap();
+    leader.reset_to(1000).unwrap();
+    append_range(&leader, 3, 1000, 1010, 5);
+    for batch in leader.read(1000, 1 << 20).unwrap() {
+        log.append_batch(&batch).unwrap();
+    }
+    assert_eq!(log.end_offset(), 1010);
+    assert_eq!(log.latest_epoch(), Some(3));
+    log.close().unwrap();
+
+    let reopened = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(
+        (reopened.start_offset(), reopened.end_offset()),
+        (1000, 1010)
+    );
+    let values: Vec<Vec<u8>> = reopened
+        .read(1000, 1 << 20)
+        .unwrap()
+        .iter()
+        .flat_map(|batch| {
+            batch
+                .records()
+                .map(|r| r.value.to_vec())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(values, (1000..1010).map(value).collect::<Vec<_>>());
+}
+
+#[test]
 fn interval_durability_syncs_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let options = LogOptions {

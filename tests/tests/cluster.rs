@@ -5,7 +5,8 @@
 //! offsets; under continuous produce, a SIGKILLed leader is replaced and producing continues;
 //! the killed node restarts with its data and catches up; afterwards every acknowledged record
 //! is on every node at the offset it was acknowledged with, and no node holds, below its high
-//! watermark, a record nobody produced or one produced twice.
+//! watermark, a record nobody produced or one produced twice. A node that joins after retention
+//! deleted the start of the leader's log copies it from the leader's start and becomes a voter.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,8 +16,8 @@ use std::time::Duration;
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::{
-    Acks, AddVoterRequest, ClusterStatusRequest, ConsumeRequest, ProduceRequest, Record,
-    RemoveVoterRequest, TransferLeadershipRequest,
+    Acks, AddVoterRequest, ClusterStatusRequest, ConsumeRequest, GetOffsetsRequest, ProduceRequest,
+    Record, RemoveVoterRequest, TransferLeadershipRequest,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use proglog_tests::ports::free_port;
@@ -653,4 +654,118 @@ async fn acks_leader_answers_without_a_majority_and_quorum_acks_do_not() {
     for node in &mut nodes {
         let _ = node.kill().await;
     }
+}
+
+/// The log's `(start, end)` on `node`.
+async fn offsets(node: &NodeProcess) -> (u64, u64) {
+    let mut client = LogClient::new(node.channel().await.unwrap());
+    let offsets = client
+        .get_offsets(GetOffsetsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (offsets.start_offset, offsets.end_offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_retention_copies_the_log_from_the_leaders_start() {
+    // Small segments and retention applied every 100 ms, so a few hundred KiB roll segments
+    // and delete the oldest.
+    let retention = [
+        ("--segment-bytes", "65536"),
+        ("--max-record-bytes", "8192"),
+        ("--retention-bytes", "131072"),
+        ("--retention-check-interval-ms", "100"),
+    ];
+    let ids = &IDS[..4];
+    let ports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
+    let peers = ids
+        .iter()
+        .zip(&ports)
+        .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let options_for = |index: usize| {
+        let mut options = NodeOptions::default()
+            .id(ids[index])
+            .flag("--initial-voters", IDS[..3].join(","))
+            .flag("--peers", &peers)
+            .flag("--election-timeout-ms", "300");
+        for (flag, value) in retention {
+            options = options.flag(flag, value);
+        }
+        options.rpc_addr = format!("127.0.0.1:{}", ports[index]);
+        options
+    };
+    let mut nodes = Vec::new();
+    for index in 0..3 {
+        nodes.push(NodeProcess::start(options_for(index)).await.unwrap());
+    }
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let value = "x".repeat(1024);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut produced = 0;
+    while offsets(&nodes[leader]).await.0 == 0 {
+        for _ in 0..50 {
+            produce(&nodes[leader], &value).await.unwrap();
+            produced += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never moved the leader's start after {produced} records"
+        );
+    }
+    let (leader_start, _) = offsets(&nodes[leader]).await;
+
+    // A new node, with an empty data directory, as an observer.
+    nodes.push(NodeProcess::start(options_for(3)).await.unwrap());
+    let last = produce(&nodes[leader], "after the join").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut admin = AdminClient::new(nodes[leader].channel().await.unwrap());
+        let status = admin
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let caught_up = status
+            .replicas
+            .iter()
+            .any(|replica| replica.id == "n3" && replica.end_offset > last);
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n3 never caught up past offset {last}: {:?}",
+            nodes[3]
+                .stderr_lines()
+                .iter()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let voters = change_voters(&nodes, &[0, 1, 2, 3], true, "n3").await;
+    assert!(voters.contains(&"n3".to_owned()), "{voters:?}");
+
+    // n3 holds the leader's log from (at least) the leader's start at the time it joined, not
+    // from 0, and the same records as the leader there.
+    wait_for_high_watermark(&nodes, last + 1).await;
+    let (start, _) = offsets(&nodes[3]).await;
+    assert!(start >= leader_start && start > 0, "n3 starts at {start}");
+    let mut on_leader = LogClient::new(nodes[leader].channel().await.unwrap());
+    let mut on_new = LogClient::new(nodes[3].channel().await.unwrap());
+    for offset in [start, last] {
+        assert_eq!(
+            consume_at(&mut on_new, offset).await,
+            consume_at(&mut on_leader, offset).await,
+            "offset {offset}"
+        );
+    }
+    assert_eq!(
+        consume_at(&mut on_new, last).await.value,
+        "after the join".as_bytes()
+    );
 }

@@ -33,6 +33,9 @@ pub trait ReplicaLog {
     fn append_fetched(&self, batches: &[Batch]) -> Result<(), StorageError>;
     /// Removes every record at or after `offset`.
     fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError>;
+    /// Removes every record and restarts the log at `offset` (the leader's start, when
+    /// retention removed what this replica lacks).
+    fn reset_to(&self, offset: u64) -> Result<(), StorageError>;
 }
 
 impl ReplicaLog for Arc<Log> {
@@ -83,5 +86,9 @@ impl ReplicaLog for Arc<Log> {
 
     fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError> {
         Log::truncate_suffix(self, offset)
+    }
+
+    fn reset_to(&self, offset: u64) -> Result<(), StorageError> {
+        Log::reset_to(self, offset)
     }
 }

@@ -1029,7 +1029,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             );
             return Ok(());
         }
-        if request.fetch_offset > 0 {
+        // A fetcher whose log holds no batch and starts where the leader's log starts (it was
+        // reset to it) has nothing to compare: it copies from here.
+        let fresh_at_start =
+            request.last_fetched_epoch == 0 && request.fetch_offset == self.log.start_offset();
+        if request.fetch_offset > 0 && !fresh_at_start {
             // The fetcher's last batch must be in the leader's log with the same epoch.
             let Some((epoch, end_offset)) = self
                 .log
@@ -1185,13 +1189,37 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 Ok(())
             }
             FetchResult::OffsetOutOfRange { start_offset } => {
-                tracing::error!(
+                follower.last_fetch_ok = Some(now);
+                if self.high_watermark > start_offset {
+                    // Committed records past the leader's start that the leader cannot match
+                    // by epoch: never thrown away. Not expected; needs an operator.
+                    tracing::error!(
+                        id = %self.config.id,
+                        start_offset,
+                        high_watermark = self.high_watermark,
+                        end = self.log.end_offset(),
+                        "the leader cannot match this replica's log and it holds committed \
+                         records past the leader's start; not resetting"
+                    );
+                    return Ok(());
+                }
+                // Retention removed, on the leader, the records this replica lacks (or the
+                // epoch of its last batch): what it holds below the leader's start is gone
+                // there too, and what it holds past it is uncommitted here. Start over from
+                // the leader's start, as a Kafka follower does.
+                tracing::warn!(
                     id = %self.config.id,
                     start_offset,
                     end = self.log.end_offset(),
-                    "the leader no longer holds the records this replica needs (retention); \
-                     this replica cannot catch up and needs its data removed"
+                    "the leader no longer holds the records this replica lacks (retention); \
+                     emptying the log and copying the leader's from its start"
                 );
+                self.log.reset_to(start_offset)?;
+                self.state
+                    .voter_history
+                    .retain(|set| set.offset < start_offset);
+                self.persist()?;
+                self.send_fetch(now);
                 Ok(())
             }
         }

@@ -172,6 +172,19 @@ impl ReplicaLog for MemLog {
         }
         Ok(())
     }
+
+    fn reset_to(&self, offset: u64) -> Result<(), StorageError> {
+        // The simulation has no retention, so its logs always start at 0: the only start a
+        // leader can name.
+        if offset != 0 {
+            return Err(StorageError::NonContiguousBatch {
+                expected: 0,
+                found: offset,
+            });
+        }
+        self.0.borrow_mut().clear();
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -500,6 +500,15 @@ impl Log {
         self.inner.truncate_prefix_locked(&mut writer, offset)
     }
 
+    /// Empties the log and restarts it at `offset`: every record is removed and the next append
+    /// gets `offset`. A follower does this when the leader no longer holds the records it lacks
+    /// (retention removed them), so it can copy the leader's log from the leader's start.
+    /// Crash-safe: the new start is persisted first and segments are deleted oldest first, so a
+    /// crash part-way leaves either the old log or a contiguous suffix of it, which reopens.
+    pub fn reset_to(&self, offset: u64) -> Result<()> {
+        self.inner.reset_to(offset)
+    }
+
     /// Deletes the oldest sealed segments beyond the size and age limits.
     pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
         self.inner.apply_retention(now_ms)
@@ -1159,6 +1168,49 @@ impl Inner {
         if !doomed.is_empty() {
             checkpoint::sync_dir(&self.dir)?;
         }
+        Ok(())
+    }
+
+    fn reset_to(&self, offset: u64) -> Result<()> {
+        self.check_running()?;
+        let mut writer = self.writer.lock();
+        let checkpoint_guard = self.checkpoint_lock.lock();
+        checkpoint::write(&self.dir, START_OFFSET_FILE, &offset.to_le_bytes())
+            .map_err(|err| self.stop(err))?;
+        {
+            // Held across the swap, so no reader ever finds the log without a segment; readers
+            // already holding a segment keep its mapping after its files are gone.
+            let mut segments = self.segments.write();
+            for seg in segments.values() {
+                seg.delete_files().map_err(|err| self.stop(err))?;
+            }
+            let fresh = Segment::create(
+                &self.dir,
+                offset,
+                self.options
+                    .preallocate
+                    .then_some(self.options.segment_bytes),
+            )
+            .map_err(|err| self.stop(err))?;
+            checkpoint::sync_dir(&self.dir).map_err(|err| self.stop(err))?;
+            // A read that raced this sees the truncation count move and retries.
+            {
+                let mut sync = self.sync.lock();
+                sync.truncations += 1;
+                sync.durable_offset = offset;
+                self.synced.notify_all();
+            }
+            self.start_offset.store(offset, Ordering::Release);
+            self.end_offset.store(offset, Ordering::Release);
+            *segments = BTreeMap::from([(offset, Arc::new(fresh))]);
+        }
+        self.clamp_epochs()?;
+        writer.bytes_since_checkpoint = 0;
+        writer.segment_started_ms = now_ms();
+        drop(checkpoint_guard);
+        drop(writer);
+        self.publish_written();
+        tracing::info!(offset, "log emptied and restarted at a new start offset");
         Ok(())
     }
 
