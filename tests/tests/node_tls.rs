@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use proglog_node::client::{Client, ClientError, Produce, TlsOptions};
+use proglog_node::client::{Client, ClientError, ClusterClient, Produce, TlsOptions};
 use proglog_tests::node_process::{NodeOptions, NodeProcess, node_binary};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
 use rustls::pki_types::pem::PemObject;
@@ -47,6 +47,7 @@ m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
 const POLICY: &str = "p, root, *, produce
 p, root, *, consume
 p, reader, *, consume
+p, writer, *, produce
 ";
 
 /// Awaits `future`, failing if it takes longer than [`CALL_DEADLINE`].
@@ -307,6 +308,7 @@ async fn acl_authorizes_by_certificate_common_name() -> anyhow::Result<()> {
     let root = pki.issue("root", "root", 2)?;
     let reader = pki.issue("reader", "reader", 3)?;
     let intruder = pki.issue("intruder", "intruder", 4)?;
+    let writer = pki.issue("writer", "writer", 5)?;
     let node = NodeProcess::start(with_acl(mtls_node(&pki, &server), &pki)?).await?;
 
     let mut root_client = connect(&node, &pki.client_options(Some(&root))).await?;
@@ -325,6 +327,23 @@ async fn acl_authorizes_by_certificate_common_name() -> anyhow::Result<()> {
         denied.message().contains("reader") && denied.message().contains("produce"),
         "the denial names the subject and the action: {}",
         denied.message()
+    );
+
+    // A produce-only identity through the cluster client (what the CLI uses): it may not list
+    // the members (GetServers is `consume`), so it sends to the address it was given.
+    let mut cluster = within(
+        "cluster connect",
+        ClusterClient::connect(
+            &[node.rpc_addr().to_string()],
+            &pki.client_options(Some(&writer)),
+        ),
+    )
+    .await??;
+    assert!(cluster.members().is_empty());
+    let mut leader = within("leader", cluster.leader()).await??;
+    assert_eq!(
+        within("produce", leader.produce(produce("by writer"))).await??,
+        1
     );
 
     let mut intruder_client = connect(&node, &pki.client_options(Some(&intruder))).await?;

@@ -2,7 +2,9 @@
 //!
 //! It learns the members and the leader from `GetServers` on the first seed that answers, and
 //! falls back to a seed when a member's address cannot be reached (nodes forward produces to
-//! the leader, so any reachable node is correct, only one hop slower).
+//! the leader, so any reachable node is correct, only one hop slower). An identity the ACL
+//! does not let read the members (`GetServers` counts as `consume`, so a produce-only client)
+//! uses the seeds alone the same way.
 
 use super::{Client, ClientError, TlsOptions};
 use proglog_proto::log::v1::Server;
@@ -42,6 +44,13 @@ impl ClusterClient {
                 Ok(mut client) => match client.servers().await {
                     Ok(servers) => {
                         self.members = servers;
+                        return Ok(());
+                    }
+                    // Not allowed to list the members: the seeds still take every call.
+                    Err(ClientError::Status(status))
+                        if status.code() == tonic::Code::PermissionDenied =>
+                    {
+                        self.members.clear();
                         return Ok(());
                     }
                     Err(err) => last_error = Some(err),
