@@ -27,25 +27,35 @@ const IDS: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];
 /// Leader-change marker records (the log's own, not data).
 const LEADER_CHANGE: u32 = 0x4c43;
 
-/// Starts `size` nodes; the first three are the initial voters, the others observers.
-async fn start_cluster_of(size: usize) -> Vec<NodeProcess> {
-    let ids = &IDS[..size];
-    let ports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
-    let peers = ids
+/// Fixed ports for nodes `n0..` up to `size`, and the `--peers` list naming them.
+fn plan_ports(size: usize) -> (Vec<u16>, String) {
+    let ports: Vec<u16> = IDS[..size].iter().map(|_| free_port()).collect();
+    let peers = IDS[..size]
         .iter()
         .zip(&ports)
         .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
         .collect::<Vec<_>>()
         .join(",");
+    (ports, peers)
+}
+
+/// Options of node `IDS[index]` on `port`, with n0-n2 as the initial voters.
+fn node_options(index: usize, port: u16, peers: &str) -> NodeOptions {
+    let mut options = NodeOptions::default()
+        .id(IDS[index])
+        .flag("--initial-voters", IDS[..3].join(","))
+        .flag("--peers", peers)
+        .flag("--election-timeout-ms", "300");
+    options.rpc_addr = format!("127.0.0.1:{port}");
+    options
+}
+
+/// Starts `size` nodes; the first three are the initial voters, the others observers.
+async fn start_cluster_of(size: usize) -> Vec<NodeProcess> {
+    let (ports, peers) = plan_ports(size);
     let mut nodes = Vec::new();
-    for (id, port) in ids.iter().zip(&ports) {
-        let mut options = NodeOptions::default()
-            .id(*id)
-            .flag("--initial-voters", IDS[..3].join(","))
-            .flag("--peers", &peers)
-            .flag("--election-timeout-ms", "300")
-            .flag("--durability", "always");
-        options.rpc_addr = format!("127.0.0.1:{port}");
+    for (index, port) in ports.into_iter().enumerate() {
+        let options = node_options(index, port, &peers).flag("--durability", "always");
         nodes.push(NodeProcess::start(options).await.unwrap());
     }
     nodes
@@ -677,25 +687,12 @@ async fn a_node_joining_after_retention_copies_the_log_from_the_leaders_start() 
         ("--retention-bytes", "131072"),
         ("--retention-check-interval-ms", "100"),
     ];
-    let ids = &IDS[..4];
-    let ports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
-    let peers = ids
-        .iter()
-        .zip(&ports)
-        .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (ports, peers) = plan_ports(4);
     let options_for = |index: usize| {
-        let mut options = NodeOptions::default()
-            .id(ids[index])
-            .flag("--initial-voters", IDS[..3].join(","))
-            .flag("--peers", &peers)
-            .flag("--election-timeout-ms", "300");
-        for (flag, value) in retention {
-            options = options.flag(flag, value);
-        }
-        options.rpc_addr = format!("127.0.0.1:{}", ports[index]);
-        options
+        retention.iter().fold(
+            node_options(index, ports[index], &peers),
+            |options, (flag, value)| options.flag(flag, value),
+        )
     };
     let mut nodes = Vec::new();
     for index in 0..3 {

@@ -263,37 +263,8 @@ impl SecureCluster {
     /// Polls `Consume(offset)` on node `index` as `app` until the record is there (a follower
     /// serves it once it is committed there).
     async fn wait_for_record(&self, index: usize, offset: u64) -> anyhow::Result<Record> {
-        let mut client = self.log_client(index, &self.app)?;
-        let deadline = Instant::now() + CONVERGE_DEADLINE;
-        loop {
-            let answer = client
-                .consume(ConsumeRequest {
-                    offset,
-                    ..Default::default()
-                })
-                .await;
-            match answer {
-                Ok(response) => {
-                    return response
-                        .into_inner()
-                        .record
-                        .with_context(|| format!("{} answered without a record", IDS[index]));
-                }
-                // Not replicated (or committed) there yet, or not reachable yet.
-                Err(status) if matches!(status.code(), Code::OutOfRange | Code::Unavailable) => {
-                    ensure!(
-                        Instant::now() < deadline,
-                        "offset {offset} not readable on {} within {CONVERGE_DEADLINE:?}: {status:?}",
-                        IDS[index]
-                    );
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                }
-                Err(status) => bail!(
-                    "consume of offset {offset} on {} as app: {status:?}",
-                    IDS[index]
-                ),
-            }
-        }
+        let channel = self.channel(index, &self.app)?;
+        wait_for_record_on(channel, &self.nodes[index], offset).await
     }
 
     /// SIGTERM to every node, and waits for each to exit.
@@ -318,6 +289,44 @@ fn tls_channel(node: &NodeProcess, ca_pem: &str, who: &Issued) -> anyhow::Result
             .tls_config(tls)?
             .connect_lazy(),
     )
+}
+
+/// Polls `Consume(offset)` on `node` over `channel` until the record is there.
+async fn wait_for_record_on(
+    channel: Channel,
+    node: &NodeProcess,
+    offset: u64,
+) -> anyhow::Result<Record> {
+    let mut client = LogClient::new(channel);
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
+    loop {
+        let answer = client
+            .consume(ConsumeRequest {
+                offset,
+                ..Default::default()
+            })
+            .await;
+        match answer {
+            Ok(response) => {
+                return response
+                    .into_inner()
+                    .record
+                    .with_context(|| format!("{} answered without a record", node.id()));
+            }
+            // Not replicated (or committed) there yet, or not reachable yet.
+            Err(status) if matches!(status.code(), Code::OutOfRange | Code::Unavailable) => {
+                ensure!(
+                    Instant::now() < deadline,
+                    "offset {offset} not readable on {} within {CONVERGE_DEADLINE:?}: {status:?}; \
+                     its last log lines: {:?}",
+                    node.id(),
+                    node.stderr_lines().iter().rev().take(5).collect::<Vec<_>>()
+                );
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+            Err(status) => bail!("consume of offset {offset} on {}: {status:?}", node.id()),
+        }
+    }
 }
 
 /// Writes `bytes` to `path` the way a rotation should: aside, then renamed over.
@@ -631,36 +640,10 @@ async fn after_a_ca_rotation_nodes_call_their_peers_with_the_new_certificates() 
         .context("produce on the restarted leader with a new-CA certificate")?
         .into_inner()
         .offset;
-    let mut reader = LogClient::new(tls_channel(&cluster.nodes[old], &new_ca.ca_pem, &app)?);
-    let deadline = Instant::now() + CONVERGE_DEADLINE;
-    loop {
-        let answer = reader
-            .consume(ConsumeRequest {
-                offset,
-                ..Default::default()
-            })
-            .await;
-        match answer {
-            Ok(response) => {
-                let record = response.into_inner().record.context("no record")?;
-                assert_eq!(record.value, "after the rotation".as_bytes());
-                break;
-            }
-            Err(status) => ensure!(
-                Instant::now() < deadline,
-                "{} never replicated offset {offset} from the restarted leader {}: {status:?}; \
-                 its log: {:?}",
-                IDS[old],
-                IDS[leader],
-                cluster.nodes[old]
-                    .stderr_lines()
-                    .iter()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-            ),
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    let channel = tls_channel(&cluster.nodes[old], &new_ca.ca_pem, &app)?;
+    let record = wait_for_record_on(channel, &cluster.nodes[old], offset)
+        .await
+        .with_context(|| format!("replication from the restarted leader {}", IDS[leader]))?;
+    assert_eq!(record.value, "after the rotation".as_bytes());
     cluster.stop().await
 }
