@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::{
@@ -24,8 +25,11 @@ use proglog_tests::ports::free_port;
 use tokio::time::Instant;
 
 const IDS: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];
-/// Leader-change marker records (the log's own, not data).
-const LEADER_CHANGE: u32 = 0x4c43;
+/// The log's own records (leader changes, voter sets), not data.
+const CONTROL_TYPES: [u32; 2] = [
+    proglog_node::replication::replica::LEADER_CHANGE_RECORD_TYPE,
+    proglog_node::replication::replica::VOTERS_RECORD_TYPE,
+];
 
 /// Fixed ports for nodes `n0..` up to `size`, and the `--peers` list naming them.
 fn plan_ports(size: usize) -> (Vec<u16>, String) {
@@ -256,7 +260,7 @@ async fn a_killed_leader_is_replaced_and_no_acknowledged_record_is_lost() {
     }
     let mut seen = HashSet::new();
     for record in logs[0].values() {
-        if record.r#type == LEADER_CHANGE {
+        if CONTROL_TYPES.contains(&record.r#type) {
             continue;
         }
         let value = String::from_utf8(record.value.to_vec()).unwrap();
@@ -764,5 +768,97 @@ async fn a_node_joining_after_retention_copies_the_log_from_the_leaders_start() 
     assert_eq!(
         consume_at(&mut on_new, last).await.value,
         "after the join".as_bytes()
+    );
+}
+
+/// Whether the leader counts `id` as a voter (it is in the voter set and fetches with the data
+/// directory the voter set binds it to).
+async fn leader_counts_as_voter(leader: &NodeProcess, id: &str) -> Option<bool> {
+    let mut admin = AdminClient::new(leader.channel().await.ok()?);
+    let status = admin
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    status
+        .replicas
+        .iter()
+        .find(|replica| replica.id == id && replica.fetched)
+        .map(|replica| replica.voter)
+}
+
+/// Polls until `check` holds, failing with `what` after 30 s.
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_lost_its_data_is_an_observer_until_added_again() {
+    let mut nodes = start_cluster().await;
+    let all = [0, 1, 2];
+    let leader = wait_for_leader(&nodes, &all).await;
+    let wiped = (leader + 1) % 3;
+    let id = IDS[wiped];
+    let mut last = 0;
+    for i in 0..10 {
+        last = produce(&nodes[leader], &format!("before {i}"))
+            .await
+            .unwrap();
+    }
+    wait_for_high_watermark(&nodes, last + 1).await;
+    wait_until("the leader binds every voter to its directory", || {
+        leader_counts_as_voter(&nodes[leader], id).map(|voter| voter == Some(true))
+    })
+    .await;
+
+    // The volume is lost: the same id comes back with an empty data directory.
+    nodes[wiped].kill().await.unwrap();
+    let dir = nodes[wiped].data_dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    nodes[wiped].restart().await.unwrap();
+
+    // Its empty log must not count: it copies the log as an observer, and the leader does not
+    // count it towards the majority (nor would a candidate count its vote).
+    wait_until(
+        "the wiped node sees that it is no longer the voter it was",
+        || async {
+            status(&nodes[wiped])
+                .await
+                .is_some_and(|status| status.role == "observer")
+        },
+    )
+    .await;
+    assert_eq!(
+        leader_counts_as_voter(&nodes[leader], id).await,
+        Some(false)
+    );
+    let after = produce(&nodes[leader], "while it is an observer")
+        .await
+        .unwrap();
+
+    // Removed and added again, it is bound to its new directory and votes again.
+    let voters = change_voters(&nodes, &all, false, id).await;
+    assert!(!voters.contains(&id.to_owned()), "{voters:?}");
+    let voters = change_voters(&nodes, &all, true, id).await;
+    assert!(voters.contains(&id.to_owned()), "{voters:?}");
+    let leader = wait_for_leader(&nodes, &all).await;
+    wait_until("the re-added node is bound and counted again", || {
+        leader_counts_as_voter(&nodes[leader], id).map(|voter| voter == Some(true))
+    })
+    .await;
+    wait_for_high_watermark(&nodes, after + 1).await;
+    let mut on_wiped = LogClient::new(nodes[wiped].channel().await.unwrap());
+    assert_eq!(
+        consume_at(&mut on_wiped, after).await.value,
+        "while it is an observer".as_bytes()
     );
 }

@@ -427,6 +427,7 @@ async fn an_application_certificate_cannot_call_the_peer_service() -> anyhow::Re
             last_fetched_epoch: 0,
             max_bytes: 1 << 20,
             max_wait_ms: 0,
+            directory_id: String::new(),
         })
         .await
         .expect_err("a fetch as app must be refused");
@@ -465,6 +466,7 @@ async fn an_application_certificate_cannot_call_the_peer_service() -> anyhow::Re
             last_fetched_epoch: 0,
             max_bytes: 1 << 20,
             max_wait_ms: 0,
+            directory_id: String::new(),
         })
         .await
         .expect_err("n1 fetching as n2 must be refused");

@@ -42,8 +42,11 @@ const HTTP_PORT: u16 = 9400;
 /// for half of it, so writes sent right after the partition have at least 750 ms to reach the
 /// isolated leader while it still leads.
 const ELECTION_TIMEOUT_MS: &str = "500";
-/// Leader-change marker records (the log's own, not data).
-const LEADER_CHANGE: u32 = 0x4c43;
+/// The log's own records (leader changes, voter sets), not data.
+const CONTROL_TYPES: [u32; 2] = [
+    proglog_node::replication::replica::LEADER_CHANGE_RECORD_TYPE,
+    proglog_node::replication::replica::VOTERS_RECORD_TYPE,
+];
 /// How long any awaited condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
 /// How long a single call to a node may take.
@@ -526,7 +529,7 @@ async fn an_isolated_leader_stops_acknowledging_and_truncates_its_tail_after_hea
     for (index, log) in logs.iter().enumerate() {
         let mut seen = HashSet::new();
         for (offset, record) in log {
-            if record.r#type == LEADER_CHANGE {
+            if CONTROL_TYPES.contains(&record.r#type) {
                 continue;
             }
             let value = String::from_utf8(record.value.to_vec()).unwrap();

@@ -139,6 +139,7 @@ impl Peer for PeerService {
                 .max_bytes
                 .min(self.max_batch_bytes.saturating_mul(4)),
             max_wait_ms: request.max_wait_ms,
+            directory_id: request.directory_id,
         });
         match self.handle(identity, from, message).await? {
             Some(Message::FetchResponse(response)) => {
@@ -170,6 +171,7 @@ fn vote_response_to_pb(response: msg::VoteResponse) -> pb::VoteResponse {
         epoch: response.epoch,
         leader_id: response.leader_id.unwrap_or_default(),
         granted: response.granted,
+        voter_directory_id: response.voter_directory_id,
     }
 }
 
@@ -352,6 +354,7 @@ impl PeerTransport for GrpcPeerTransport {
                             epoch: response.epoch,
                             leader_id: optional_id(response.leader_id),
                             granted: response.granted,
+                            voter_directory_id: response.voter_directory_id,
                         })))
                     }
                     Message::BeginQuorumEpoch(begin) => {
@@ -382,6 +385,7 @@ impl PeerTransport for GrpcPeerTransport {
                                 last_fetched_epoch: request.last_fetched_epoch,
                                 max_bytes: request.max_bytes,
                                 max_wait_ms: request.max_wait_ms,
+                                directory_id: request.directory_id,
                             })
                             .await?
                             .into_inner();

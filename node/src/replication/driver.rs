@@ -355,9 +355,11 @@ impl Consensus {
         if let Message::FetchRequest(request) = &message
             && let Some(mut replica) = self.replica.try_lock()
         {
+            // A fetch that binds a voter to its directory appends (and syncs) a record.
             let in_place = replica.role() == RoleKind::Leader
                 && request.epoch == replica.epoch()
-                && request.fetch_offset >= replica.high_watermark();
+                && request.fetch_offset >= replica.high_watermark()
+                && !replica.needs_binding(&request.replica_id, &request.directory_id);
             if in_place {
                 let now = self.now();
                 let result = replica.step(now, from, message);

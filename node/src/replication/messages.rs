@@ -84,6 +84,8 @@ pub struct VoteResponse {
     pub leader_id: Option<NodeId>,
     /// Whether the vote was granted.
     pub granted: bool,
+    /// The voter's data directory id (see [`FetchRequest::directory_id`]).
+    pub voter_directory_id: String,
 }
 
 /// A new leader announces itself.
@@ -125,6 +127,10 @@ pub struct FetchRequest {
     pub max_bytes: u32,
     /// How long the leader may hold the request when there is nothing new (long poll).
     pub max_wait_ms: u32,
+    /// The fetcher's data directory id: random, new with every empty data directory. The
+    /// leader binds a voter to the directory it first fetches with and from then on counts
+    /// only that directory as the voter, so a node that lost its data is not (KIP-853).
+    pub directory_id: String,
 }
 
 /// The leader's answer to a fetch.

@@ -1,6 +1,7 @@
 //! The quorum state a node persists before any transition takes effect: its epoch, whom it
 //! voted for in that epoch, the leader it knows, and the voter set.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -28,6 +29,10 @@ pub struct QuorumState {
     /// The log end when `voter_history` was last saved: on start, only records from here on
     /// need scanning for voter changes.
     pub history_end: u64,
+    /// This node's data directory's identity: random, made when the directory was (a wiped
+    /// volume gets a new one). The voter set binds each voter to the directory it first
+    /// fetched with, so a node that lost its data is no longer that voter (KIP-853).
+    pub directory_id: String,
 }
 
 /// A voter set and the offset of the record that set it.
@@ -37,11 +42,13 @@ pub struct VoterSet {
     pub offset: u64,
     /// The voters, sorted.
     pub voters: Vec<NodeId>,
+    /// The data directory each voter is bound to, for those bound so far.
+    pub directories: BTreeMap<NodeId, String>,
 }
 
 impl QuorumState {
-    /// A fresh state for a new cluster of `voters`.
-    pub fn bootstrap(mut voters: Vec<NodeId>) -> QuorumState {
+    /// A fresh state for a new cluster of `voters`, in a new data directory `directory_id`.
+    pub fn bootstrap(mut voters: Vec<NodeId>, directory_id: String) -> QuorumState {
         voters.sort();
         voters.dedup();
         QuorumState {
@@ -51,6 +58,7 @@ impl QuorumState {
             voters,
             voter_history: Vec::new(),
             history_end: 0,
+            directory_id,
         }
     }
 
@@ -64,9 +72,14 @@ impl QuorumState {
             "voter_history": self
                 .voter_history
                 .iter()
-                .map(|set| json!({"offset": set.offset, "voters": set.voters}))
+                .map(|set| json!({
+                    "offset": set.offset,
+                    "voters": set.voters,
+                    "directories": set.directories,
+                }))
                 .collect::<Vec<_>>(),
             "history_end": self.history_end,
+            "directory_id": self.directory_id,
         })
         .to_string()
         .into_bytes()
@@ -94,7 +107,13 @@ impl QuorumState {
                     .ok_or("a voter set's `offset` is missing")?;
                 let voters =
                     id_list(&set["voters"]).map_err(|err| format!("`voter_history`: {err}"))?;
-                voter_history.push(VoterSet { offset, voters });
+                let directories = directory_map(&set["directories"])
+                    .map_err(|err| format!("`voter_history`: {err}"))?;
+                voter_history.push(VoterSet {
+                    offset,
+                    voters,
+                    directories,
+                });
             }
         }
         Ok(QuorumState {
@@ -104,7 +123,31 @@ impl QuorumState {
             voters,
             voter_history,
             history_end: value["history_end"].as_u64().unwrap_or(0),
+            // Saved before directories were tracked: empty, and the replica makes one.
+            directory_id: value["directory_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         })
+    }
+}
+
+/// A JSON object of node id to directory id (absent: none bound).
+pub fn directory_map(value: &Value) -> Result<BTreeMap<NodeId, String>, String> {
+    match value {
+        Value::Null => Ok(BTreeMap::new()),
+        Value::Object(map) => map
+            .iter()
+            .map(|(id, directory)| match directory.as_str() {
+                Some(directory) if !id.is_empty() && !directory.is_empty() => {
+                    Ok((id.clone(), directory.to_owned()))
+                }
+                _ => Err(format!(
+                    "directory of {id:?} is not a directory id: {directory}"
+                )),
+            })
+            .collect(),
+        other => Err(format!("directories are not an object: {other}")),
     }
 }
 
@@ -182,8 +225,10 @@ mod tests {
             voter_history: vec![VoterSet {
                 offset: 12,
                 voters: vec!["a".into(), "b".into()],
+                directories: BTreeMap::from([("a".into(), "d0a".into())]),
             }],
             history_end: 40,
+            directory_id: "d0b".into(),
         };
         store.save(&state).unwrap();
         assert_eq!(

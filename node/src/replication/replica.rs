@@ -199,6 +199,8 @@ struct ElectionState {
 struct Progress {
     end_offset: Option<u64>,
     last_fetch_at: Option<u64>,
+    /// The data directory the replica last fetched with.
+    directory_id: String,
 }
 
 #[derive(Debug)]
@@ -266,6 +268,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         config.validate()?;
         let state = match store.load()? {
             Some(mut state) => {
+                if state.directory_id.is_empty() {
+                    // Saved before directories were tracked: this directory is the same one.
+                    state.directory_id = new_directory_id(config.seed);
+                    store.save(&state).map_err(save_failed)?;
+                }
                 // A log written under a later epoch than the saved state (a lost or restored
                 // state file) must not let this node vote in an epoch it already wrote in.
                 let last_epoch = log.last_epoch();
@@ -283,7 +290,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 } else {
                     initial_voters
                 };
-                let mut state = QuorumState::bootstrap(voters);
+                let mut state = QuorumState::bootstrap(voters, new_directory_id(config.seed));
                 state.epoch = log.last_epoch();
                 store.save(&state).map_err(save_failed)?;
                 state
@@ -368,7 +375,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     /// The role.
     pub fn role(&self) -> RoleKind {
         match &self.role {
-            Role::Follower(_) if !self.is_voter(&self.config.id) => RoleKind::Observer,
+            Role::Follower(_) if !self.is_self_voter() => RoleKind::Observer,
             Role::Follower(_) => RoleKind::Follower,
             Role::Prospective(_) => RoleKind::Prospective,
             Role::Candidate(_) => RoleKind::Candidate,
@@ -384,7 +391,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 .iter()
                 .map(|(id, progress)| ReplicaProgress {
                     id: id.clone(),
-                    voter: self.is_voter(id),
+                    // A node that lost its data (another directory) is not the voter it was.
+                    voter: self.is_voter(id) && self.bound_to(id, &progress.directory_id),
                     end_offset: progress.end_offset,
                     last_fetch_ms: progress.last_fetch_at,
                 })
@@ -501,7 +509,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 self.persist()?;
             }
         }
-        let is_voter = self.is_voter(&self.config.id);
+        let is_voter = self.is_self_voter();
         let action = match &mut self.role {
             Role::Follower(follower) => {
                 if is_voter && !self.retired && now >= follower.election_deadline {
@@ -658,6 +666,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 "leader": self.config.id,
                 "epoch": epoch,
                 "voters": self.voters(),
+                "directories": self.directories(),
             })
             .to_string();
             let record = Record {
@@ -784,6 +793,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 epoch: self.state.epoch,
                 leader_id: self.leader_id().map(str::to_owned),
                 granted,
+                voter_directory_id: self.state.directory_id.clone(),
             }),
         );
         Ok(())
@@ -800,7 +810,9 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         }
         let majority = self.majority();
         let voters = self.voters().len();
-        let from_voter = self.is_voter(from);
+        // A vote counts only from the directory the voter is bound to: not from a node that
+        // lost its data and came back under the same id.
+        let from_voter = self.is_voter(from) && self.bound_to(from, &response.voter_directory_id);
         match &mut self.role {
             Role::Prospective(election)
                 if response.pre_vote
@@ -950,7 +962,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let target = match &self.role {
             Role::Follower(follower) => match &follower.leader {
                 Some(leader) => Some(leader.clone()),
-                None if !self.is_voter(&self.config.id) => self.next_known_peer(),
+                None if !self.is_self_voter() => self.next_known_peer(),
                 None => None,
             },
             _ => None,
@@ -966,6 +978,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             last_fetched_epoch: self.log.last_epoch(),
             max_bytes: self.config.fetch_max_bytes,
             max_wait_ms: self.config.fetch_max_wait_ms,
+            directory_id: self.state.directory_id.clone(),
         };
         if let Role::Follower(follower) = &mut self.role {
             follower.in_flight = Some(InFlightFetch {
@@ -1068,6 +1081,10 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             let progress = leader.progress.entry(from.to_owned()).or_default();
             progress.end_offset = Some(request.fetch_offset);
             progress.last_fetch_at = Some(now);
+            progress.directory_id.clone_from(&request.directory_id);
+        }
+        if self.needs_binding(from, &request.directory_id) {
+            self.bind_directory(from, &request.directory_id)?;
         }
         self.advance_high_watermark(now);
         let batches = if request.fetch_offset < self.log.end_offset() {
@@ -1171,6 +1188,14 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             }
             FetchResult::Diverging { epoch, end_offset } => {
                 follower.last_fetch_ok = Some(now);
+                if self.log.last_epoch() >= response.epoch {
+                    // Our last batch was written by this very leader (one leader per epoch),
+                    // so our log agrees with its log: this answer is a late copy of one about
+                    // a tail we have since replaced (a retried fetch that had the same offset).
+                    // Truncating now would drop records the leader counts as ours.
+                    self.send_fetch(now);
+                    return Ok(());
+                }
                 let own_end = self
                     .log
                     .epoch_end_offset(epoch)
@@ -1254,7 +1279,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         };
         let mut offsets: Vec<u64> = vec![self.log.durable_end()];
         for (id, progress) in &leader.progress {
-            if self.is_voter(id) {
+            if self.is_voter(id) && self.bound_to(id, &progress.directory_id) {
                 offsets.push(progress.end_offset.unwrap_or(0));
             }
         }
@@ -1327,9 +1352,14 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             let Ok(mut voters) = super::quorum::id_list(&value["voters"]) else {
                 continue;
             };
+            let Ok(directories) = super::quorum::directory_map(&value["directories"]) else {
+                continue;
+            };
             voters.sort();
             voters.dedup();
-            if voters.is_empty() || voters.as_slice() == self.voters() {
+            if voters.is_empty()
+                || (voters.as_slice() == self.voters() && directories == *self.directories())
+            {
                 continue;
             }
             if self
@@ -1340,10 +1370,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             {
                 continue;
             }
-            tracing::info!(id = %self.config.id, offset = record.offset, ?voters, "voter set changed");
+            tracing::info!(id = %self.config.id, offset = record.offset, ?voters, ?directories, "voter set changed");
             self.state.voter_history.push(super::quorum::VoterSet {
                 offset: record.offset,
                 voters,
+                directories,
             });
             learned = true;
         }
@@ -1423,19 +1454,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             }
         }
         voters.sort();
-        let value = serde_json::json!({ "voters": voters }).to_string();
-        let record = Record {
-            value: value.as_bytes(),
-            key: None,
-            timestamp_ms: 0,
-            record_type: VOTERS_RECORD_TYPE,
-        };
-        let info = self.log.append(epoch, &[record], true)?;
-        self.state.voter_history.push(super::quorum::VoterSet {
-            offset: info.base_offset,
-            voters,
-        });
-        self.persist()?;
+        // A removed voter's binding goes with it: if it is added again, it binds anew to the
+        // directory it then fetches with.
+        let mut directories = self.directories().clone();
+        directories.retain(|id, _| voters.contains(id));
+        let info = self.append_voter_set(epoch, voters, directories)?;
         if let Role::Leader(leader) = &mut self.role {
             for voter in self
                 .state
@@ -1462,6 +1485,73 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
 
     fn is_voter(&self, id: &str) -> bool {
         self.voters().iter().any(|voter| voter == id)
+    }
+
+    /// Whether this node is a voter: its id is in the voter set and bound, if at all, to this
+    /// data directory (a node that lost its data is not the voter it was).
+    fn is_self_voter(&self) -> bool {
+        self.is_voter(&self.config.id) && self.bound_to(&self.config.id, &self.state.directory_id)
+    }
+
+    /// The data directories the voters in force are bound to.
+    fn directories(&self) -> &BTreeMap<NodeId, String> {
+        static NONE: BTreeMap<NodeId, String> = BTreeMap::new();
+        self.state
+            .voter_history
+            .last()
+            .map_or(&NONE, |set| &set.directories)
+    }
+
+    /// Whether `directory_id` may act as voter `id`: it is the bound one, or none is bound.
+    fn bound_to(&self, id: &str, directory_id: &str) -> bool {
+        self.directories()
+            .get(id)
+            .is_none_or(|bound| bound == directory_id)
+    }
+
+    /// On the leader: whether a fetch from voter `id` with `directory_id` should bind it.
+    pub fn needs_binding(&self, id: &str, directory_id: &str) -> bool {
+        matches!(self.role, Role::Leader(_))
+            && !directory_id.is_empty()
+            && self.is_voter(id)
+            && !self.directories().contains_key(id)
+    }
+
+    /// Binds voter `id` to `directory_id` through the log (a voter-set record with the same
+    /// voters), in force at once like any voter set.
+    fn bind_directory(&mut self, id: &str, directory_id: &str) -> Result<(), ReplicationError> {
+        let Some(epoch) = self.leader_epoch() else {
+            return Ok(());
+        };
+        let mut directories = self.directories().clone();
+        directories.insert(id.to_owned(), directory_id.to_owned());
+        tracing::info!(id = %self.config.id, voter = id, directory_id, "binding a voter to its data directory");
+        self.append_voter_set(epoch, self.voters().to_vec(), directories)?;
+        Ok(())
+    }
+
+    /// Appends a voter-set record (durable under the node's policy) and puts it in force.
+    fn append_voter_set(
+        &mut self,
+        epoch: u64,
+        voters: Vec<NodeId>,
+        directories: BTreeMap<NodeId, String>,
+    ) -> Result<AppendInfo, ReplicationError> {
+        let value = serde_json::json!({ "voters": voters, "directories": directories }).to_string();
+        let record = Record {
+            value: value.as_bytes(),
+            key: None,
+            timestamp_ms: 0,
+            record_type: VOTERS_RECORD_TYPE,
+        };
+        let info = self.log.append(epoch, &[record], true)?;
+        self.state.voter_history.push(super::quorum::VoterSet {
+            offset: info.base_offset,
+            voters,
+            directories,
+        });
+        self.persist()?;
+        Ok(info)
     }
 
     fn is_sole_voter(&self) -> bool {
@@ -1500,4 +1590,18 @@ fn save_failed(err: ReplicationError) -> ReplicationError {
         already @ ReplicationError::SaveQuorumState(_) => already,
         other => ReplicationError::SaveQuorumState(Box::new(other)),
     }
+}
+
+/// A new data directory's id: 128 random bits in hex, from the replica's seed (random per
+/// start in a node, fixed per seed in the simulation).
+fn new_directory_id(seed: u64) -> String {
+    let mut state = seed ^ 0xd1b5_4a32_d192_ed03;
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    format!("{:016x}{:016x}", next(), next())
 }
