@@ -12,12 +12,28 @@
 //! - `tls`: the CA and the node certificates (rcgen): issue, and decide what to renew.
 //! - `render`: everything the operator would create for a resource, as YAML, without a cluster
 //!   (`proglog-operator render`).
+//! - `plan`: the reconciler's decisions (scale steps, roll order, pause, drift, volume growth)
+//!   as pure functions.
+//! - `admin`: the nodes' admin API behind the `NodeAdmin` trait, and its gRPC implementation.
+//! - `controller`: the reconcile pass, its independent parts, the status, and the kube-runtime
+//!   `Controller` that drives it.
+//! - `metrics`, `http`: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
+//! - `leader`: leader election through a Lease, so one replica reconciles at a time.
+//! - `config`: `proglog-operator run`'s settings, checked before anything starts.
 //!
-//! The reconciler (`controller.rs`, `status.rs`) is next; see `shared/design/operator.md`.
+//! See `shared/design/operator.md` for what the operator promises.
 
+pub mod admin;
+pub mod config;
+pub mod controller;
 pub mod crd;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
 pub mod render;
 pub mod resources;
+pub mod run;
 pub mod tls;
 
 /// The `LogCluster` CustomResourceDefinition as YAML: what `crdgen` prints and

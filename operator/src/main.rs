@@ -1,12 +1,15 @@
-//! `proglog-operator`: the LogCluster operator. `render` prints what it would apply for a
-//! resource, without a cluster; `run` (the reconciler) comes next.
+//! `proglog-operator`: the LogCluster operator. `run` reconciles LogClusters in a cluster;
+//! `render` prints what it would apply for a resource, without a cluster. Flags map onto
+//! [`RunConfig`] here and nowhere else.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
+use proglog_operator::config::{LogFormat, RunConfig};
 use proglog_operator::render::{RenderOptions, render_stream};
 use proglog_operator::resources::OperatorSettings;
 
@@ -41,8 +44,117 @@ enum Command {
         #[arg(long)]
         redact_secrets: bool,
     },
-    /// Runs the reconciler (not implemented yet).
-    Run,
+    /// Runs the reconciler until SIGTERM or SIGINT.
+    Run(RunArgs),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Flags of `run`; each can also be set by `PROGLOG_OPERATOR_<FLAG>`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(
+        long,
+        env = "PROGLOG_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_addr: SocketAddr,
+    /// Elect one reconciling replica through a Lease.
+    #[arg(
+        long,
+        env = "PROGLOG_OPERATOR_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "PROGLOG_OPERATOR_LEASE_NAME",
+        default_value = "proglog-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease (default: `POD_NAMESPACE`); required with leader election.
+    #[arg(long, env = "PROGLOG_OPERATOR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Reconcile LogClusters of this namespace only (default: all namespaces).
+    #[arg(long, env = "PROGLOG_OPERATOR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Log format.
+    #[arg(
+        long,
+        env = "PROGLOG_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    log_format: LogFormatArg,
+    /// The cluster's DNS domain (node addresses, certificate names).
+    #[arg(
+        long,
+        env = "PROGLOG_OPERATOR_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    cluster_domain: String,
+}
+
+impl RunArgs {
+    fn into_config(self) -> RunConfig {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        RunConfig {
+            metrics_addr: self.metrics_addr,
+            leader_election: self.leader_election,
+            lease_name: self.lease_name,
+            lease_namespace: self.lease_namespace.or_else(|| from_env("POD_NAMESPACE")),
+            watch_namespace: self.watch_namespace,
+            log_format: match self.log_format {
+                LogFormatArg::Json => LogFormat::Json,
+                LogFormatArg::Pretty => LogFormat::Pretty,
+            },
+            cluster_domain: self.cluster_domain,
+            pod_name: from_env("POD_NAME"),
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = args.into_config();
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("proglog-operator run: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(proglog_operator::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "proglog-operator run failed");
+            eprintln!("proglog-operator run: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn now() -> Timestamp {
@@ -94,9 +206,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run => {
-            eprintln!("proglog-operator run: the reconciler is not implemented yet (issue 5)");
-            ExitCode::from(2)
-        }
+        Command::Run(args) => run(args),
     }
 }

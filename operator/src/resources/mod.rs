@@ -36,9 +36,11 @@ pub use config::{
     config_map,
 };
 pub use pdb::pod_disruption_budget;
-pub use secrets::{ca_secret, nodes_secret, operator_secret};
+pub use secrets::{
+    CA_NOT_AFTER_ANNOTATION, CERTS_NOT_AFTER_ANNOTATION, ca_secret, nodes_secret, operator_secret,
+};
 pub use services::{client_service, headless_service};
-pub use statefulset::stateful_set;
+pub use statefulset::{DATA_VOLUME, stateful_set};
 
 /// Field manager name for server-side apply, and the `app.kubernetes.io/managed-by` label.
 pub const MANAGER: &str = "proglog-operator";
@@ -220,6 +222,11 @@ impl<'a> ClusterView<'a> {
     /// Its namespace, where every child lives.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The cluster's DNS domain (`cluster.local`).
+    pub fn cluster_domain(&self) -> &str {
+        &self.cluster_domain
     }
 
     /// `spec.replicas`.

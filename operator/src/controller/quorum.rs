@@ -1,0 +1,168 @@
+//! The parts that act through the nodes' admin API: reading the quorum, scaling (voter
+//! changes and the StatefulSet size) and rolling pods. Each step is decided by
+//! [`crate::plan`] from what was read in this pass; this file only carries it out.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
+
+use super::{Context, PartError};
+use crate::admin::{AdminTarget, ClientCredentials};
+use crate::plan::{Quorum, RollStep, ScaleStep};
+use crate::resources::ClusterView;
+
+/// The admin address of node `id`: its DNS name under the headless Service.
+pub fn node_target(
+    view: &ClusterView<'_>,
+    id: &str,
+    tls: Option<&std::sync::Arc<ClientCredentials>>,
+) -> AdminTarget {
+    AdminTarget {
+        host: format!("{id}.{}", view.headless_fqdn()),
+        port: view.spec().ports.rpc,
+        tls: tls.cloned(),
+    }
+}
+
+/// The client Service as an admin address: any ready node answers.
+pub fn service_target(
+    view: &ClusterView<'_>,
+    tls: Option<&std::sync::Arc<ClientCredentials>>,
+) -> AdminTarget {
+    AdminTarget {
+        host: format!(
+            "{}.{}.svc.{}",
+            view.client_service_name(),
+            view.namespace(),
+            view.cluster_domain()
+        ),
+        port: view.spec().ports.rpc,
+        tls: tls.cloned(),
+    }
+}
+
+/// Asks the client Service for the cluster's status, then the leader itself when another node
+/// answered (only the leader knows each replica's progress).
+pub async fn observe(
+    ctx: &Context,
+    view: &ClusterView<'_>,
+    tls: Option<&std::sync::Arc<ClientCredentials>>,
+) -> Result<Quorum, PartError> {
+    let any = ctx
+        .admin
+        .cluster_status(&service_target(view, tls))
+        .await
+        .map_err(PartError::Admin)?;
+    match any.leader.clone() {
+        Some(leader) if any.node_id != leader => ctx
+            .admin
+            .cluster_status(&node_target(view, &leader, tls))
+            .await
+            .map_err(PartError::Admin),
+        _ => Ok(any),
+    }
+}
+
+/// Carries out a scaling step that needs the admin API (voter changes, leadership transfer);
+/// StatefulSet size changes are applied by the workload part. Returns what it did, for an
+/// Event, or `None`.
+pub async fn scale(
+    ctx: &Context,
+    view: &ClusterView<'_>,
+    quorum: Option<&Quorum>,
+    step: &ScaleStep,
+    tls: Option<&std::sync::Arc<ClientCredentials>>,
+) -> Result<Option<(&'static str, String)>, PartError> {
+    let leader_target = || {
+        quorum
+            .and_then(|quorum| quorum.leader.as_deref())
+            .map(|leader| node_target(view, leader, tls))
+            .ok_or_else(|| PartError::Blocked("no leader is elected".to_owned()))
+    };
+    match step {
+        ScaleStep::AddVoter { node } => {
+            let voters = ctx
+                .admin
+                .add_voter(&leader_target()?, node)
+                .await
+                .map_err(PartError::Admin)?;
+            ctx.metrics.action("voter_added");
+            Ok(Some((
+                "VoterAdded",
+                format!(
+                    "{node} caught up and is a voter; voters: {}",
+                    voters.join(", ")
+                ),
+            )))
+        }
+        ScaleStep::RemoveVoter { node } => {
+            let voters = ctx
+                .admin
+                .remove_voter(&leader_target()?, node)
+                .await
+                .map_err(PartError::Admin)?;
+            ctx.metrics.action("voter_removed");
+            Ok(Some((
+                "VoterRemoved",
+                format!(
+                    "{node} left the voters before its pod stops; voters: {}",
+                    voters.join(", ")
+                ),
+            )))
+        }
+        ScaleStep::TransferLeadership { from } => {
+            ctx.admin
+                .transfer_leadership(&node_target(view, from, tls))
+                .await
+                .map_err(PartError::Admin)?;
+            ctx.metrics.action("leadership_transferred");
+            Ok(Some((
+                "LeadershipTransferred",
+                format!("{from} handed leadership over before leaving the voters"),
+            )))
+        }
+        ScaleStep::NeedsQuorum => Err(PartError::Blocked(
+            "scaling down needs the cluster's status, and no node answered".to_owned(),
+        )),
+        ScaleStep::Steady
+        | ScaleStep::Grow { .. }
+        | ScaleStep::Shrink { .. }
+        | ScaleStep::AwaitCatchUp { .. } => Ok(None),
+    }
+}
+
+/// Carries out a roll step. Returns what it did, for an Event, or `None`.
+pub async fn roll(
+    ctx: &Context,
+    view: &ClusterView<'_>,
+    step: &RollStep,
+    tls: Option<&std::sync::Arc<ClientCredentials>>,
+) -> Result<Option<(&'static str, String)>, PartError> {
+    match step {
+        RollStep::DeletePod { pod, remaining } => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), view.namespace());
+            pods.delete(pod, &DeleteParams::default())
+                .await
+                .map_err(|source| PartError::Api {
+                    action: format!("delete Pod {}/{pod}", view.namespace()),
+                    source,
+                })?;
+            ctx.metrics.action("pod_rolled");
+            Ok(Some((
+                "PodRolled",
+                format!("{pod} deleted to run the new revision; {remaining} pod(s) left to roll"),
+            )))
+        }
+        RollStep::TransferLeadership { from, .. } => {
+            ctx.admin
+                .transfer_leadership(&node_target(view, from, tls))
+                .await
+                .map_err(PartError::Admin)?;
+            ctx.metrics.action("leadership_transferred");
+            Ok(Some((
+                "LeadershipTransferred",
+                format!("{from} handed leadership over before its restart"),
+            )))
+        }
+        RollStep::UpToDate | RollStep::Wait { .. } => Ok(None),
+    }
+}

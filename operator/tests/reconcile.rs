@@ -1,0 +1,661 @@
+//! Reconcile scenarios against a fake API server (`tower-test`) and scripted nodes: each
+//! asserts the requests a pass made (method, path, field manager and `force` for server-side
+//! apply, the parts of the body that matter) and what the status says afterwards.
+
+#![allow(clippy::unwrap_used)] // test code: a failure is the test failing
+
+mod fixtures;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fixtures::{
+    CLUSTER_PATH, Env, STS_PATH, event_reasons, find, log_cluster, nodes, synced_quorum, writes,
+};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::runtime::controller::Action;
+use proglog_operator::controller::{self, Error};
+use proglog_operator::crd::LogCluster;
+use proglog_operator::plan::ReplicaProgress;
+use serde_json::json;
+
+const SECRETS: &str = "/api/v1/namespaces/prod/secrets";
+const CONFIGMAPS: &str = "/api/v1/namespaces/prod/configmaps";
+const SERVICES: &str = "/api/v1/namespaces/prod/services";
+const PDB: &str = "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/events";
+const PODS: &str = "/api/v1/namespaces/prod/pods";
+
+fn tls_on() -> serde_json::Value {
+    json!({"tls": {"enabled": true}})
+}
+
+#[tokio::test]
+async fn first_creation_applies_every_child_once_with_the_field_manager() {
+    let env = Env::new(log_cluster(tls_on()));
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    let all: Vec<String> = requests
+        .iter()
+        .filter(|request| !request.is_event())
+        .map(|request| request.line())
+        .collect();
+    assert_eq!(
+        all,
+        [
+            format!("GET {STS_PATH}"),
+            format!("GET {PODS}"),
+            format!("PATCH {CLUSTER_PATH}"),
+            format!("GET {SECRETS}/events-tls"),
+            format!("GET {SECRETS}/events-operator-tls"),
+            format!("GET {SECRETS}/events-ca"),
+            format!("PATCH {SECRETS}/events-ca"),
+            format!("PATCH {SECRETS}/events-tls"),
+            format!("PATCH {SECRETS}/events-operator-tls"),
+            format!("GET {CONFIGMAPS}/events-config"),
+            format!("PATCH {CONFIGMAPS}/events-config"),
+            format!("GET {SERVICES}/events-headless"),
+            format!("PATCH {SERVICES}/events-headless"),
+            format!("GET {SERVICES}/events"),
+            format!("PATCH {SERVICES}/events"),
+            format!("GET {PDB}"),
+            format!("PATCH {PDB}"),
+            format!("PATCH {STS_PATH}"),
+            format!("PATCH {CLUSTER_PATH}/status"),
+        ]
+    );
+    // The founding quorum is fixed first, by merge patch with the operator's field manager.
+    let bootstrap = find(&requests, "PATCH", CLUSTER_PATH);
+    assert_eq!(bootstrap.content_type, "application/merge-patch+json");
+    assert!(bootstrap.query.contains("fieldManager=proglog-operator"));
+    assert_eq!(
+        bootstrap.body["metadata"]["annotations"]["proglog.dev/initial-voters"],
+        "3"
+    );
+    // Every child: server-side apply, one field manager, force, owned by the LogCluster.
+    for request in requests
+        .iter()
+        .filter(|request| request.method == "PATCH" && !request.is_event())
+    {
+        if request.path == CLUSTER_PATH {
+            continue;
+        }
+        assert!(request.is_operator_apply(), "{request:?}");
+        if !request.path.ends_with("/status") {
+            let owner = &request.body["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["kind"], "LogCluster", "{}", request.path);
+            assert_eq!(owner["uid"], "cluster-uid");
+            assert_eq!(owner["controller"], true);
+        }
+    }
+    let sts = find(&requests, "PATCH", STS_PATH);
+    assert_eq!(sts.body["spec"]["replicas"], 3);
+    assert_eq!(sts.body["spec"]["updateStrategy"]["type"], "OnDelete");
+    let config = find(&requests, "PATCH", &format!("{CONFIGMAPS}/events-config"));
+    assert!(
+        config.body["data"]["PROGLOG_INITIAL_VOTERS"]
+            .as_str()
+            .unwrap()
+            .contains("events-2")
+    );
+    let tls = find(&requests, "PATCH", &format!("{SECRETS}/events-tls"));
+    for key in ["ca.crt", "events-0.crt", "events-0.key", "events-2.key"] {
+        assert!(tls.body["data"][key].is_string(), "{key}");
+    }
+    assert_eq!(
+        event_reasons(&requests),
+        ["CertificatesIssued", "Created", "StatefulSetCreated"]
+    );
+    // Status: not ready yet, certificates valid, dates reported.
+    let status = env.status();
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(
+        status["selector"],
+        "app.kubernetes.io/component=node,app.kubernetes.io/instance=events,app.kubernetes.io/name=proglog"
+    );
+    assert!(status["caNotAfter"].is_string() && status["certsNotAfter"].is_string());
+    assert_eq!(env.condition("Ready").0, "False");
+    assert_eq!(env.condition("CertificatesReady").0, "True");
+    assert_eq!(env.condition("ReconciliationPaused").0, "False");
+}
+
+fn pod(ordinal: u32) -> String {
+    format!("{PODS}/events-{ordinal}")
+}
+
+fn fqdn(pod: &str) -> String {
+    format!("{pod}.events-headless.prod.svc.cluster.local")
+}
+
+/// The timeline without status writes (every pass that changes something also writes status).
+fn actions(env: &Env) -> Vec<String> {
+    env.take_timeline()
+        .into_iter()
+        .filter(|line| !line.ends_with("/status"))
+        .collect()
+}
+
+/// The writes of a pass other than the status.
+fn changes(requests: &[fixtures::Recorded]) -> Vec<String> {
+    writes(requests)
+        .into_iter()
+        .filter(|line| !line.ends_with("/status"))
+        .collect()
+}
+
+fn stored_cluster(env: &Env) -> Arc<LogCluster> {
+    Arc::new(
+        serde_json::from_value(env.store.lock().unwrap().get(CLUSTER_PATH).unwrap().clone())
+            .unwrap(),
+    )
+}
+
+fn advance(env: &Env, days: i64) {
+    let mut now = env.now.lock().unwrap();
+    *now = now
+        .checked_add(SignedDuration::from_hours(24 * days))
+        .unwrap();
+}
+
+fn time_of(value: &serde_json::Value) -> Timestamp {
+    value.as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_second_pass_over_a_steady_cluster_writes_nothing() {
+    let env = Env::steady(3, tls_on()).await;
+    assert_eq!(env.condition("Ready").0, "True", "{}", env.status());
+    assert_eq!(env.condition("Degraded").0, "False");
+    assert_eq!(env.status()["leader"], "events-0");
+    assert_eq!(env.status()["members"][1]["role"], "follower");
+    let (result, requests) = env.pass().await;
+    assert_eq!(result.unwrap(), Action::requeue(controller::STEADY_REQUEUE));
+    assert!(
+        requests.iter().all(|request| request.method == "GET"),
+        "{:#?}",
+        writes(&requests)
+    );
+    assert!(event_reasons(&requests).is_empty());
+    // The nodes were asked through the client Service, and the leader answered.
+    let calls = env.admin.status_calls.lock().unwrap().clone();
+    assert_eq!(calls.last().unwrap(), "events.prod.svc.cluster.local:8400");
+}
+
+#[tokio::test]
+async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
+    let env = Env::steady(3, json!({})).await;
+    env.change_spec(json!({"image": "example.com/proglog:2"}));
+
+    // The template changes; nothing is deleted before the StatefulSet controller has a revision.
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert_eq!(
+        writes(&requests),
+        [
+            format!("PATCH {STS_PATH}"),
+            format!("PATCH {CLUSTER_PATH}/status")
+        ]
+    );
+    let sts = find(&requests, "PATCH", STS_PATH);
+    assert!(sts.is_operator_apply());
+    assert_eq!(
+        sts.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.com/proglog:2"
+    );
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert_eq!(writes(&requests), [format!("PATCH {CLUSTER_PATH}/status")]);
+    assert_eq!(env.condition("Progressing").1, "Rolling");
+
+    // The StatefulSet controller makes revision rev2: the highest follower goes first.
+    env.run_statefulset("rev2");
+    let (result, requests) = env.pass().await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(controller::PROGRESS_REQUEUE)
+    );
+    assert_eq!(changes(&requests), [format!("DELETE {}", pod(2))]);
+    assert_eq!(event_reasons(&requests), ["PodRolled"]);
+    assert_eq!(env.condition("Progressing").1, "Rolling");
+    assert_eq!(env.condition("Ready").0, "False");
+
+    // Until it is back, Ready and caught up, nothing else is deleted.
+    let (_, requests) = env.pass().await;
+    assert!(
+        !writes(&requests)
+            .iter()
+            .any(|write| write.starts_with("DELETE"))
+    );
+    env.run_statefulset("rev2");
+    env.edit_quorum(|quorum| {
+        let replica = quorum
+            .replicas
+            .iter_mut()
+            .find(|r| r.id == "events-2")
+            .unwrap();
+        replica.end_offset = 40;
+        replica.lag = 60;
+    });
+    let (_, requests) = env.pass().await;
+    assert!(
+        !writes(&requests)
+            .iter()
+            .any(|write| write.starts_with("DELETE"))
+    );
+    assert!(
+        env.condition("Progressing")
+            .2
+            .contains("events-2 is catching up")
+    );
+
+    // Caught up: the other follower.
+    let all = nodes(3);
+    env.set_quorum(Some(synced_quorum(&all, "events-0", &all)));
+    let (_, requests) = env.pass().await;
+    assert_eq!(changes(&requests), [format!("DELETE {}", pod(1))]);
+    env.run_statefulset("rev2");
+
+    // Only the leader is left: it hands leadership over, then it is restarted.
+    env.take_timeline();
+    env.pass().await.0.unwrap();
+    assert_eq!(
+        actions(&env),
+        [format!("admin TransferLeadership via {}", fqdn("events-0"))]
+    );
+    let (_, requests) = env.pass().await;
+    assert_eq!(changes(&requests), [format!("DELETE {}", pod(0))]);
+    env.run_statefulset("rev2");
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert_eq!(writes(&requests), [format!("PATCH {CLUSTER_PATH}/status")]);
+    assert_eq!(env.condition("Progressing").0, "False");
+    assert_eq!(env.condition("Ready").0, "True");
+    assert_eq!(env.status()["leader"], "events-1");
+}
+
+#[tokio::test]
+async fn scale_down_removes_each_voter_before_shrinking_the_statefulset() {
+    let env = Env::steady(5, json!({})).await;
+    let all = nodes(5);
+    env.set_quorum(Some(synced_quorum(&all, "events-4", &all)));
+    env.change_spec(json!({"replicas": 3}));
+    let config = format!("PATCH {CONFIGMAPS}/events-config");
+
+    // events-4 leads: it hands over first; the seed list shrinks at once (no restart needed).
+    let (result, _) = env.pass().await;
+    result.unwrap();
+    assert_eq!(
+        actions(&env),
+        [
+            config.clone(),
+            format!("admin TransferLeadership via {}", fqdn("events-4"))
+        ]
+    );
+    assert_eq!(env.condition("Progressing").1, "ScalingDown");
+    // Then it leaves the voters, through the new leader, before its pod stops.
+    env.pass().await.0.unwrap();
+    assert_eq!(
+        actions(&env),
+        [format!(
+            "admin RemoveVoter events-4 via {}",
+            fqdn("events-0")
+        )]
+    );
+    // Committed: the StatefulSet shrinks by one.
+    let (_, requests) = env.pass().await;
+    assert_eq!(actions(&env), [format!("PATCH {STS_PATH}")]);
+    assert_eq!(
+        find(&requests, "PATCH", STS_PATH).body["spec"]["replicas"],
+        4
+    );
+    assert_eq!(event_reasons(&requests), ["Scaled"]);
+    env.run_statefulset("rev1");
+    // Next ordinal, same order.
+    env.pass().await.0.unwrap();
+    assert_eq!(
+        actions(&env),
+        [format!(
+            "admin RemoveVoter events-3 via {}",
+            fqdn("events-0")
+        )]
+    );
+    let (_, requests) = env.pass().await;
+    assert_eq!(actions(&env), [format!("PATCH {STS_PATH}")]);
+    assert_eq!(
+        find(&requests, "PATCH", STS_PATH).body["spec"]["replicas"],
+        3
+    );
+    env.run_statefulset("rev1");
+    env.pass().await.0.unwrap();
+    assert!(actions(&env).is_empty());
+    assert_eq!(env.condition("Progressing").0, "False");
+    assert_eq!(env.condition("Ready").0, "True");
+    assert_eq!(env.status()["replicas"], 3);
+    // Scaling down never deletes a volume.
+    let claims = env
+        .store
+        .lock()
+        .unwrap()
+        .paths("/api/v1/namespaces/prod/persistentvolumeclaims/");
+    assert_eq!(claims.len(), 5);
+}
+
+#[tokio::test]
+async fn scale_up_promotes_each_new_pod_only_once_it_has_caught_up() {
+    let env = Env::steady(3, json!({})).await;
+    env.change_spec(json!({"replicas": 5}));
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert_eq!(
+        actions(&env),
+        [
+            format!("PATCH {CONFIGMAPS}/events-config"),
+            format!("PATCH {STS_PATH}")
+        ]
+    );
+    assert_eq!(
+        find(&requests, "PATCH", STS_PATH).body["spec"]["replicas"],
+        5
+    );
+    // The founding quorum does not grow: new pods start as observers.
+    let config = find(&requests, "PATCH", &format!("{CONFIGMAPS}/events-config"));
+    assert_eq!(
+        config.body["data"]["PROGLOG_INITIAL_VOTERS"],
+        "events-0,events-1,events-2"
+    );
+    env.run_statefulset("rev1");
+    env.edit_quorum(|quorum| {
+        for id in ["events-3", "events-4"] {
+            quorum.replicas.push(ReplicaProgress {
+                id: id.into(),
+                voter: false,
+                end_offset: 0,
+                lag: 5000,
+                fetched: true,
+            });
+        }
+    });
+    env.pass().await.0.unwrap();
+    assert!(actions(&env).is_empty());
+    let (_, reason, message) = env.condition("Progressing");
+    assert_eq!(reason, "ScalingUp");
+    assert!(message.contains("events-3, events-4"), "{message}");
+
+    env.edit_quorum(|quorum| {
+        let replica = quorum
+            .replicas
+            .iter_mut()
+            .find(|r| r.id == "events-3")
+            .unwrap();
+        replica.lag = 0;
+        replica.end_offset = 100;
+    });
+    let (_, requests) = env.pass().await;
+    assert_eq!(
+        actions(&env),
+        [format!("admin AddVoter events-3 via {}", fqdn("events-0"))]
+    );
+    assert_eq!(event_reasons(&requests), ["VoterAdded"]);
+    env.edit_quorum(|quorum| {
+        let replica = quorum
+            .replicas
+            .iter_mut()
+            .find(|r| r.id == "events-4")
+            .unwrap();
+        replica.lag = 0;
+        replica.end_offset = 100;
+    });
+    env.pass().await.0.unwrap();
+    assert_eq!(
+        actions(&env),
+        [format!("admin AddVoter events-4 via {}", fqdn("events-0"))]
+    );
+    env.pass().await.0.unwrap();
+    assert!(actions(&env).is_empty());
+    assert_eq!(env.condition("Progressing").0, "False");
+    assert_eq!(env.condition("Ready").0, "True");
+}
+
+#[tokio::test]
+async fn certificates_near_expiry_are_renewed_and_the_dates_move() {
+    let env = Env::steady(3, tls_on()).await;
+    let before = env.status();
+    let old_tls = env
+        .store
+        .lock()
+        .unwrap()
+        .get(&format!("{SECRETS}/events-tls"))
+        .unwrap()["data"]["events-0.crt"]
+        .clone();
+    // 90-day certificates, renewed 30 days before the end: at day 61 they are due.
+    advance(&env, 61);
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert_eq!(
+        writes(&requests),
+        [
+            format!("PATCH {SECRETS}/events-tls"),
+            format!("PATCH {SECRETS}/events-operator-tls"),
+            format!("PATCH {CLUSTER_PATH}/status"),
+        ],
+        "the CA is kept"
+    );
+    let renewed = find(&requests, "PATCH", &format!("{SECRETS}/events-tls"));
+    assert!(renewed.is_operator_apply());
+    assert_ne!(renewed.body["data"]["events-0.crt"], old_tls);
+    assert_eq!(event_reasons(&requests), ["CertificatesRenewed"]);
+    let after = env.status();
+    assert!(time_of(&after["certsNotAfter"]) > time_of(&before["certsNotAfter"]));
+    assert_eq!(after["caNotAfter"], before["caNotAfter"]);
+    assert_eq!(env.condition("Progressing").1, "RotatingCertificates");
+    assert_eq!(env.condition("CertificatesReady").0, "True");
+    // No pod restarts for it: the nodes reload the files.
+    assert!(
+        !writes(&requests)
+            .iter()
+            .any(|write| write.contains("/pods/"))
+    );
+    // Then steady again.
+    let (_, requests) = env.pass().await;
+    assert_eq!(writes(&requests), [format!("PATCH {CLUSTER_PATH}/status")]);
+    let (_, requests) = env.pass().await;
+    assert!(writes(&requests).is_empty());
+}
+
+#[tokio::test]
+async fn a_paused_cluster_gets_status_and_nothing_else() {
+    let env = Env::steady(3, json!({})).await;
+    env.change_spec(json!({"paused": true, "image": "example.com/proglog:2", "replicas": 5}));
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert_eq!(writes(&requests), [format!("PATCH {CLUSTER_PATH}/status")]);
+    assert_eq!(env.condition("ReconciliationPaused").0, "True");
+    assert_eq!(env.status()["observedGeneration"], 2);
+
+    // The annotation pauses a new cluster too: not even the bootstrap annotation is written.
+    let fresh = Env::new(log_cluster(json!({})));
+    fresh.annotate("proglog.dev/paused", "true");
+    let (result, requests) = fresh.pass().await;
+    result.unwrap();
+    assert_eq!(writes(&requests), [format!("PATCH {CLUSTER_PATH}/status")]);
+    assert_eq!(fresh.condition("ReconciliationPaused").1, "Paused");
+}
+
+#[tokio::test]
+async fn a_conflict_surfaces_is_counted_and_requeued_then_heals() {
+    let env = Env::steady(3, json!({})).await;
+    env.change_spec(json!({"image": "example.com/proglog:2"}));
+    env.fault("PATCH", "/statefulsets/events", 409, 1);
+    let (result, requests) = env.pass().await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Parts { .. }), "{err}");
+    assert_eq!(err.kind(), "conflict");
+    assert!(
+        err.to_string().contains("apply StatefulSet prod/events"),
+        "{err}"
+    );
+    assert_eq!(
+        writes(&requests),
+        [
+            format!("PATCH {STS_PATH}"),
+            format!("PATCH {CLUSTER_PATH}/status")
+        ]
+    );
+    assert!(event_reasons(&requests).contains(&"ReconcileFailed".to_owned()));
+    let (_, _, message) = env.condition("Degraded");
+    assert!(message.contains("workload"), "{message}");
+    let action = controller::error_policy(stored_cluster(&env), &err, Arc::clone(&env.ctx));
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(env.ctx.metrics.errors_of("conflict"), 1);
+
+    // The retry applies it.
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert!(writes(&requests).contains(&format!("PATCH {STS_PATH}")));
+    assert_eq!(env.condition("Degraded").0, "False");
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried_with_growing_backoff() {
+    let env = Env::new(log_cluster(json!({})));
+    env.fault("PATCH", "/configmaps/events-config", 500, 2);
+    let (result, requests) = env.pass().await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), "server");
+    // The other parts ran: the StatefulSet exists, the status says what failed.
+    assert!(writes(&requests).contains(&format!("PATCH {STS_PATH}")));
+    assert_eq!(env.condition("Degraded").1, "ReconcileFailed");
+    let cluster = stored_cluster(&env);
+    assert_eq!(
+        controller::error_policy(Arc::clone(&cluster), &err, Arc::clone(&env.ctx)),
+        Action::requeue(Duration::from_secs(5))
+    );
+    let err = env.pass().await.0.unwrap_err();
+    assert_eq!(
+        controller::error_policy(Arc::clone(&cluster), &err, Arc::clone(&env.ctx)),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert_eq!(env.ctx.metrics.errors_of("server"), 2);
+    env.pass().await.0.unwrap();
+    assert_eq!(env.condition("Degraded").0, "False");
+    let metrics = env.ctx.metrics.encode().unwrap();
+    assert!(
+        metrics.contains("proglog_operator_reconciles_total{outcome=\"error\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_statefulset_does_not_block_certificate_renewal_or_status() {
+    let env = Env::steady(3, tls_on()).await;
+    let before = env.status();
+    advance(&env, 61);
+    env.change_spec(json!({"image": "example.com/proglog:2"}));
+    env.fault("PATCH", "/statefulsets/events", 500, 1);
+    let (result, requests) = env.pass().await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), "server");
+    assert_eq!(
+        writes(&requests),
+        [
+            format!("PATCH {SECRETS}/events-tls"),
+            format!("PATCH {SECRETS}/events-operator-tls"),
+            format!("PATCH {STS_PATH}"),
+            format!("PATCH {CLUSTER_PATH}/status"),
+        ]
+    );
+    let after = env.status();
+    assert!(time_of(&after["certsNotAfter"]) > time_of(&before["certsNotAfter"]));
+    assert_eq!(env.condition("CertificatesReady").0, "True");
+    let (degraded, _, message) = env.condition("Degraded");
+    assert_eq!(degraded, "True");
+    assert!(message.contains("workload"), "{message}");
+    assert!(!message.contains("certificates"), "{message}");
+}
+
+#[tokio::test]
+async fn storage_growth_patches_each_claim_and_keeps_the_template() {
+    let env = Env::steady(3, json!({})).await;
+    // One claim was already grown by hand beyond the new size: it is left alone.
+    env.store.lock().unwrap().edit(
+        "/api/v1/namespaces/prod/persistentvolumeclaims/data-events-1",
+        |claim| claim["spec"]["resources"]["requests"]["storage"] = json!("30Gi"),
+    );
+    env.change_spec(json!({"storage": {"size": "20Gi"}}));
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    let claims = "/api/v1/namespaces/prod/persistentvolumeclaims";
+    assert_eq!(
+        writes(&requests),
+        [
+            format!("PATCH {claims}/data-events-0"),
+            format!("PATCH {claims}/data-events-2"),
+            format!("PATCH {CLUSTER_PATH}/status"),
+        ]
+    );
+    let grown = find(&requests, "PATCH", &format!("{claims}/data-events-0"));
+    assert!(grown.is_operator_apply());
+    assert_eq!(
+        grown.body["spec"]["resources"]["requests"]["storage"],
+        "20Gi"
+    );
+    assert_eq!(event_reasons(&requests), ["VolumesExpanded"]);
+    // The StatefulSet's (immutable) claim template was not touched.
+    let sts = env.store.lock().unwrap().get(STS_PATH).unwrap().clone();
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "10Gi"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_blocks_scale_down_but_nothing_else() {
+    let env = Env::steady(5, json!({})).await;
+    env.set_quorum(None);
+    env.change_spec(json!({"replicas": 3}));
+    let (result, _) = env.pass().await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), "admin");
+    // Nothing shrinks without knowing the voters; the seed list still follows the spec.
+    assert_eq!(actions(&env), [format!("PATCH {CONFIGMAPS}/events-config")]);
+    assert_eq!(env.condition("Degraded").0, "True");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_and_nothing_is_built() {
+    // The CRD's rules refuse this too; the operator checks again (a resource can come from a
+    // cluster whose CRD is older).
+    let env = Env::new(log_cluster(json!({"acl": {"enabled": true}})));
+    let (result, requests) = env.pass().await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), "spec");
+    assert!(err.to_string().contains("spec.acl.enabled"), "{err}");
+    assert_eq!(writes(&requests), [format!("PATCH {CLUSTER_PATH}/status")]);
+    assert_eq!(event_reasons(&requests), ["InvalidSpec"]);
+    let (degraded, reason, _) = env.condition("Degraded");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+}
+
+#[tokio::test]
+async fn a_lost_initial_voters_annotation_is_restored_from_what_the_nodes_were_given() {
+    let env = Env::steady(3, json!({})).await;
+    env.store.lock().unwrap().edit(CLUSTER_PATH, |cluster| {
+        cluster["metadata"]["annotations"] = json!({});
+    });
+    env.change_spec(json!({"replicas": 5}));
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    let bootstrap = find(&requests, "PATCH", CLUSTER_PATH);
+    assert_eq!(
+        bootstrap.body["metadata"]["annotations"]["proglog.dev/initial-voters"],
+        "3"
+    );
+    // So the scale-up does not change the founding quorum (nor restart the pods).
+    let config = find(&requests, "PATCH", &format!("{CONFIGMAPS}/events-config"));
+    assert_eq!(
+        config.body["data"]["PROGLOG_INITIAL_VOTERS"],
+        "events-0,events-1,events-2"
+    );
+}
