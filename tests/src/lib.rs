@@ -11,10 +11,24 @@
 //!   partition) and healing it.
 //! - `ports`: fixed loopback ports for processes that must know each other's addresses before
 //!   they start, chosen so that nothing else is handed the same port meanwhile.
+//! - `kube_objects`: the objects `proglog-operator render` prints, read as generic JSON values
+//!   (Secret and ConfigMap data decoded), and running the operator binary to get them.
+//! - `pod_volumes`: Secret and ConfigMap volume contents laid out as the kubelet does (the
+//!   `..data` symlink swapped atomically on update) and `fsGroup` ownership.
+//! - `pod_spec`: what a kubelet would run for one pod of a rendered StatefulSet: the
+//!   container's environment (`envFrom`, field references, `$(VAR)` expansion), args, volumes,
+//!   mounts, security context and probes, read from the template.
+//! - `pods`: such a pod run as a real process without Kubernetes: volumes bind-mounted at their
+//!   mount paths in a private mount namespace, the pod's network namespace, hostname, user and
+//!   groups.
 //! - `node_process`: a real `proglog-node` process on port 0 with a temporary data directory
 //!   (start, connect, SIGTERM, restart, kill on drop), for the tests that talk to it over gRPC.
 
 pub mod crash_protocol;
+pub mod kube_objects;
 pub mod netns;
 pub mod node_process;
+pub mod pod_spec;
+pub mod pod_volumes;
+pub mod pods;
 pub mod ports;
