@@ -126,10 +126,6 @@ pub struct LogClusterSpec {
     #[serde(default)]
     pub log: LogSpec,
 
-    /// Replication settings.
-    #[serde(default)]
-    pub replication: ReplicationSpec,
-
     /// Mutual TLS between nodes and clients, with certificates the operator issues and renews.
     #[serde(default)]
     pub tls: TlsSpec,
@@ -301,28 +297,6 @@ impl Durability {
             Durability::Never => "never",
         }
     }
-}
-
-/// Replication settings.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplicationSpec {
-    /// When a produce is acknowledged, for clients that do not say: `quorum` (once a
-    /// majority holds it) or `leader`. Recorded but not applied yet: the node has no setting
-    /// for its default, so each client chooses per request (`acks` in `ProduceRequest`).
-    #[serde(default)]
-    pub acks: Acks,
-}
-
-/// When a produce is acknowledged.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Acks {
-    /// Once a majority of voters holds the record.
-    #[default]
-    Quorum,
-    /// Once the leader holds it.
-    Leader,
 }
 
 /// Mutual TLS for every gRPC connection, client to node and node to node.

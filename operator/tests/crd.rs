@@ -38,7 +38,6 @@ fn cluster(spec_changes: Value) -> Value {
             "storage": {"size": "10Gi", "deleteClaimsOnDelete": false},
             "podTemplate": {},
             "log": {"durability": "always"},
-            "replication": {"acks": "quorum"},
             "tls": {"enabled": false, "issuer": {"kind": "Operator"},
                     "caValidity": "87600h", "certValidity": "2160h", "renewBefore": "720h"},
             "acl": {"enabled": false, "policyKey": "policy.csv", "modelKey": "model.conf"},

@@ -488,7 +488,6 @@ pub(crate) mod tests {
                 resources: None,
                 pod_template: Default::default(),
                 log: Default::default(),
-                replication: Default::default(),
                 tls: Default::default(),
                 acl: Default::default(),
                 paused: false,
