@@ -236,7 +236,20 @@ pub fn decide_scaling(
         }
         return hold(ScaleStep::RemoveVoter { node: highest });
     }
-    // current == target: observers among the pods become voters once caught up.
+    // current == target. A voter whose pod came back without its data (a new volume) is in
+    // the voter set but not counted: the nodes bind each voter to its data directory. Take it
+    // out, so that it is added back, bound to its new directory, once it has caught up.
+    for ordinal in 0..target {
+        let node = format!("{name}-{ordinal}");
+        let lost_its_data = quorum.is_voter(&node)
+            && quorum
+                .replica(&node)
+                .is_some_and(|replica| replica.fetched && !replica.voter);
+        if lost_its_data {
+            return hold(ScaleStep::RemoveVoter { node });
+        }
+    }
+    // Observers among the pods become voters once caught up.
     let mut waiting = Vec::new();
     for ordinal in 0..target {
         let node = format!("{name}-{ordinal}");
@@ -485,6 +498,34 @@ mod tests {
         let decision = decide_scaling("events", 3, None, &[], None);
         assert_eq!(decision.statefulset_replicas, 3);
         assert_eq!(decision.step, ScaleStep::Steady);
+    }
+
+    #[test]
+    fn a_voter_that_lost_its_data_is_removed_then_added_back_once_caught_up() {
+        let pods: Vec<_> = (0..3).map(|o| pod(o, true, "r1")).collect();
+        // events-1 is in the voter set, but the leader no longer counts it.
+        let wiped = quorum(0, &[0, 1, 2], &[(1, false, 40), (2, true, 100)]);
+        let decision = decide_scaling("events", 3, Some(3), &pods, Some(&wiped));
+        assert_eq!(decision.statefulset_replicas, 3);
+        assert_eq!(
+            decision.step,
+            ScaleStep::RemoveVoter {
+                node: "events-1".into()
+            }
+        );
+        // Removed, it is an observer: added back once caught up, not before.
+        let mut behind = quorum(0, &[0, 2], &[(1, false, 0), (2, true, 100)]);
+        behind.replicas[0].lag = PROMOTION_MAX_LAG + 1;
+        let decision = decide_scaling("events", 3, Some(3), &pods, Some(&behind));
+        assert!(matches!(decision.step, ScaleStep::AwaitCatchUp { .. }));
+        let caught_up = quorum(0, &[0, 2], &[(1, false, 100), (2, true, 100)]);
+        let decision = decide_scaling("events", 3, Some(3), &pods, Some(&caught_up));
+        assert_eq!(
+            decision.step,
+            ScaleStep::AddVoter {
+                node: "events-1".into()
+            }
+        );
     }
 
     #[test]
