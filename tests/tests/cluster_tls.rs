@@ -11,7 +11,9 @@
 //! the nodes' names the leader refuses the forwarded produce, naming the follower. And a CA
 //! rotation done on the files alone (trust both CAs, reissue every node from the new one, trust
 //! only the new one) leaves a cluster that still replicates over new connections: a node calls
-//! its peers with the reloaded certificate, not the one it started with.
+//! its peers with the reloaded certificate, not the one it started with. The operator's admin
+//! client (`proglog_operator::admin::GrpcAdmin`) manages such a cluster over mutual TLS: status,
+//! leadership transfer, and removing and adding a voter.
 //!
 //! Certificates are made with `rcgen`: node certificates carry the addresses `--peers` gives
 //! (`127.0.0.1`, as an IP SAN) and are usable as server and client certificates; clients connect
@@ -647,5 +649,70 @@ async fn after_a_ca_rotation_nodes_call_their_peers_with_the_new_certificates() 
         .await
         .with_context(|| format!("replication from the restarted leader {}", IDS[leader]))?;
     assert_eq!(record.value, "after the rotation".as_bytes());
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_admin_client_manages_a_mutual_tls_cluster() -> anyhow::Result<()> {
+    use proglog_operator::admin::{AdminTarget, ClientCredentials, GrpcAdmin, NodeAdmin};
+
+    let cluster = SecureCluster::start().await?;
+    let leader = cluster.wait_for_leader().await?;
+    let credentials = std::sync::Arc::new(ClientCredentials {
+        ca_pem: cluster.pki.ca_pem.clone().into_bytes(),
+        cert_pem: std::fs::read(&cluster.operator.cert)?,
+        key_pem: std::fs::read(&cluster.operator.key)?,
+    });
+    // The node certificates name 127.0.0.1, which the client checks as the operator checks a
+    // pod's DNS name.
+    let target = |index: usize| AdminTarget {
+        host: "127.0.0.1".into(),
+        port: i32::from(cluster.nodes[index].rpc_addr().port()),
+        tls: Some(std::sync::Arc::clone(&credentials)),
+    };
+    let admin = GrpcAdmin;
+
+    let quorum = admin.cluster_status(&target(leader)).await?;
+    assert_eq!(quorum.leader.as_deref(), Some(IDS[leader]));
+    assert_eq!(quorum.voters, IDS);
+    ensure!(
+        quorum.replicas.iter().all(|replica| replica.voter),
+        "{quorum:?}"
+    );
+
+    // Leadership moves away, as before a leader's pod is deleted.
+    admin.transfer_leadership(&target(leader)).await?;
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
+    let new_leader = loop {
+        let next = cluster.wait_for_leader().await?;
+        if next != leader {
+            break next;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "leadership never moved from {}",
+            IDS[leader]
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+
+    // A scale-down's step and its undoing: remove the old leader, then add it back.
+    let voters = admin.remove_voter(&target(new_leader), IDS[leader]).await?;
+    assert!(
+        !voters.iter().any(|voter| voter == IDS[leader]),
+        "{voters:?}"
+    );
+    let voters = admin.add_voter(&target(new_leader), IDS[leader]).await?;
+    assert!(
+        voters.iter().any(|voter| voter == IDS[leader]),
+        "{voters:?}"
+    );
+
+    // A follower answers too, and says who leads.
+    let follower = (0..IDS.len())
+        .find(|&index| index != new_leader)
+        .unwrap_or(0);
+    let seen = admin.cluster_status(&target(follower)).await?;
+    assert_eq!(seen.leader.as_deref(), Some(IDS[new_leader]));
     cluster.stop().await
 }
