@@ -4,7 +4,8 @@
 //! gossip `base + 10 i + 1`, HTTP `base + 1000 + 10 i`), with the first node's gossip address as
 //! the seed and every node as an initial voter, waits for a leader, prints the addresses, and
 //! stops the nodes with SIGTERM on Ctrl-C. Data stays in the directory, so running it again
-//! resumes the same cluster.
+//! resumes the same cluster. Segments are 64 MiB (preallocated) unless `PROGLOG_SEGMENT_BYTES`
+//! says otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,6 +39,9 @@ struct DevNode {
     child: Child,
 }
 
+/// Segment size of the dev cluster's nodes (64 MiB) unless `PROGLOG_SEGMENT_BYTES` is set.
+const DEV_SEGMENT_BYTES: u64 = 64 << 20;
+
 /// Runs the cluster until `shutdown`, then stops every node and waits for it.
 pub async fn run(cluster: DevCluster, shutdown: CancellationToken) -> anyhow::Result<()> {
     if cluster.nodes == 0 || cluster.nodes > 9 {
@@ -56,7 +60,12 @@ pub async fn run(cluster: DevCluster, shutdown: CancellationToken) -> anyhow::Re
         let log_file = cluster.dir.join(format!("{id}.log"));
         let log = std::fs::File::create(&log_file)
             .with_context(|| format!("create {}", log_file.display()))?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if std::env::var_os("PROGLOG_SEGMENT_BYTES").is_none() {
+            // Segments are preallocated; a local cluster needs no 1 GiB per node.
+            command.env("PROGLOG_SEGMENT_BYTES", DEV_SEGMENT_BYTES.to_string());
+        }
+        let child = command
             .env_remove("PROGLOG_DATA_DIR")
             .arg("--id")
             .arg(id)

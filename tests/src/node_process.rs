@@ -270,6 +270,9 @@ impl NodeOptions {
             .env("PROGLOG_HTTP_ADDR", "127.0.0.1:0")
             // Gossip likewise (tests that form clusters by gossip pass `--gossip-addr`).
             .env("PROGLOG_GOSSIP_ADDR", "127.0.0.1:0")
+            // Segments are preallocated: at the 1 GiB default, the dozens of nodes a test run
+            // starts in parallel would reserve tens of GB. A `--segment-bytes` in `args` wins.
+            .env("PROGLOG_SEGMENT_BYTES", "8388608")
             .arg("--id")
             .arg(&self.id)
             .arg("--data-dir")
