@@ -680,13 +680,19 @@ async fn the_operators_admin_client_manages_a_mutual_tls_cluster() -> anyhow::Re
         "{quorum:?}"
     );
 
-    // Leadership moves away, as before a leader's pod is deleted.
-    admin.transfer_leadership(&target(leader)).await?;
+    // Leadership moves away, as before a leader's pod is deleted. The resigning leader may win
+    // the election that follows, as in the operator's roll: ask again until it has moved.
     let deadline = Instant::now() + CONVERGE_DEADLINE;
+    let mut current = leader;
     let new_leader = loop {
-        let next = cluster.wait_for_leader().await?;
-        if next != leader {
-            break next;
+        if current == leader {
+            // It may stop leading between the status and this call; the loop checks the
+            // outcome, leadership having moved, not each call.
+            let _ = admin.transfer_leadership(&target(current)).await;
+        }
+        current = cluster.wait_for_leader().await?;
+        if current != leader {
+            break current;
         }
         ensure!(
             Instant::now() < deadline,
