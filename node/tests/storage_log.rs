@@ -405,6 +405,39 @@ fn reset_empties_the_log_and_restarts_it_at_a_later_offset_across_a_reopen() {
 }
 
 #[test]
+fn a_reset_cut_short_by_a_crash_reopens_and_can_be_done_again() {
+    // reset_to persists the new start first, then deletes segments oldest first: a crash in
+    // between leaves a start past the end and a suffix of the old segments.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 1, 0, 300, 7);
+    let end = log.end_offset();
+    assert!(log.segment_count() > 2);
+    log.close().unwrap();
+    proglog_node::storage::checkpoint::write(
+        dir.path(),
+        proglog_node::storage::START_OFFSET_FILE,
+        &5000u64.to_le_bytes(),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join(log_file_name(0))).unwrap();
+    let _ = std::fs::remove_file(dir.path().join(index_file_name(0)));
+
+    let reopened = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(reopened.end_offset(), end);
+    assert!(reopened.start_offset() <= end);
+    reopened.reset_to(5000).unwrap();
+    append_range(&reopened, 2, 5000, 5010, 5);
+    assert_eq!(
+        (reopened.start_offset(), reopened.end_offset()),
+        (5000, 5010)
+    );
+    reopened.close().unwrap();
+    let again = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!((again.start_offset(), again.end_offset()), (5000, 5010));
+}
+
+#[test]
 fn interval_durability_syncs_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let options = LogOptions {

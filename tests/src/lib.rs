@@ -9,6 +9,7 @@
 //!   each namespace's hosts file, for running real processes on separate addresses (reachable
 //!   from the test process too, if asked) and cutting one off from the others (a network
 //!   partition) and healing it.
+//! - `tls_probe`: the certificate a server presents to a new mutual-TLS connection.
 //! - `ports`: fixed loopback ports for processes that must know each other's addresses before
 //!   they start, chosen so that nothing else is handed the same port meanwhile.
 //! - `kube_objects`: the objects `proglog-operator render` prints, read as generic JSON values
@@ -32,3 +33,4 @@ pub mod pod_spec;
 pub mod pod_volumes;
 pub mod pods;
 pub mod ports;
+pub mod tls_probe;

@@ -93,7 +93,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proglog_node::client::{Client, TlsOptions};
@@ -104,8 +103,9 @@ use proglog_tests::netns::NetLab;
 use proglog_tests::node_process::node_binary;
 use proglog_tests::pod_spec::{PodPlan, PodSite, service_dns_names};
 use proglog_tests::pods::{self, MountPoints, PodLaunch, PodProcess, PodSandbox, install_binary};
+use proglog_tests::tls_probe::{self, ClientPem};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -374,43 +374,20 @@ fn first_der(pem: &[u8]) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(pem).unwrap()
 }
 
-/// The certificate the pod's node presents to a new connection (a raw TLS client with the
-/// application certificate), checked against the CA and `server_name`.
+/// The certificate the pod's node presents to a new connection (as the application), checked
+/// against the CA and `server_name`.
 async fn served_certificate(
     pod: &Pod,
     access: &Access,
     server_name: &str,
 ) -> anyhow::Result<CertificateDer<'static>> {
-    let (ip, port, ca_pem, client) = (pod.ip, access.port, &access.ca_pem, &access.app);
-    let server_name = server_name.to_owned();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(first_der(ca_pem))?;
-    let chain = vec![CertificateDer::from_pem_slice(&client.cert)?];
-    let key = PrivateKeyDer::from_pem_slice(&client.key)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let handshake = async {
-        let tcp = TcpStream::connect(SocketAddr::from((ip, port))).await?;
-        let tls = connector
-            .connect(ServerName::try_from(server_name)?, tcp)
-            .await?;
-        let served = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .ok_or_else(|| anyhow::anyhow!("no certificate presented"))?
-            .clone()
-            .into_owned();
-        anyhow::Ok(served)
+    let pem = ClientPem {
+        ca: &access.ca_pem,
+        cert: &access.app.cert,
+        key: &access.app.key,
     };
-    tokio::time::timeout(CALL_TIMEOUT, handshake).await?
+    let addr = SocketAddr::from((pod.ip, access.port));
+    tls_probe::served_certificate(addr, server_name, pem, CALL_TIMEOUT).await
 }
 
 /// The HTTP status of `GET path` on `ip:port`, as a kubelet's `httpGet` probe sees it.

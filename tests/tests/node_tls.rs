@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -15,9 +14,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use proglog_node::client::{Client, ClientError, ClusterClient, Produce, TlsOptions};
 use proglog_tests::node_process::{NodeOptions, NodeProcess, node_binary};
+use proglog_tests::tls_probe::{self, ClientPem};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -179,37 +178,19 @@ fn status_of(result: Result<u64, ClientError>) -> anyhow::Result<tonic::Status> 
     }
 }
 
-/// The certificate the node presents to a new connection, read with a raw TLS client.
+/// The certificate the node presents to a new connection (as `client`, for `localhost`).
 async fn served_certificate(
     node: &NodeProcess,
     pki: &Pki,
     client: &Issued,
 ) -> anyhow::Result<CertificateDer<'static>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes())?)?;
-    let chain = vec![CertificateDer::from_pem_file(&client.cert)?];
-    let key = PrivateKeyDer::from_pem_file(&client.key)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = within("TCP connect", TcpStream::connect(node.rpc_addr())).await??;
-    let tls = within(
-        "TLS handshake",
-        connector.connect(ServerName::try_from("localhost")?, tcp),
-    )
-    .await??;
-    let served = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .context("the node presented no certificate")?;
-    Ok(served.clone().into_owned())
+    let (cert, key) = (std::fs::read(&client.cert)?, std::fs::read(&client.key)?);
+    let pem = ClientPem {
+        ca: pki.ca_pem.as_bytes(),
+        cert: &cert,
+        key: &key,
+    };
+    tls_probe::served_certificate(node.rpc_addr(), "localhost", pem, CALL_DEADLINE).await
 }
 
 #[tokio::test]
