@@ -20,11 +20,20 @@
 #    replicas per record size; the loadgen talks to the server that leads the stream. JetStream
 #    2.9 acknowledges once a quorum of replicas has the message, WITHOUT fsync.
 #
+# 4. The gRPC floor: one `proglog-loadgen echo-server` (the same `log.v1.Log` service over
+#    tonic, storing and replicating nothing), under the same unary and stream cases. No
+#    replicated log served over gRPC can beat it, so its rows say how much of a gap to
+#    JetStream's own protocol is gRPC's.
+#
 # Cases: produce-unary c=1, produce-unary c=64, produce-stream (window 1024), produce-batch
 # (100 records a call, 4 callers; NATS has none, its row is compared with NATS produce-stream).
-# Prints each result as it comes, then the table, proglog/NATS ratios with both p99s, and the
-# failover times with their median. Everything started is stopped on exit. Needs `nats-server`
-# on PATH (Debian/Ubuntu: `apt-get install nats-server`); installs nothing.
+# Prints each result as it comes, then the table, proglog/NATS and proglog/floor ratios with
+# both p99s, and the failover times with their median. Everything started is stopped on exit.
+# Needs `nats-server` on PATH (Debian/Ubuntu: `apt-get install nats-server`); installs nothing.
+#
+# CORES_EACH=N gives every server N cores' worth of threads (proglog `--worker-threads N`,
+# nats-server GOMAXPROCS=N, the echo server TOKIO_WORKER_THREADS=N), as CPU limits would in a
+# real deployment; unset, each uses its default (one thread per core of the machine).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,6 +41,11 @@ SECONDS_PER_CASE="${SECONDS_PER_CASE:-5}"
 read -r -a SIZES <<<"${SIZES:-1024 100}"
 FAILOVER_RUNS="${FAILOVER_RUNS:-3}"
 ELECTION_TIMEOUT_MS="${ELECTION_TIMEOUT_MS:-1000}"
+CORES_EACH="${CORES_EACH:-}"
+NODE_THREADS=()
+if [[ -n "$CORES_EACH" ]]; then
+    NODE_THREADS=(--worker-threads "$CORES_EACH")
+fi
 
 if ! command -v nats-server >/dev/null 2>&1; then
     echo "bench/cluster.sh: nats-server not found; install it with: apt-get install nats-server" >&2
@@ -130,7 +144,8 @@ start_node() {
         --rpc-addr "127.0.0.1:${RPC_PORT[$i]}" --http-addr "127.0.0.1:${HTTP_PORT[$i]}" \
         --gossip-addr "127.0.0.1:${GOSSIP_PORT[$i]}" --join "$JOIN" \
         --initial-voters n0,n1,n2 --peers "$PEERS" --durability "$DURABILITY" \
-        --election-timeout-ms "$ELECTION_TIMEOUT_MS" --log-format json 2>"$log" >/dev/null &
+        --election-timeout-ms "$ELECTION_TIMEOUT_MS" --log-format json \
+        "${NODE_THREADS[@]+"${NODE_THREADS[@]}"}" 2>"$log" >/dev/null &
     NODE_PID[i]=$!
     PIDS+=("$!")
     wait_for "$!" "$log" '"message":"serving"' 120
@@ -236,7 +251,11 @@ cluster {
   routes: [$routes]
 }
 CONF
-        nats-server -c "$WORK/nats-s$i.conf" >"$WORK/nats-s$i.log" 2>&1 &
+        if [[ -n "$CORES_EACH" ]]; then
+            GOMAXPROCS="$CORES_EACH" nats-server -c "$WORK/nats-s$i.conf" >"$WORK/nats-s$i.log" 2>&1 &
+        else
+            nats-server -c "$WORK/nats-s$i.conf" >"$WORK/nats-s$i.log" 2>&1 &
+        fi
         NATS_PID[i]=$!
         PIDS+=("$!")
     done
@@ -252,6 +271,25 @@ stop_nats_cluster() {
     for i in 0 1 2; do
         stop_pid "${NATS_PID[$i]}"
     done
+}
+
+# --- the gRPC floor ----------------------------------------------------------------------------
+
+ECHO_PID=""
+ECHO_ADDR=""
+
+start_echo() {
+    local log="$WORK/echo.log"
+    if [[ -n "$CORES_EACH" ]]; then
+        TOKIO_WORKER_THREADS="$CORES_EACH" "$LOADGEN" echo-server --rpc-addr 127.0.0.1:0 2>"$log" &
+    else
+        "$LOADGEN" echo-server --rpc-addr 127.0.0.1:0 2>"$log" &
+    fi
+    ECHO_PID=$!
+    PIDS+=("$!")
+    wait_for "$ECHO_PID" "$log" '"message":"serving"'
+    ECHO_ADDR="$(grep -o '"rpc_addr":"[^"]*"' "$log" | head -n 1 | cut -d'"' -f4)"
+    echo "== gRPC floor: echo server at $ECHO_ADDR" >&2
 }
 
 # --- the run ---------------------------------------------------------------------------------
@@ -279,11 +317,22 @@ for size in "${SIZES[@]}"; do
 done
 stop_nats_cluster
 
+start_echo
+for size in "${SIZES[@]}"; do
+    run_case echo-floor echo "$ECHO_ADDR" "$size" produce-unary --concurrency 1
+    run_case echo-floor echo "$ECHO_ADDR" "$size" produce-unary --concurrency 64
+    run_case echo-floor echo "$ECHO_ADDR" "$size" produce-stream --window 1024
+done
+stop_pid "$ECHO_PID"
+
 echo
 echo "== summary: 3 nodes each on 127.0.0.1 ($(nproc) cores shared by all of them and the load" \
     "generator); nats-server $(nats-server --version 2>&1 | awk '{print $2}'); $SECONDS_PER_CASE s per case;" \
-    "election timeout $ELECTION_TIMEOUT_MS ms"
+    "election timeout $ELECTION_TIMEOUT_MS ms; threads per server: ${CORES_EACH:-default (one per core)}"
 echo "   proglog-always:   acknowledged once committed on a majority, fsynced on each of them"
 echo "   proglog-interval: acknowledged once committed on a majority, fsync every second (like-for-like with NATS)"
 echo "   nats-r3:          JetStream 2.9, R3, acknowledged once a quorum has it, WITHOUT fsync"
+echo "   echo-floor:       one tonic server answering log.v1.Log calls, storing and replicating nothing"
 "$LOADGEN" report "$RESULTS" --against nats-r3
+echo
+"$LOADGEN" report "$RESULTS" --against echo-floor | sed -n '/^PROGLOG vs/,$p'

@@ -56,6 +56,11 @@ pub struct NodeConfig {
     pub acl: Option<AclConfig>,
     /// Replication: the first quorum, known peer addresses, timing.
     pub replication: ReplicationConfig,
+    /// Worker threads of the async runtime (`--worker-threads`, 1 to 256). `None`, the
+    /// default: one per CPU the process may use, a cgroup CPU limit included. Nodes that share
+    /// a machine (`proglog-node dev`, benchmarks) each get their share instead, since threads
+    /// beyond the cores only add hand-offs between them.
+    pub worker_threads: Option<usize>,
 }
 
 /// How a node finds and replicates with its peers.
@@ -141,6 +146,7 @@ impl NodeConfig {
             tls: None,
             acl: None,
             replication: ReplicationConfig::default(),
+            worker_threads: None,
         }
     }
 
@@ -195,6 +201,11 @@ impl NodeConfig {
                 "buffers and pipelines must be at least 1".into(),
             );
         }
+        if let Some(threads) = self.worker_threads
+            && !(1..=256).contains(&threads)
+        {
+            return invalid("worker-threads", format!("{threads} is outside 1..=256"));
+        }
         if self.http_addr == self.rpc_addr && self.http_addr.port() != 0 {
             return invalid(
                 "http-addr",
@@ -244,6 +255,21 @@ mod tests {
         config.id = "node-0".into();
         config.log.max_record_bytes = 0;
         assert_eq!(config.validate().unwrap_err().key, "max-record-bytes");
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let mut config = NodeConfig::new("node-0", "/tmp/x");
+        for threads in [1, 2, 256] {
+            config.worker_threads = Some(threads);
+            config.validate().unwrap();
+        }
+        for threads in [0, 257] {
+            config.worker_threads = Some(threads);
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.key, "worker-threads");
+            assert!(err.reason.contains("1..=256"), "{err}");
+        }
     }
 
     #[test]

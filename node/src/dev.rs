@@ -5,7 +5,8 @@
 //! the seed and every node as an initial voter, waits for a leader, prints the addresses, and
 //! stops the nodes with SIGTERM on Ctrl-C. Data stays in the directory, so running it again
 //! resumes the same cluster. Segments are 64 MiB (preallocated) unless `PROGLOG_SEGMENT_BYTES`
-//! says otherwise.
+//! says otherwise, and the nodes split the machine's cores between their async runtimes
+//! (`--worker-threads`) unless `PROGLOG_WORKER_THREADS` says otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -53,6 +54,10 @@ pub async fn run(cluster: DevCluster, shutdown: CancellationToken) -> anyhow::Re
     let ids: Vec<String> = (0..cluster.nodes).map(|i| format!("node-{i}")).collect();
     let port = |i: u16, offset: u16| cluster.base_port + 10 * i + offset;
     let seed = format!("127.0.0.1:{}", port(0, 1));
+    let threads_each = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .div_ceil(usize::from(cluster.nodes))
+        .max(1);
     let mut nodes = Vec::new();
     for (i, id) in (0..cluster.nodes).zip(&ids) {
         let rpc_addr = format!("127.0.0.1:{}", port(i, 0));
@@ -64,6 +69,11 @@ pub async fn run(cluster: DevCluster, shutdown: CancellationToken) -> anyhow::Re
         if std::env::var_os("PROGLOG_SEGMENT_BYTES").is_none() {
             // Segments are preallocated; a local cluster needs no 1 GiB per node.
             command.env("PROGLOG_SEGMENT_BYTES", DEV_SEGMENT_BYTES.to_string());
+        }
+        if std::env::var_os("PROGLOG_WORKER_THREADS").is_none() {
+            // The nodes share this machine's cores: threads beyond a node's share only add
+            // hand-offs between them.
+            command.env("PROGLOG_WORKER_THREADS", threads_each.to_string());
         }
         let child = command
             .env_remove("PROGLOG_DATA_DIR")

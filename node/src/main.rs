@@ -107,6 +107,10 @@ struct Cli {
     /// Every node needs the same key.
     #[arg(long, env = "PROGLOG_GOSSIP_KEY", value_parser = parse_gossip_key, hide_env_values = true)]
     gossip_key: Option<GossipKey>,
+    /// Worker threads of the async runtime, 1 to 256 (default: one per CPU the process may
+    /// use, a container's CPU limit included). Nodes sharing a machine should split its cores.
+    #[arg(long, env = "PROGLOG_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 /// A parsed gossip key (kept out of `Debug` output).
@@ -213,6 +217,7 @@ impl Cli {
                 key: self.gossip_key.map(|key| key.0),
             })
         };
+        config.worker_threads = self.worker_threads;
         config.log_format = match self.log_format {
             FormatArg::Json => LogFormat::Json,
             FormatArg::Pretty => LogFormat::Pretty,
@@ -239,7 +244,7 @@ fn init_tracing(format: LogFormat) {
 
 fn run_dev(cluster: proglog_node::dev::DevCluster) -> ExitCode {
     init_tracing(LogFormat::Pretty);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime(None) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("proglog-node dev: cannot start the async runtime: {err}");
@@ -258,6 +263,15 @@ fn run_dev(cluster: proglog_node::dev::DevCluster) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime, with `worker_threads` workers (default: one per available CPU).
+fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
@@ -310,7 +324,7 @@ fn main() -> ExitCode {
         eprintln!("proglog-node: {err}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime(config.worker_threads) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("proglog-node: cannot start the async runtime: {err}");

@@ -374,6 +374,31 @@ impl Consensus {
             .await
     }
 
+    /// Steps a peer's answer to a request this node sent. A follower's fetch answer that only
+    /// copies records into the page cache ([`Replica::fetch_response_is_light`]: under
+    /// `interval` and `never`) runs in place when the replica is free, as a caught-up fetch
+    /// does on the leader: the hop to the blocking pool and back would cost more than the
+    /// write, and it sits on the path of every commit. Anything else runs on the blocking pool.
+    async fn step_answer(
+        self: &Arc<Self>,
+        from: NodeId,
+        answer: Message,
+    ) -> Result<Vec<Envelope>, ReplicationError> {
+        if let Message::FetchResponse(response) = &answer
+            && let Some(mut replica) = self.replica.try_lock()
+            && replica.fetch_response_is_light(&from, response)
+        {
+            let now = self.now();
+            let result = replica.step(now, &from, answer);
+            let outbox = replica.take_outbox();
+            self.publish_locked(&replica);
+            drop(replica);
+            return self.finish_step(result, outbox);
+        }
+        self.blocking(move |replica, now| replica.step(now, &from, answer))
+            .await
+    }
+
     /// Runs `f` on the replica on the blocking pool, then sends its outbox (except responses
     /// to requests, which the caller returns) and publishes the view.
     async fn blocking<F>(self: &Arc<Self>, f: F) -> Result<Vec<Envelope>, ReplicationError>
@@ -453,10 +478,7 @@ impl Consensus {
                     .await
                 {
                     Ok(Some(answer)) => {
-                        let from = to.clone();
-                        let _ = this
-                            .blocking(move |replica, now| replica.step(now, &from, answer))
-                            .await;
+                        let _ = this.step_answer(to, answer).await;
                     }
                     Ok(None) => {}
                     Err(err) => {

@@ -31,6 +31,12 @@ pub trait ReplicaLog {
     ) -> Result<AppendInfo, StorageError>;
     /// Appends batches copied from the leader, durable under the node's policy on return.
     fn append_fetched(&self, batches: &[Batch]) -> Result<(), StorageError>;
+    /// Whether [`ReplicaLog::append_fetched`] waits for an fsync. When it does not, appending
+    /// fetched records only copies them into the page cache. Defaults to `true`, the
+    /// conservative answer.
+    fn appends_sync(&self) -> bool {
+        true
+    }
     /// Removes every record at or after `offset`.
     fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError>;
     /// Removes every record and restarts the log at `offset` (the leader's start, when
@@ -82,6 +88,10 @@ impl ReplicaLog for Arc<Log> {
 
     fn append_fetched(&self, batches: &[Batch]) -> Result<(), StorageError> {
         self.append_batches(batches).map(|_| ())
+    }
+
+    fn appends_sync(&self) -> bool {
+        self.options().durability == Durability::Always
     }
 
     fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError> {
