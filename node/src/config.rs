@@ -27,8 +27,7 @@ pub struct NodeConfig {
     /// Where the gRPC services listen. Default `0.0.0.0:8400`.
     pub rpc_addr: SocketAddr,
     /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP. Default `0.0.0.0:9400`.
-    /// (OpenTelemetry trace export is not implemented; its settings would go next to this one,
-    /// see the `telemetry` module.)
+    /// Trace export, the other half of telemetry, is [`NodeConfig::traces`].
     pub http_addr: SocketAddr,
     /// The RPC address other nodes and clients are told to use (defaults to `rpc_addr`, with the
     /// bound port when `rpc_addr` asks for port 0).
@@ -61,6 +60,69 @@ pub struct NodeConfig {
     /// a machine (`proglog-node dev`, benchmarks) each get their share instead, since threads
     /// beyond the cores only add hand-offs between them.
     pub worker_threads: Option<usize>,
+    /// OpenTelemetry trace export (`--otlp-endpoint`, `--trace-sample-ratio`). Default: off.
+    pub traces: TraceConfig,
+}
+
+/// OpenTelemetry trace export: one server span per RPC, sent over OTLP/gRPC (see the
+/// `telemetry` module for what a span holds and how export behaves when the collector is down).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceConfig {
+    /// The collector's OTLP/gRPC endpoint (`--otlp-endpoint`), `http://host:4317` (plaintext,
+    /// such as a sidecar or node-local agent) or `https://host:4317` (TLS, verified against the
+    /// system's root certificates). `None`, the default, exports nothing and starts no exporter.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces recorded and exported (`--trace-sample-ratio`, 0.0 to 1.0, default
+    /// 1.0). An RPC whose caller sent a `traceparent` follows the caller's sampling decision
+    /// instead, so a trace is never exported in pieces.
+    pub sample_ratio: f64,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl TraceConfig {
+    /// Whether spans are exported at all.
+    pub fn enabled(&self) -> bool {
+        self.otlp_endpoint.is_some()
+    }
+
+    /// Checks the sample ratio and the endpoint: `(flag, reason)` of the first that cannot work.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err((
+                "trace-sample-ratio",
+                format!("{} is outside 0.0..=1.0", self.sample_ratio),
+            ));
+        }
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(());
+        };
+        let invalid = |why: &str| Err(("otlp-endpoint", format!("`{endpoint}` {why}")));
+        let uri: http::Uri = match endpoint.parse() {
+            Ok(uri) => uri,
+            Err(err) => return invalid(&format!("is not a URL: {err}")),
+        };
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return invalid("must start with http:// (plaintext) or https:// (TLS)");
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return invalid("names no host");
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            // `/v1/traces` belongs to OTLP over HTTP; the node speaks OTLP over gRPC.
+            return invalid(
+                "has a path, but OTLP/gRPC takes none: give the collector's gRPC address (usually port 4317)",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// How a node finds and replicates with its peers.
@@ -147,6 +209,7 @@ impl NodeConfig {
             acl: None,
             replication: ReplicationConfig::default(),
             worker_threads: None,
+            traces: TraceConfig::default(),
         }
     }
 
@@ -239,6 +302,9 @@ impl NodeConfig {
                 }
             }
         }
+        if let Err((key, reason)) = self.traces.validate() {
+            return invalid(key, reason);
+        }
         Ok(())
     }
 }
@@ -292,5 +358,43 @@ mod tests {
         let err = config.validate().unwrap_err();
         assert_eq!(err.key, "acl-model");
         assert!(err.reason.contains("mutual TLS"), "{err}");
+    }
+
+    #[test]
+    fn trace_export_settings_are_checked_before_start() {
+        let mut config = NodeConfig::new("node-0", "/tmp/x");
+        assert!(!config.traces.enabled(), "export is opt-in");
+        for endpoint in [
+            "http://127.0.0.1:4317",
+            "http://otel-agent:4317/",
+            "https://collector.example.com:4317",
+        ] {
+            config.traces.otlp_endpoint = Some(endpoint.into());
+            config.validate().unwrap();
+        }
+        for (endpoint, why) in [
+            ("127.0.0.1:4317", "must start with http://"),
+            ("grpc://collector:4317", "must start with http://"),
+            ("http://collector:4318/v1/traces", "OTLP/gRPC takes none"),
+            ("http://", "is not a URL"),
+            ("not a url", "is not a URL"),
+        ] {
+            config.traces.otlp_endpoint = Some(endpoint.into());
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.key, "otlp-endpoint", "{endpoint}: {err}");
+            assert!(err.reason.contains(why), "{endpoint}: {err}");
+        }
+
+        config.traces.otlp_endpoint = None;
+        for ratio in [0.0, 0.25, 1.0] {
+            config.traces.sample_ratio = ratio;
+            config.validate().unwrap();
+        }
+        for ratio in [-0.1, 1.5, f64::NAN] {
+            config.traces.sample_ratio = ratio;
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.key, "trace-sample-ratio", "{ratio}: {err}");
+            assert!(err.to_string().contains("0.0..=1.0"), "{err}");
+        }
     }
 }

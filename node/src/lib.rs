@@ -19,7 +19,7 @@
 //! - [`security`]: TLS with certificate hot reload, mutual TLS, and the Casbin ACL (proglog's
 //!   model and policy files) enforced in one tower layer.
 //! - [`telemetry`]: Prometheus metrics (one RPC layer, log gauges read at scrape time), the
-//!   `/metrics`, `/healthz` and `/readyz` HTTP server.
+//!   `/metrics`, `/healthz` and `/readyz` HTTP server, optional OpenTelemetry trace export.
 //! - `fuzzing`: entry points shared by the fuzz targets and the corpus replay test.
 //!
 //! Next (see `shared/design/architecture.md`): `replication/`, `discovery/`,

@@ -8,10 +8,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use proglog_node::config::{GossipConfig, LogFormat, NodeConfig};
+use proglog_node::config::{GossipConfig, LogFormat, NodeConfig, TraceConfig};
 use proglog_node::security::{AclConfig, TlsConfig};
 use proglog_node::storage::Durability;
+use proglog_node::telemetry::TraceExport;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// How long the spans still queued at shutdown may take to reach the collector.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A proglog node: a segmented commit log served over gRPC (proglog's `log.v1.Log` API).
 #[derive(Debug, Parser)]
@@ -111,6 +118,14 @@ struct Cli {
     /// use, a container's CPU limit included). Nodes sharing a machine should split its cores.
     #[arg(long, env = "PROGLOG_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Export a span per RPC over OTLP/gRPC to this collector, `http://host:4317` (plaintext)
+    /// or `https://host:4317` (TLS, system roots). Unset: no trace export.
+    #[arg(long, env = "PROGLOG_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Fraction of new traces exported, 0.0 to 1.0; calls carrying a `traceparent` follow the
+    /// caller's sampling decision.
+    #[arg(long, env = "PROGLOG_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    trace_sample_ratio: f64,
 }
 
 /// A parsed gossip key (kept out of `Debug` output).
@@ -218,6 +233,10 @@ impl Cli {
             })
         };
         config.worker_threads = self.worker_threads;
+        config.traces = TraceConfig {
+            otlp_endpoint: self.otlp_endpoint,
+            sample_ratio: self.trace_sample_ratio,
+        };
         config.log_format = match self.log_format {
             FormatArg::Json => LogFormat::Json,
             FormatArg::Pretty => LogFormat::Pretty,
@@ -226,24 +245,29 @@ impl Cli {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Installs the subscriber: log lines on stderr, filtered by `RUST_LOG`, and, when trace
+/// export is on, the layer that exports RPC spans (filtered on its own, so `RUST_LOG` never
+/// silences traces and traces never add log lines).
+fn init_tracing(format: LogFormat, traces: Option<&TraceExport>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // memberlist logs a harmless "broadcast failed to notify" at ERROR each time a gossip
         // tag changes (the role, on every election); keep it out of operators' alerts.
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("info,memberlist_core::broadcast=off")
         });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
-    }
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Pretty => lines.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(traces.map(TraceExport::layer))
+        .init();
 }
 
 fn run_dev(cluster: proglog_node::dev::DevCluster) -> ExitCode {
-    init_tracing(LogFormat::Pretty);
+    init_tracing(LogFormat::Pretty, None);
     let runtime = match runtime(None) {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -318,8 +342,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format);
     if let Err(err) = config.validate() {
+        init_tracing(config.log_format, None);
         tracing::error!(error = %err, "refusing to start");
         eprintln!("proglog-node: {err}");
         return ExitCode::from(2);
@@ -331,11 +355,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: the exporter's gRPC channel runs on it.
+    let traces = match runtime.block_on(async { TraceExport::start(&config.traces, &config.id) }) {
+        Ok(traces) => traces,
+        Err(err) => {
+            // With its source: why the exporter could not be built.
+            let err = anyhow::Error::new(err);
+            init_tracing(config.log_format, None);
+            tracing::error!(error = format!("{err:#}"), "refusing to start");
+            eprintln!("proglog-node: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format, traces.as_ref());
+    if let Some(endpoint) = &config.traces.otlp_endpoint {
+        tracing::info!(
+            otlp_endpoint = %endpoint,
+            sample_ratio = config.traces.sample_ratio,
+            "exporting RPC spans over OTLP"
+        );
+    }
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
         proglog_node::server::run(config, shutdown).await
     });
+    // After the drain, with the runtime still running the exporter's channel: the spans of the
+    // last calls are still queued.
+    if let Some(traces) = traces
+        && let Err(err) = traces.shutdown(TRACE_FLUSH_TIMEOUT)
+    {
+        let err = anyhow::Error::new(err);
+        tracing::warn!(error = format!("{err:#}"), "spans lost at shutdown");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -174,7 +174,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         // First, so it is the outermost layer and counts what later layers reject too.
-        .layer(RpcMetricsLayer::new(metrics.rpc().clone()))
+        .layer(
+            RpcMetricsLayer::new(metrics.rpc().clone()).with_trace_spans(config.traces.enabled()),
+        )
         // Inside the metrics layer, so an oversize request is counted as InvalidArgument.
         .layer(MessageLimitLayer::new(config.log.max_record_bytes as usize))
         // Every call is authorized here (a pass-through without an ACL).

@@ -1,12 +1,16 @@
-//! Telemetry: Prometheus metrics, the health endpoints, and the RPC layer that feeds them.
+//! Telemetry: Prometheus metrics, the health endpoints, OpenTelemetry trace export, and the RPC
+//! layer that feeds them.
 //!
 //! ## Layout
 //!
 //! - `metrics`: [`Metrics`], the one registry of the node: RPC golden signals and the log gauges
 //!   (read from the log at scrape time by a collector, so nothing on the hot path updates them).
 //! - `rpc_layer`: [`RpcMetricsLayer`], a tower layer around the whole tonic server. Every RPC is
-//!   counted, timed and (when it fails) logged once, here and nowhere else: handlers never
-//!   record metrics themselves.
+//!   counted, timed, (when it fails) logged and (when trace export is on) given its span once,
+//!   here and nowhere else: handlers never record metrics themselves.
+//! - `rpc_span`: the OpenTelemetry server span of one RPC, its attributes and its parent.
+//! - `trace_export`: [`TraceExport`], the OTLP exporter and batch processor behind
+//!   `--otlp-endpoint`, and the `tracing` layer that feeds them.
 //! - `health`: [`Health`], liveness and readiness as the HTTP endpoints report them.
 //! - `http`: [`HttpServer`], the small HTTP/1 server of `/metrics`, `/healthz` and `/readyz`
 //!   (default `0.0.0.0:9400`, `--http-addr`), bounded in connections and header time, stopped
@@ -49,20 +53,49 @@
 //! Each failed RPC is logged once at `warn` by the RPC layer (`"message":"rpc failed"`) with
 //! `method`, `code` and `grpc_message`, the status message (never a request or response payload).
 //!
-//! ## Trace export (OpenTelemetry): not implemented
+//! ## Trace export (OpenTelemetry)
 //!
-//! Exporting spans over OTLP is optional in the observability issue and is not implemented:
-//! there is no flag for it and no exporter dependency. It would go here, as a
-//! `tracing-opentelemetry` layer added to the subscriber `main` builds, configured by a
-//! `NodeConfig` field next to `http_addr`.
+//! Optional: `--otlp-endpoint http://collector:4317` (`PROGLOG_OTLP_ENDPOINT`) turns it on;
+//! without it no exporter starts, no OpenTelemetry layer is installed and the RPC layer makes no
+//! spans, so RPCs pay nothing for it. The endpoint speaks OTLP over gRPC: `http://` is
+//! plaintext (a sidecar or node-local agent), `https://` is TLS verified against the system's
+//! root certificates (or the bundle `SSL_CERT_FILE` names). The standard
+//! `OTEL_EXPORTER_OTLP_TRACES_HEADERS` and `_TIMEOUT` variables and the `OTEL_BSP_*` batch
+//! settings are honoured.
+//!
+//! - Spans: one server span per RPC of the services the metrics name (`log.v1.Log`, health,
+//!   reflection), named `log.v1.Log/Produce` and so on, with `rpc.system` = `grpc`,
+//!   `rpc.service`, `rpc.method` and `rpc.grpc.status_code`. Any code but `OK` sets the span's
+//!   status to error with the status message, as every code but `Ok` counts as failed above
+//!   (OpenTelemetry's conventions would leave client-caused codes such as `OUT_OF_RANGE` unset
+//!   on server spans). The replication and admin services get no spans: followers fetch
+//!   continuously.
+//! - Context: a caller's W3C `traceparent` / `tracestate` metadata is the span's parent, so a
+//!   client's trace continues into the node.
+//! - Streams: like the duration, the span of `ConsumeStream` or `ProduceStream` covers setting
+//!   the stream up and ends when the response headers are sent; it has a status code only when
+//!   the stream was refused at once. The stream's final code is in
+//!   `proglog_rpc_requests_total` and the logs.
+//! - Resource: `service.name` = `proglog-node`, `service.instance.id` = the node's `--id`.
+//! - Sampling: `--trace-sample-ratio` (default 1.0) of new traces; an RPC with a `traceparent`
+//!   follows its caller's decision.
+//! - Delivery: the SDK's batch span processor, a queue of at most [`MAX_QUEUED_SPANS`] spans
+//!   (2048; beyond it spans are dropped) exported every 5 s from a thread of its own. RPCs never
+//!   wait for the collector; an unreachable one costs spans and an error logged by the SDK per
+//!   failed batch (`BatchSpanProcessor.ExportError`, after its retries), never RPCs. At
+//!   shutdown, after the drain, the queued spans are flushed (at most 5 s) before the process
+//!   exits.
 
 mod health;
 mod http;
 mod metrics;
 mod rpc_layer;
+mod rpc_span;
+mod trace_export;
 
 pub use health::Health;
 pub use http::{HttpServer, MAX_HTTP_CONNECTIONS};
 pub use metrics::{LogSnapshot, LogStats, Metrics, RpcMetrics};
 pub(crate) use rpc_layer::percent_decode;
 pub use rpc_layer::{RpcMetricsLayer, RpcMetricsService};
+pub use trace_export::{MAX_QUEUED_SPANS, SERVICE_NAME, TraceExport, TraceExportError};

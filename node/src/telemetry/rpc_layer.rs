@@ -1,10 +1,11 @@
-//! [`RpcMetricsLayer`]: counts, times and logs every RPC, around the whole tonic server.
+//! [`RpcMetricsLayer`]: counts, times and logs every RPC, around the whole tonic server, and
+//! (when trace export is on) gives each its OpenTelemetry server span.
 //!
 //! One place for all of it, keyed by the request path (`/log.v1.Log/Produce` is method
 //! `Produce`). The status code comes from the `grpc-status` header of a trailers-only response
 //! (every error a handler returns) or from the trailers at the end of the body (successes and
-//! errors a stream ends with). What "duration" means for streams is in the module documentation
-//! of [`super`].
+//! errors a stream ends with). What "duration" means for streams, and what a stream's span
+//! covers, is in the module documentation of [`super`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use tower_service::Service;
 
 use super::RpcMetrics;
 use super::metrics::{MethodCodeLabels, MethodLabels};
+use super::rpc_span::RpcSpan;
 
 /// Methods counted under their own name, by service. Any other path is `unknown`, so clients
 /// cannot grow the label set. A test checks the `log.v1.Log` list against `log.proto`.
@@ -42,42 +44,77 @@ pub(crate) const KNOWN_METHODS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// The `method` label of a request path.
-pub(crate) fn method_label(path: &str) -> &'static str {
-    let Some((service, method)) = path.strip_prefix('/').and_then(|rest| rest.split_once('/'))
-    else {
-        return "unknown";
-    };
+/// Methods that stream responses: their duration, and their span, end when the stream is set
+/// up rather than when it ends (see [`super`]). A test checks the `log.v1.Log` ones against
+/// `log.proto`.
+const STREAMING_METHODS: &[&str] = &[
+    "ConsumeStream",
+    "ProduceStream",
+    "Watch",
+    "ServerReflectionInfo",
+];
+
+/// The known service and method of a request path (`None` for any other path).
+pub(crate) fn known_method(path: &str) -> Option<(&'static str, &'static str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     KNOWN_METHODS
         .iter()
         .find(|(known, _)| *known == service)
-        .and_then(|(_, methods)| methods.iter().find(|known| **known == method))
-        .copied()
-        .unwrap_or("unknown")
+        .and_then(|(known_service, methods)| {
+            methods
+                .iter()
+                .find(|known| **known == method)
+                .map(|known_method| (*known_service, *known_method))
+        })
 }
 
-/// The gRPC status code name of a `grpc-status` value (`Unknown` for anything unexpected).
-pub(crate) fn code_name(grpc_status: &[u8]) -> &'static str {
-    match grpc_status {
-        b"0" => "Ok",
-        b"1" => "Cancelled",
-        b"2" => "Unknown",
-        b"3" => "InvalidArgument",
-        b"4" => "DeadlineExceeded",
-        b"5" => "NotFound",
-        b"6" => "AlreadyExists",
-        b"7" => "PermissionDenied",
-        b"8" => "ResourceExhausted",
-        b"9" => "FailedPrecondition",
-        b"10" => "Aborted",
-        b"11" => "OutOfRange",
-        b"12" => "Unimplemented",
-        b"13" => "Internal",
-        b"14" => "Unavailable",
-        b"15" => "DataLoss",
-        b"16" => "Unauthenticated",
-        _ => "Unknown",
-    }
+/// The `method` label of a known method (or `unknown`).
+fn method_label(known: Option<(&'static str, &'static str)>) -> &'static str {
+    known.map_or("unknown", |(_, method)| method)
+}
+
+/// gRPC status code names by code, as the `code` label spells them.
+const CODE_NAMES: [&str; 17] = [
+    "Ok",
+    "Cancelled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// `Cancelled`: the call ended before its status was sent.
+const CODE_CANCELLED: u8 = 1;
+
+/// `Unknown`: no (valid) status at all.
+const CODE_UNKNOWN: u8 = 2;
+
+/// The gRPC status code of a `grpc-status` value (`Unknown` for anything unexpected).
+pub(crate) fn code_of(grpc_status: &[u8]) -> u8 {
+    std::str::from_utf8(grpc_status)
+        .ok()
+        .and_then(|text| text.parse::<u8>().ok())
+        .filter(|code| usize::from(*code) < CODE_NAMES.len())
+        .unwrap_or(CODE_UNKNOWN)
+}
+
+/// The name of a gRPC status code.
+pub(crate) fn code_name(code: u8) -> &'static str {
+    CODE_NAMES
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or("Unknown")
 }
 
 /// Longest status message logged, in bytes (messages are ours, but stay bounded).
@@ -88,12 +125,23 @@ const MAX_LOGGED_MESSAGE: usize = 512;
 #[derive(Debug, Clone)]
 pub struct RpcMetricsLayer {
     metrics: RpcMetrics,
+    trace_spans: bool,
 }
 
 impl RpcMetricsLayer {
-    /// A layer recording into `metrics`.
+    /// A layer recording into `metrics`, making no spans.
     pub fn new(metrics: RpcMetrics) -> Self {
-        RpcMetricsLayer { metrics }
+        RpcMetricsLayer {
+            metrics,
+            trace_spans: false,
+        }
+    }
+
+    /// Also opens an OpenTelemetry server span per RPC. Only worth it when trace export is on
+    /// (`main` installs the layer that exports them); off, RPCs pay nothing for spans.
+    pub fn with_trace_spans(mut self, trace_spans: bool) -> Self {
+        self.trace_spans = trace_spans;
+        self
     }
 }
 
@@ -104,6 +152,7 @@ impl<S> Layer<S> for RpcMetricsLayer {
         RpcMetricsService {
             inner,
             metrics: self.metrics.clone(),
+            trace_spans: self.trace_spans,
         }
     }
 }
@@ -113,6 +162,7 @@ impl<S> Layer<S> for RpcMetricsLayer {
 pub struct RpcMetricsService<S> {
     inner: S,
     metrics: RpcMetrics,
+    trace_spans: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RpcMetricsService<S>
@@ -128,7 +178,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let call = Call::start(self.metrics.clone(), method_label(request.uri().path()));
+        let known = known_method(request.uri().path());
+        // Only calls of known services get a span: the replication and admin services (and
+        // any path a client makes up) are left out, so followers' continuous fetches do not
+        // flood the collector.
+        let span = known
+            .filter(|_| self.trace_spans)
+            .map(|(service, method)| RpcSpan::start(request.headers(), service, method));
+        let call = Call::start(self.metrics.clone(), known, span);
         ResponseFuture {
             inner: self.inner.call(request),
             call: Some(call),
@@ -137,17 +194,25 @@ where
 }
 
 /// One RPC from arrival to its status: keeps `in_flight` up while it lives and records the
-/// count (and a warning for an error) exactly once.
+/// count (and a warning for an error) exactly once; holds the RPC's span, if any, until the span
+/// ends.
 #[derive(Debug)]
 struct Call {
     metrics: RpcMetrics,
     method: &'static str,
+    streaming: bool,
     started: Instant,
     finished: bool,
+    span: Option<RpcSpan>,
 }
 
 impl Call {
-    fn start(metrics: RpcMetrics, method: &'static str) -> Self {
+    fn start(
+        metrics: RpcMetrics,
+        known: Option<(&'static str, &'static str)>,
+        span: Option<RpcSpan>,
+    ) -> Self {
+        let method = method_label(known);
         metrics
             .in_flight
             .get_or_create(&MethodLabels { method })
@@ -155,8 +220,19 @@ impl Call {
         Call {
             metrics,
             method,
+            streaming: STREAMING_METHODS.contains(&method),
             started: Instant::now(),
             finished: false,
+            span,
+        }
+    }
+
+    /// The response headers are out without a status, so a body follows. A stream's span ends
+    /// here, with its duration: a stream may follow the log for hours, and a span is exported
+    /// only once it ends.
+    fn body_follows(&mut self) {
+        if self.streaming {
+            self.span = None;
         }
     }
 
@@ -179,15 +255,20 @@ impl Call {
         let message = headers
             .get("grpc-message")
             .map(|value| percent_decode(value.as_bytes(), MAX_LOGGED_MESSAGE));
-        self.finish(code_name(status.as_bytes()), message.as_deref());
+        self.finish(code_of(status.as_bytes()), message.as_deref());
         true
     }
 
-    fn finish(&mut self, code: &'static str, message: Option<&str>) {
+    fn finish(&mut self, code_number: u8, message: Option<&str>) {
         if self.finished {
             return;
         }
         self.finished = true;
+        let code = code_name(code_number);
+        // Ends the span (if the call still has one) with the status.
+        if let Some(span) = self.span.take() {
+            span.record_status(code_number, code, message);
+        }
         self.metrics
             .requests
             .get_or_create(&MethodCodeLabels {
@@ -210,7 +291,7 @@ impl Drop for Call {
     fn drop(&mut self) {
         // Dropped before a status: the client went away (or the connection broke).
         self.finish(
-            "Cancelled",
+            CODE_CANCELLED,
             Some("the call ended before its status was sent"),
         );
         self.metrics
@@ -277,12 +358,13 @@ where
                 let call = if call.finish_from(response.headers()) {
                     None
                 } else {
+                    call.body_follows();
                     Some(call)
                 };
                 Poll::Ready(Ok(response.map(|body| MetricsBody { inner: body, call })))
             }
             Err(err) => {
-                call.finish("Unknown", Some("the server failed to answer"));
+                call.finish(CODE_UNKNOWN, Some("the server failed to answer"));
                 Poll::Ready(Err(err))
             }
         }
@@ -319,12 +401,15 @@ impl<B: Body> Body for MetricsBody<B> {
             }
             Some(Err(_)) => {
                 if let Some(mut call) = this.call.take() {
-                    call.finish("Unknown", Some("the response body failed"));
+                    call.finish(CODE_UNKNOWN, Some("the response body failed"));
                 }
             }
             None => {
                 if let Some(mut call) = this.call.take() {
-                    call.finish("Unknown", Some("the response ended without a grpc-status"));
+                    call.finish(
+                        CODE_UNKNOWN,
+                        Some("the response ended without a grpc-status"),
+                    );
                 }
             }
         }
@@ -353,14 +438,23 @@ mod tests {
 
     #[test]
     fn method_is_the_last_path_segment_of_a_known_service() {
-        assert_eq!(method_label("/log.v1.Log/Produce"), "Produce");
-        assert_eq!(method_label("/log.v1.Log/ConsumeStream"), "ConsumeStream");
-        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "Check");
-        assert_eq!(method_label("/log.v1.Log/Nope"), "unknown");
-        assert_eq!(method_label("/evil.Service/Produce"), "unknown");
-        assert_eq!(method_label("/log.v1.Log"), "unknown");
-        assert_eq!(method_label("/"), "unknown");
-        assert_eq!(method_label(""), "unknown");
+        assert_eq!(method_label(known_method("/log.v1.Log/Produce")), "Produce");
+        assert_eq!(
+            method_label(known_method("/log.v1.Log/ConsumeStream")),
+            "ConsumeStream"
+        );
+        assert_eq!(
+            method_label(known_method("/grpc.health.v1.Health/Check")),
+            "Check"
+        );
+        assert_eq!(method_label(known_method("/log.v1.Log/Nope")), "unknown");
+        assert_eq!(
+            method_label(known_method("/evil.Service/Produce")),
+            "unknown"
+        );
+        assert_eq!(method_label(known_method("/log.v1.Log")), "unknown");
+        assert_eq!(method_label(known_method("/")), "unknown");
+        assert_eq!(method_label(known_method("")), "unknown");
     }
 
     #[test]
@@ -385,12 +479,52 @@ mod tests {
     }
 
     #[test]
+    fn streaming_methods_of_the_proto_are_the_streaming_ones() {
+        let proto = include_str!("../../../proto/proto/log/v1/log.proto");
+        let mut streaming_in_proto: Vec<&str> = proto
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("rpc "))
+            .filter(|rest| rest.contains("returns (stream "))
+            .filter_map(|rest| rest.split('(').next())
+            .map(str::trim)
+            .collect();
+        streaming_in_proto.sort_unstable();
+        let log_methods = KNOWN_METHODS
+            .iter()
+            .find(|(service, _)| *service == "log.v1.Log")
+            .map(|(_, methods)| methods.to_vec())
+            .unwrap();
+        let mut streaming_known: Vec<&str> = STREAMING_METHODS
+            .iter()
+            .copied()
+            .filter(|method| log_methods.contains(method))
+            .collect();
+        streaming_known.sort_unstable();
+        assert_eq!(streaming_in_proto, streaming_known);
+    }
+
+    #[test]
+    fn known_methods_carry_their_service() {
+        assert_eq!(
+            known_method("/log.v1.Log/Produce"),
+            Some(("log.v1.Log", "Produce"))
+        );
+        assert_eq!(
+            known_method("/grpc.health.v1.Health/Watch"),
+            Some(("grpc.health.v1.Health", "Watch"))
+        );
+        assert_eq!(known_method("/evil.Service/Produce"), None);
+    }
+
+    #[test]
     fn status_codes_have_their_grpc_names() {
-        assert_eq!(code_name(b"0"), "Ok");
-        assert_eq!(code_name(b"11"), "OutOfRange");
-        assert_eq!(code_name(b"16"), "Unauthenticated");
-        assert_eq!(code_name(b"17"), "Unknown");
-        assert_eq!(code_name(b"x"), "Unknown");
+        assert_eq!(code_name(code_of(b"0")), "Ok");
+        assert_eq!(code_of(b"11"), 11);
+        assert_eq!(code_name(code_of(b"11")), "OutOfRange");
+        assert_eq!(code_name(code_of(b"16")), "Unauthenticated");
+        assert_eq!(code_name(code_of(b"17")), "Unknown");
+        assert_eq!(code_name(code_of(b"x")), "Unknown");
+        assert_eq!(code_name(code_of(b"")), "Unknown");
     }
 
     #[test]
