@@ -291,6 +291,10 @@ impl LogApi for LogService {
         tokio::spawn(async move {
             let mut visible = store.subscribe();
             loop {
+                if shutdown.is_cancelled() {
+                    // A client that keeps up never waits below, so look once per read.
+                    return shutting_down(&tx, next);
+                }
                 let end = *visible.borrow_and_update();
                 if next >= end {
                     tokio::select! {
@@ -329,9 +333,16 @@ impl LogApi for LogService {
                     let response = ConsumeResponse {
                         record: Some(to_proto(record)),
                     };
+                    // While the client keeps up the buffer has room: no wait to set up per
+                    // record. Shutdown is watched where the stream waits (here, or for records).
+                    let response = match tx.try_send(Ok(response)) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        Err(mpsc::error::TrySendError::Full(response)) => response,
+                    };
                     tokio::select! {
                         _ = shutdown.cancelled() => return shutting_down(&tx, next - 1),
-                        sent = tx.send(Ok(response)) => if sent.is_err() { return },
+                        sent = tx.send(response) => if sent.is_err() { return },
                     }
                 }
                 if next == before {
