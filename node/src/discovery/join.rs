@@ -16,6 +16,10 @@ use super::gossip::{self, GossipNode};
 pub const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between attempts, so a node whose seeds come up late joins within seconds.
 pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long one join through one seed address may take. A push-pull with a live peer takes
+/// milliseconds; one that hangs (seen when every pod of a new StatefulSet joins the others at
+/// the same moment) must not stop the retries, so it is dropped and the next attempt made.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which addresses are this node, so a seed list that names it (every pod of a StatefulSet
 /// gets the same list) does not make it try to join itself: that would waste every attempt,
@@ -125,13 +129,16 @@ async fn attempt(node: &GossipNode, seeds: &[String], own: OwnAddrs) -> Attempt 
         };
         for addr in addrs.into_iter().filter(|a| !own.contains(*a)) {
             others += 1;
-            match gossip::join(node, addr).await {
-                Ok(()) => {
+            match tokio::time::timeout(JOIN_TIMEOUT, gossip::join(node, addr)).await {
+                Ok(Ok(())) => {
                     joined += 1;
                     tracing::debug!(seed = %seed, %addr, "gossip: joined through seed");
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::debug!(seed = %seed, %addr, %error, "gossip: join failed");
+                }
+                Err(_) => {
+                    tracing::info!(seed = %seed, %addr, timeout = ?JOIN_TIMEOUT, "gossip: join timed out; trying again");
                 }
             }
         }
