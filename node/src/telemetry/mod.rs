@@ -34,9 +34,13 @@
 //! `proglog_rpc_requests_total`, for example
 //! `sum by (method) (rate(proglog_rpc_requests_total{code!="Ok"}[5m]))`.
 //!
-//! `method` is the method name of a known service (`Produce` for `/log.v1.Log/Produce`); any
-//! other path is counted as `unknown`, so a client cannot grow the label set. A new service must
-//! add its methods to `rpc_layer::KNOWN_METHODS`.
+//! `method` is the method name of a known service (`Produce` for `/log.v1.Log/Produce`): the
+//! client `Log` service, the replication `Peer` service (`Vote`, `Fetch`, ...), the `Admin`
+//! service, health and reflection. Any other path is counted as `unknown`, so a client cannot
+//! grow the label set. A new service must add its methods to `rpc_layer::KNOWN_METHODS`.
+//! `Fetch` is a long poll: a caught-up follower's fetch waits on the leader for new records, so
+//! its duration is mostly that wait, and its rate (about one per follower per commit under
+//! load) is the replication traffic.
 //!
 //! ### Streaming RPCs
 //!
@@ -63,9 +67,9 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_HEADERS` and `_TIMEOUT` variables and the `OTEL_BSP_*` batch
 //! settings are honoured.
 //!
-//! - Spans: one server span per RPC of the services the metrics name (`log.v1.Log`, health,
-//!   reflection), named `log.v1.Log/Produce` and so on, with `rpc.system` = `grpc`,
-//!   `rpc.service`, `rpc.method` and `rpc.grpc.status_code`. Any code but `OK` sets the span's
+//! - Spans: one server span per RPC of `log.v1.Log`, health and reflection, named
+//!   `log.v1.Log/Produce` and so on, with `rpc.system` = `grpc`, `rpc.service`, `rpc.method`
+//!   and `rpc.grpc.status_code`. Any code but `OK` sets the span's
 //!   status to error with the status message, as every code but `Ok` counts as failed above
 //!   (OpenTelemetry's conventions would leave client-caused codes such as `OUT_OF_RANGE` unset
 //!   on server spans). The replication and admin services get no spans: followers fetch

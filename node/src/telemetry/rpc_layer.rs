@@ -23,7 +23,7 @@ use super::metrics::{MethodCodeLabels, MethodLabels};
 use super::rpc_span::RpcSpan;
 
 /// Methods counted under their own name, by service. Any other path is `unknown`, so clients
-/// cannot grow the label set. A test checks the `log.v1.Log` list against `log.proto`.
+/// cannot grow the label set. Tests check the `log.v1` lists against their `.proto` files.
 pub(crate) const KNOWN_METHODS: &[(&str, &[&str])] = &[
     (
         "log.v1.Log",
@@ -35,6 +35,19 @@ pub(crate) const KNOWN_METHODS: &[(&str, &[&str])] = &[
             "GetServers",
             "ProduceBatch",
             "GetOffsets",
+        ],
+    ),
+    (
+        "log.v1.Peer",
+        &["Vote", "BeginQuorumEpoch", "EndQuorumEpoch", "Fetch"],
+    ),
+    (
+        "log.v1.Admin",
+        &[
+            "ClusterStatus",
+            "TransferLeadership",
+            "AddVoter",
+            "RemoveVoter",
         ],
     ),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
@@ -53,6 +66,10 @@ const STREAMING_METHODS: &[&str] = &[
     "Watch",
     "ServerReflectionInfo",
 ];
+
+/// Known services whose calls are counted but get no span: followers fetch continuously, and
+/// the operator asks for the cluster's status on every reconcile.
+const UNTRACED_SERVICES: &[&str] = &["log.v1.Peer", "log.v1.Admin"];
 
 /// The known service and method of a request path (`None` for any other path).
 pub(crate) fn known_method(path: &str) -> Option<(&'static str, &'static str)> {
@@ -183,7 +200,7 @@ where
         // any path a client makes up) are left out, so followers' continuous fetches do not
         // flood the collector.
         let span = known
-            .filter(|_| self.trace_spans)
+            .filter(|(service, _)| self.trace_spans && !UNTRACED_SERVICES.contains(service))
             .map(|(service, method)| RpcSpan::start(request.headers(), service, method));
         let call = Call::start(self.metrics.clone(), known, span);
         ResponseFuture {
@@ -457,25 +474,42 @@ mod tests {
         assert_eq!(method_label(known_method("")), "unknown");
     }
 
-    #[test]
-    fn every_log_method_of_the_proto_is_known() {
-        let proto = include_str!("../../../proto/proto/log/v1/log.proto");
-        let in_proto: Vec<&str> = proto
+    /// The methods `proto` declares.
+    fn methods_in(proto: &str) -> Vec<&str> {
+        let mut methods: Vec<&str> = proto
             .lines()
             .filter_map(|line| line.trim().strip_prefix("rpc "))
             .filter_map(|rest| rest.split('(').next())
             .map(str::trim)
             .collect();
-        let known = KNOWN_METHODS
-            .iter()
-            .find(|(service, _)| *service == "log.v1.Log")
-            .map(|(_, methods)| methods.to_vec())
-            .unwrap();
-        let mut sorted_proto = in_proto.clone();
-        sorted_proto.sort_unstable();
-        let mut sorted_known = known;
-        sorted_known.sort_unstable();
-        assert_eq!(sorted_proto, sorted_known);
+        methods.sort_unstable();
+        methods
+    }
+
+    #[test]
+    fn every_method_of_the_protos_is_known() {
+        for (service, proto) in [
+            (
+                "log.v1.Log",
+                include_str!("../../../proto/proto/log/v1/log.proto"),
+            ),
+            (
+                "log.v1.Peer",
+                include_str!("../../../proto/proto/log/v1/peer.proto"),
+            ),
+            (
+                "log.v1.Admin",
+                include_str!("../../../proto/proto/log/v1/admin.proto"),
+            ),
+        ] {
+            let mut known = KNOWN_METHODS
+                .iter()
+                .find(|(known, _)| *known == service)
+                .map(|(_, methods)| methods.to_vec())
+                .unwrap();
+            known.sort_unstable();
+            assert_eq!(methods_in(proto), known, "{service}");
+        }
     }
 
     #[test]
@@ -512,6 +546,10 @@ mod tests {
         assert_eq!(
             known_method("/grpc.health.v1.Health/Watch"),
             Some(("grpc.health.v1.Health", "Watch"))
+        );
+        assert_eq!(
+            known_method("/log.v1.Peer/Fetch"),
+            Some(("log.v1.Peer", "Fetch"))
         );
         assert_eq!(known_method("/evil.Service/Produce"), None);
     }
