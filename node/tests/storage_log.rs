@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proglog_node::storage::{
-    Durability, Log, LogOptions, Record, StorageError, index_file_name, log_file_name,
+    BATCH_HEADER_LEN, Durability, Log, LogOptions, RECORD_HEADER_LEN, Record, StorageError,
+    index_file_name, log_file_name,
 };
 
 fn small_options() -> LogOptions {
@@ -481,4 +482,36 @@ fn followers_append_the_leaders_batches_byte_for_byte() {
             found: 0
         })
     ));
+}
+
+#[test]
+fn an_append_is_said_to_stay_in_the_page_cache_only_when_no_file_work_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    // The first batch of an epoch rewrites the epoch checkpoint.
+    assert!(!log.append_stays_in_page_cache(1, 1, 100));
+    append_range(&log, 1, 0, 10, 5);
+    assert!(log.append_stays_in_page_cache(1, 1, 100));
+    assert!(!log.append_stays_in_page_cache(2, 1, 100), "a new epoch");
+    // Past the segment size the append would seal (and sync) this segment and start another.
+    assert!(!log.append_stays_in_page_cache(1, 1, 8 * 1024));
+    let segments = std::fs::read_dir(dir.path()).unwrap().count();
+    // The encoded size of the next 5 records, as `append_range` writes them.
+    let next_bytes = |end: u64| {
+        (end..end + 5).fold(BATCH_HEADER_LEN as u64, |bytes, i| {
+            bytes + (RECORD_HEADER_LEN + value(i).len()) as u64
+        })
+    };
+    while log.append_stays_in_page_cache(1, 5, next_bytes(log.end_offset())) {
+        let end = log.end_offset();
+        append_range(&log, 1, end, end + 5, 5);
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        segments,
+        "no segment was started while appends were said to stay in the page cache"
+    );
+    let end = log.end_offset();
+    append_range(&log, 1, end, end + 5, 5);
+    assert!(std::fs::read_dir(dir.path()).unwrap().count() > segments);
 }

@@ -22,7 +22,10 @@ use tonic::Status;
 use super::status::{to_replication_status, to_status};
 use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{NodeId, ReplicationError};
-use crate::storage::{AppendInfo, Batch, Durability, Log, Record, StorageError, now_ms};
+use crate::storage::{
+    AppendInfo, BATCH_HEADER_LEN, Batch, Durability, Log, RECORD_HEADER_LEN, Record, StorageError,
+    now_ms,
+};
 
 /// How long a produce waits for a leader to be elected before giving up.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -130,10 +133,11 @@ impl LogStore {
     ///
     /// The write only copies into the page cache (a few microseconds for the largest batch
     /// allowed), so it runs in place: the hop to the blocking pool and back would cost more
-    /// than the write and is what bounds unary produce at concurrency 1. The rare exception is
-    /// a segment roll, which fsyncs the sealed segment once per `segment_bytes`. Under
-    /// `always` the sync task makes the write durable; only `acks_leader` waits for its own
-    /// fsync, on the blocking pool.
+    /// than the write and is what bounds unary produce at concurrency 1. A write that would
+    /// roll the segment (which fsyncs the sealed one) or record a new epoch runs on the
+    /// blocking pool instead; a roll that another produce makes due in between can still
+    /// happen in place, rarely. Under `always` the sync task makes the write durable; only
+    /// `acks_leader` waits for its own fsync, on the blocking pool.
     pub async fn append(
         &self,
         records: Vec<NewRecord>,
@@ -143,13 +147,24 @@ impl LogStore {
         let Some(epoch) = view.leader_epoch else {
             return Err(self.not_leader(view.leader_id));
         };
-        let result = if acks_leader && self.log.options().durability == Durability::Always {
+        let syncs_now = acks_leader && self.log.options().durability == Durability::Always;
+        let encoded_bytes = records
+            .iter()
+            .fold(BATCH_HEADER_LEN as u64, |bytes, record| {
+                bytes + (RECORD_HEADER_LEN + record.value.len()) as u64
+            });
+        let in_place = !syncs_now
+            && self
+                .log
+                .append_stays_in_page_cache(epoch, records.len() as u64, encoded_bytes);
+        let result = if in_place {
+            append_now(&self.log, epoch, &records, false)
+        } else {
+            // An fsync, a segment roll or the epoch's first batch: file work, off the runtime.
             let log = Arc::clone(&self.log);
-            tokio::task::spawn_blocking(move || append_now(&log, epoch, &records, true))
+            tokio::task::spawn_blocking(move || append_now(&log, epoch, &records, syncs_now))
                 .await
                 .map_err(|err| Status::internal(format!("append task failed: {err}")))?
-        } else {
-            append_now(&self.log, epoch, &records, false)
         };
         let info = match result {
             Ok(info) => info,

@@ -31,11 +31,12 @@ pub trait ReplicaLog {
     ) -> Result<AppendInfo, StorageError>;
     /// Appends batches copied from the leader, durable under the node's policy on return.
     fn append_fetched(&self, batches: &[Batch]) -> Result<(), StorageError>;
-    /// Whether [`ReplicaLog::append_fetched`] waits for an fsync. When it does not, appending
-    /// fetched records only copies them into the page cache. Defaults to `true`, the
-    /// conservative answer.
-    fn appends_sync(&self) -> bool {
-        true
+    /// Whether [`ReplicaLog::append_fetched`] of `batches` would only copy them into the page
+    /// cache: no fsync under the node's durability, no segment roll and no new epoch to
+    /// record. Defaults to `false`, the conservative answer.
+    fn append_stays_in_page_cache(&self, batches: &[Batch]) -> bool {
+        let _ = batches;
+        false
     }
     /// Removes every record at or after `offset`.
     fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError>;
@@ -90,8 +91,26 @@ impl ReplicaLog for Arc<Log> {
         self.append_batches(batches).map(|_| ())
     }
 
-    fn appends_sync(&self) -> bool {
-        self.options().durability == Durability::Always
+    fn append_stays_in_page_cache(&self, batches: &[Batch]) -> bool {
+        if self.options().durability == Durability::Always {
+            return false;
+        }
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            return true;
+        };
+        let bytes = batches
+            .iter()
+            .map(|batch| batch.as_bytes().len() as u64)
+            .sum();
+        // One epoch for all: a batch of a later epoch than the log's last is recorded in the
+        // epoch checkpoint, a file write.
+        first.leader_epoch() == last.leader_epoch()
+            && Log::append_stays_in_page_cache(
+                self,
+                last.leader_epoch(),
+                last.next_offset().saturating_sub(first.base_offset()),
+                bytes,
+            )
     }
 
     fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError> {

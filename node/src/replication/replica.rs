@@ -1100,7 +1100,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
 
     /// Whether stepping `response` from `from` only copies records into the page cache: this
     /// follower's answer from its leader, in its own epoch, carrying data batches that extend
-    /// the log where it ends, on a log whose appends do not fsync. Such a step saves no quorum
+    /// the log where it ends, which the log can append without an fsync, a segment roll or a
+    /// new epoch ([`ReplicaLog::append_stays_in_page_cache`]). Such a step saves no quorum
     /// state, truncates nothing and learns no voter set, so the driver may run it in place
     /// instead of on the blocking pool.
     pub fn fetch_response_is_light(&self, from: &str, response: &FetchResponse) -> bool {
@@ -1111,13 +1112,13 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             return false;
         };
         let end = self.log.end_offset();
-        !self.log.appends_sync()
-            && response.epoch == self.state.epoch
+        response.epoch == self.state.epoch
             && follower.leader.as_deref() == Some(from)
             && response.fetch_offset == end
             && batches.iter().all(|batch| {
                 !batch.is_control() && (batch.base_offset() >= end || batch.next_offset() <= end)
             })
+            && self.log.append_stays_in_page_cache(batches)
     }
 
     fn on_fetch_response(

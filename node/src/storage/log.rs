@@ -514,6 +514,32 @@ impl Log {
         self.inner.apply_retention(now_ms)
     }
 
+    /// Whether appending `records` records (`bytes` encoded bytes) written by the leader of
+    /// `epoch` would only copy them into the page cache: no segment roll is due (by size, age
+    /// or offsets), so no file is sealed, synced or created, and `epoch` is already recorded,
+    /// so the epoch checkpoint is not rewritten. A hint for callers that append on an async
+    /// task: appends from other threads can make a roll due before this caller appends, and
+    /// the age limit is only checked when no other append holds the writer.
+    pub fn append_stays_in_page_cache(&self, epoch: u64, records: u64, bytes: u64) -> bool {
+        if self.inner.epochs.lock().latest() != Some(epoch) {
+            return false;
+        }
+        let active = self.inner.active();
+        if active.is_empty() {
+            return true;
+        }
+        let options = &self.inner.options;
+        let too_big = active.size() + bytes > options.segment_bytes;
+        let too_old = options.segment_max_age.is_some_and(|age| {
+            self.inner.writer.try_lock().is_some_and(|writer| {
+                now_ms().saturating_sub(writer.segment_started_ms) >= age.as_millis() as i64
+            })
+        });
+        let next_offset = self.inner.end_offset.load(Ordering::Acquire) + records;
+        let offsets_full = next_offset - active.base_offset() > u64::from(u32::MAX);
+        !(too_big || too_old || offsets_full)
+    }
+
     /// Makes every appended record durable.
     pub fn flush(&self) -> Result<()> {
         self.inner.flush()
