@@ -187,12 +187,18 @@ fn out_of_range(requested: u64, start: u64, end: u64) -> Status {
     })
 }
 
+/// How long a stream that is ending at shutdown waits for room in its buffer for the status.
+const SHUTDOWN_STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Ends a stream because the node is stopping: `UNAVAILABLE`, with where to resume, so a
-/// client can tell it from the end of a stream it asked for.
-fn shutting_down(tx: &mpsc::Sender<Result<ConsumeResponse, Status>>, resume_from: u64) {
-    let _ = tx.try_send(Err(Status::unavailable(format!(
+/// client can tell it from the end of a stream it asked for. The buffer may be full (the
+/// client is reading behind), so the status waits for room, briefly: a client that reads
+/// nothing more does not hold the shutdown up.
+async fn shutting_down(tx: &mpsc::Sender<Result<ConsumeResponse, Status>>, resume_from: u64) {
+    let status = Status::unavailable(format!(
         "the node is shutting down; resume from offset {resume_from} on a running node"
-    ))));
+    ));
+    let _ = tokio::time::timeout(SHUTDOWN_STATUS_WAIT, tx.send(Err(status))).await;
 }
 
 /// Rejects a record over the size limit before it reaches a batch (where it would fail the
@@ -293,12 +299,12 @@ impl LogApi for LogService {
             loop {
                 if shutdown.is_cancelled() {
                     // A client that keeps up never waits below, so look once per read.
-                    return shutting_down(&tx, next);
+                    return shutting_down(&tx, next).await;
                 }
                 let end = *visible.borrow_and_update();
                 if next >= end {
                     tokio::select! {
-                        _ = shutdown.cancelled() => return shutting_down(&tx, next),
+                        _ = shutdown.cancelled() => return shutting_down(&tx, next).await,
                         _ = tx.closed() => return,
                         changed = visible.changed() => if changed.is_err() { return },
                     }
@@ -341,7 +347,7 @@ impl LogApi for LogService {
                         Err(mpsc::error::TrySendError::Full(response)) => response,
                     };
                     tokio::select! {
-                        _ = shutdown.cancelled() => return shutting_down(&tx, next - 1),
+                        _ = shutdown.cancelled() => return shutting_down(&tx, next - 1).await,
                         sent = tx.send(response) => if sent.is_err() { return },
                     }
                 }
