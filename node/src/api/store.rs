@@ -23,8 +23,7 @@ use super::status::{to_replication_status, to_status};
 use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{NodeId, ReplicationError};
 use crate::storage::{
-    AppendInfo, BATCH_HEADER_LEN, Batch, Durability, Log, RECORD_HEADER_LEN, Record, StorageError,
-    now_ms,
+    AppendInfo, Batch, Durability, Log, Record, StorageError, encoded_batch_len, now_ms,
 };
 
 /// How long a produce waits for a leader to be elected before giving up.
@@ -88,11 +87,7 @@ impl LogStore {
         tokio::spawn(async move {
             while view.changed().await.is_ok() {
                 let high_watermark = view.borrow_and_update().high_watermark;
-                visible.send_if_modified(|visible| {
-                    let advanced = high_watermark > *visible;
-                    *visible = (*visible).max(high_watermark);
-                    advanced
-                });
+                show_up_to(&visible, high_watermark);
             }
         });
         store
@@ -148,11 +143,7 @@ impl LogStore {
             return Err(self.not_leader(view.leader_id));
         };
         let syncs_now = acks_leader && self.log.options().durability == Durability::Always;
-        let encoded_bytes = records
-            .iter()
-            .fold(BATCH_HEADER_LEN as u64, |bytes, record| {
-                bytes + (RECORD_HEADER_LEN + record.value.len()) as u64
-            });
+        let encoded_bytes = encoded_batch_len(records.iter().map(|record| record.value.len()));
         let in_place = !syncs_now
             && self
                 .log
@@ -192,6 +183,9 @@ impl LogStore {
                     ));
                 }
                 if now.high_watermark > info.last_offset {
+                    // Consumers see it before its producer hears of it (read your writes), not
+                    // only once the task above catches up with the view.
+                    show_up_to(&self.visible, now.high_watermark);
                     return Ok(info);
                 }
             }
@@ -303,6 +297,15 @@ impl LogStore {
         }
         to_status(err)
     }
+}
+
+/// Makes records below `high_watermark` visible to consumers; the visible end never goes back.
+fn show_up_to(visible: &watch::Sender<u64>, high_watermark: u64) {
+    visible.send_if_modified(|visible| {
+        let advanced = high_watermark > *visible;
+        *visible = (*visible).max(high_watermark);
+        advanced
+    });
 }
 
 /// Under `always`: makes what the leader wrote durable and tells `consensus`, until `stop`.
