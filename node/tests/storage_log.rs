@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proglog_node::storage::{
-    BATCH_HEADER_LEN, Durability, Log, LogOptions, RECORD_HEADER_LEN, Record, StorageError,
-    index_file_name, log_file_name,
+    Durability, Log, LogOptions, Record, StorageError, encoded_batch_len, index_file_name,
+    log_file_name,
 };
 
 fn small_options() -> LogOptions {
@@ -497,11 +497,7 @@ fn an_append_is_said_to_stay_in_the_page_cache_only_when_no_file_work_is_due() {
     assert!(!log.append_stays_in_page_cache(1, 1, 8 * 1024));
     let segments = std::fs::read_dir(dir.path()).unwrap().count();
     // The encoded size of the next 5 records, as `append_range` writes them.
-    let next_bytes = |end: u64| {
-        (end..end + 5).fold(BATCH_HEADER_LEN as u64, |bytes, i| {
-            bytes + (RECORD_HEADER_LEN + value(i).len()) as u64
-        })
-    };
+    let next_bytes = |end: u64| encoded_batch_len((end..end + 5).map(|i| value(i).len()));
     while log.append_stays_in_page_cache(1, 5, next_bytes(log.end_offset())) {
         let end = log.end_offset();
         append_range(&log, 1, end, end + 5, 5);

@@ -26,6 +26,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::{ConsumeRequest, ProduceRequest, Record};
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
+use proglog_tests::ports::free_port;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -413,8 +414,9 @@ async fn spans_reach_an_https_collector_trusted_by_the_system_roots() -> anyhow:
 
 #[tokio::test]
 async fn an_unreachable_collector_costs_no_rpcs() -> anyhow::Result<()> {
-    // A port nothing listens on: bound, then released.
-    let unused = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    // A port nothing listens on. Not one bound on port 0 and released: the kernel would hand it
+    // to the next port-0 listener, say another test's collector, which would then get spans.
+    let unused = format!("127.0.0.1:{}", free_port());
     let mut node = NodeProcess::start(
         NodeOptions::default()
             .flag("--otlp-endpoint", format!("http://{unused}"))

@@ -353,7 +353,7 @@ impl Consensus {
         message: Message,
     ) -> Result<Vec<Envelope>, ReplicationError> {
         if let Message::FetchRequest(request) = &message
-            && let Some(mut replica) = self.replica.try_lock()
+            && let Some(replica) = self.replica.try_lock()
         {
             // A fetch that binds a voter to its directory appends (and syncs) a record.
             let in_place = replica.role() == RoleKind::Leader
@@ -361,12 +361,7 @@ impl Consensus {
                 && request.fetch_offset >= replica.high_watermark()
                 && !replica.needs_binding(&request.replica_id, &request.directory_id);
             if in_place {
-                let now = self.now();
-                let result = replica.step(now, from, message);
-                let outbox = replica.take_outbox();
-                self.publish_locked(&replica);
-                drop(replica);
-                return self.finish_step(result, outbox);
+                return self.step_in_place(replica, from, message);
             }
         }
         let from = from.clone();
@@ -385,18 +380,29 @@ impl Consensus {
         answer: Message,
     ) -> Result<Vec<Envelope>, ReplicationError> {
         if let Message::FetchResponse(response) = &answer
-            && let Some(mut replica) = self.replica.try_lock()
+            && let Some(replica) = self.replica.try_lock()
             && replica.fetch_response_is_light(&from, response)
         {
-            let now = self.now();
-            let result = replica.step(now, &from, answer);
-            let outbox = replica.take_outbox();
-            self.publish_locked(&replica);
-            drop(replica);
-            return self.finish_step(result, outbox);
+            return self.step_in_place(replica, &from, answer);
         }
         self.blocking(move |replica, now| replica.step(now, &from, answer))
             .await
+    }
+
+    /// Steps `message` from `from` on the caller's task, with the replica already locked (a
+    /// step the caller knows does no file work), then does what [`Consensus::blocking`] does
+    /// after a step.
+    fn step_in_place(
+        self: &Arc<Self>,
+        mut replica: parking_lot::MutexGuard<'_, NodeReplica>,
+        from: &str,
+        message: Message,
+    ) -> Result<Vec<Envelope>, ReplicationError> {
+        let result = replica.step(self.now(), from, message);
+        let outbox = replica.take_outbox();
+        self.publish_locked(&replica);
+        drop(replica);
+        self.finish_step(result, outbox)
     }
 
     /// Runs `f` on the replica on the blocking pool, then sends its outbox (except responses

@@ -33,11 +33,8 @@ pub trait ReplicaLog {
     fn append_fetched(&self, batches: &[Batch]) -> Result<(), StorageError>;
     /// Whether [`ReplicaLog::append_fetched`] of `batches` would only copy them into the page
     /// cache: no fsync under the node's durability, no segment roll and no new epoch to
-    /// record. Defaults to `false`, the conservative answer.
-    fn append_stays_in_page_cache(&self, batches: &[Batch]) -> bool {
-        let _ = batches;
-        false
-    }
+    /// record. `false` when unsure: the caller then steps on the blocking pool.
+    fn append_stays_in_page_cache(&self, batches: &[Batch]) -> bool;
     /// Removes every record at or after `offset`.
     fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError>;
     /// Removes every record and restarts the log at `offset` (the leader's start, when

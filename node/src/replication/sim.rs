@@ -140,6 +140,11 @@ impl ReplicaLog for MemLog {
         Ok(info)
     }
 
+    fn append_stays_in_page_cache(&self, _batches: &[Batch]) -> bool {
+        // Nothing in the simulation runs on a thread pool; the answer changes nothing.
+        false
+    }
+
     fn append_fetched(&self, batches: &[Batch]) -> Result<(), StorageError> {
         let mut log = self.0.borrow_mut();
         for batch in batches {

@@ -75,6 +75,16 @@ impl<'a> Record<'a> {
     }
 }
 
+/// Bytes a batch of records with these payload sizes (key plus value, as
+/// [`Record::payload_len`]) takes once encoded, header included.
+pub fn encoded_batch_len(payload_lens: impl IntoIterator<Item = usize>) -> u64 {
+    payload_lens
+        .into_iter()
+        .fold(BATCH_HEADER_LEN as u64, |bytes, payload| {
+            bytes + (RECORD_HEADER_LEN + payload) as u64
+        })
+}
+
 /// The decoded fixed header of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {

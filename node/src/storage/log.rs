@@ -524,20 +524,15 @@ impl Log {
         if self.inner.epochs.lock().latest() != Some(epoch) {
             return false;
         }
-        let active = self.inner.active();
-        if active.is_empty() {
-            return true;
-        }
-        let options = &self.inner.options;
-        let too_big = active.size() + bytes > options.segment_bytes;
-        let too_old = options.segment_max_age.is_some_and(|age| {
-            self.inner.writer.try_lock().is_some_and(|writer| {
-                now_ms().saturating_sub(writer.segment_started_ms) >= age.as_millis() as i64
-            })
-        });
+        let started_ms = self
+            .inner
+            .writer
+            .try_lock()
+            .map(|writer| writer.segment_started_ms);
         let next_offset = self.inner.end_offset.load(Ordering::Acquire) + records;
-        let offsets_full = next_offset - active.base_offset() > u64::from(u32::MAX);
-        !(too_big || too_old || offsets_full)
+        !self
+            .inner
+            .roll_due(&self.inner.active(), started_ms, bytes, next_offset)
     }
 
     /// Makes every appended record durable.
@@ -834,13 +829,13 @@ impl Inner {
             }
         }
         let active = self.active();
-        let now = now_ms();
-        let too_big = active.size() + bytes.len() as u64 > self.options.segment_bytes;
-        let too_old = self.options.segment_max_age.is_some_and(|age| {
-            now.saturating_sub(writer.segment_started_ms) >= age.as_millis() as i64
-        });
-        let offsets_full = header.next_offset() - active.base_offset() > u64::from(u32::MAX);
-        let active = if !active.is_empty() && (too_big || too_old || offsets_full) {
+        let roll = self.roll_due(
+            &active,
+            Some(writer.segment_started_ms),
+            bytes.len() as u64,
+            header.next_offset(),
+        );
+        let active = if roll {
             self.roll(writer).map_err(|err| self.stop(err))?
         } else {
             active
@@ -863,6 +858,32 @@ impl Inner {
             },
             checkpoint_due,
         ))
+    }
+
+    /// Whether writing `bytes` more, up to `next_offset`, into `active` must first roll it: it
+    /// would grow past `segment_bytes`, it is older than `segment_max_age` (checked only when
+    /// `segment_started_ms` is known), or its offsets would outgrow its index. An empty
+    /// segment never rolls.
+    fn roll_due(
+        &self,
+        active: &Segment,
+        segment_started_ms: Option<i64>,
+        bytes: u64,
+        next_offset: u64,
+    ) -> bool {
+        if active.is_empty() {
+            return false;
+        }
+        let too_big = active.size() + bytes > self.options.segment_bytes;
+        let too_old = self
+            .options
+            .segment_max_age
+            .zip(segment_started_ms)
+            .is_some_and(|(age, started_ms)| {
+                now_ms().saturating_sub(started_ms) >= age.as_millis() as i64
+            });
+        let offsets_full = next_offset - active.base_offset() > u64::from(u32::MAX);
+        too_big || too_old || offsets_full
     }
 
     /// Seals the active segment and starts a new one at the end offset.

@@ -40,7 +40,7 @@ mod segment;
 
 pub use batch::{
     ATTR_CONTROL, BATCH_HEADER_LEN, Batch, BatchError, BatchHeader, RECORD_HEADER_LEN, Record,
-    StoredRecord, encode as encode_batch, validate as validate_batch,
+    StoredRecord, encode as encode_batch, encoded_batch_len, validate as validate_batch,
 };
 pub use error::{Result, StorageError};
 pub use log::{
