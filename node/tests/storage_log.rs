@@ -159,7 +159,7 @@ fn truncate_prefix_and_retention_delete_whole_old_segments() {
     let log = Log::open(dir.path(), options.clone()).unwrap();
     append_range(&log, 1, 0, 1000, 4);
     let before = log.segment_count();
-    let outcome = log.apply_retention(i64::MAX).unwrap();
+    let outcome = log.apply_retention(i64::MAX, u64::MAX).unwrap();
     assert!(outcome.segments_deleted > 0);
     assert_eq!(log.segment_count(), before - outcome.segments_deleted);
     assert!(
@@ -213,12 +213,76 @@ fn retention_by_age_and_roll_by_age() {
         next += 1;
     }
 
-    let outcome = log.apply_retention(super_now()).unwrap();
+    let outcome = log.apply_retention(super_now(), u64::MAX).unwrap();
     assert!(outcome.segments_deleted >= 1);
     // Every sealed segment is expired; only the active one is left.
     assert_eq!(log.segment_count(), 1);
     assert!(log.start_offset() > 0);
     assert_holds(&log, log.start_offset(), next);
+}
+
+#[test]
+fn retention_never_removes_a_segment_at_or_past_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        retention_bytes: Some(1),
+        ..small_options()
+    };
+    let log = Log::open(dir.path(), options).unwrap();
+    append_range(&log, 1, 0, 1000, 4);
+    assert!(log.segment_count() > 3);
+    // Bounded at offset 300 (a high watermark): segments ending after it stay.
+    let outcome = log.apply_retention(i64::MAX, 300).unwrap();
+    assert!(outcome.segments_deleted > 0);
+    assert!(log.start_offset() <= 300, "start {}", log.start_offset());
+    assert_holds(&log, log.start_offset(), 1000);
+    // Nothing more goes while the bound stays; everything sealed goes once it moves.
+    let start = log.start_offset();
+    assert_eq!(
+        log.apply_retention(i64::MAX, 300).unwrap().segments_deleted,
+        0
+    );
+    assert_eq!(log.start_offset(), start);
+    log.apply_retention(i64::MAX, 1000).unwrap();
+    assert_eq!(log.segment_count(), 1);
+}
+
+#[test]
+fn the_start_keeps_the_epoch_of_the_record_before_it_across_retention_resets_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(log.start_epoch(), 0);
+    append_range(&log, 2, 0, 100, 4);
+    append_range(&log, 5, 100, 200, 4);
+    log.truncate_prefix(150).unwrap();
+    assert_eq!(log.start_epoch(), 5, "record 149 is of epoch 5");
+    log.truncate_prefix(150).unwrap();
+    assert_eq!(log.start_epoch(), 5);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!((log.start_offset(), log.start_epoch()), (150, 5));
+    log.reset_to(400, 7).unwrap();
+    assert_eq!((log.start_offset(), log.start_epoch()), (400, 7));
+    assert_eq!(log.latest_epoch(), None, "no batch yet");
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!((log.start_offset(), log.start_epoch()), (400, 7));
+}
+
+#[test]
+fn a_start_offset_checkpoint_without_an_epoch_reads_as_epoch_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 3, 0, 100, 4);
+    log.close().unwrap();
+    proglog_node::storage::checkpoint::write(
+        dir.path(),
+        proglog_node::storage::START_OFFSET_FILE,
+        &10u64.to_le_bytes(),
+    )
+    .unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!((log.start_offset(), log.start_epoch()), (10, 0));
 }
 
 fn super_now() -> i64 {
@@ -365,7 +429,7 @@ fn reset_empties_the_log_and_restarts_it_at_a_later_offset_across_a_reopen() {
     let mut written = log.subscribe_written();
     written.borrow_and_update();
 
-    log.reset_to(1000).unwrap();
+    log.reset_to(1000, 2).unwrap();
     assert_eq!((log.start_offset(), log.end_offset()), (1000, 1000));
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.latest_epoch(), None, "no epoch without records");
@@ -377,7 +441,7 @@ fn reset_empties_the_log_and_restarts_it_at_a_later_offset_across_a_reopen() {
     // Copies of the leader's batches continue from the new start.
     let leader_dir = tempfile::tempdir().unwrap();
     let leader = Log::open(leader_dir.path(), small_options()).unwrap();
-    leader.reset_to(1000).unwrap();
+    leader.reset_to(1000, 2).unwrap();
     append_range(&leader, 3, 1000, 1010, 5);
     for batch in leader.read(1000, 1 << 20).unwrap() {
         log.append_batch(&batch).unwrap();
@@ -427,7 +491,7 @@ fn a_reset_cut_short_by_a_crash_reopens_and_can_be_done_again() {
     let reopened = Log::open(dir.path(), small_options()).unwrap();
     assert_eq!(reopened.end_offset(), end);
     assert!(reopened.start_offset() <= end);
-    reopened.reset_to(5000).unwrap();
+    reopened.reset_to(5000, 1).unwrap();
     append_range(&reopened, 2, 5000, 5010, 5);
     assert_eq!(
         (reopened.start_offset(), reopened.end_offset()),

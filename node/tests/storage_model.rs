@@ -215,7 +215,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Retention => {
                 let outcome = current
-                    .apply_retention(i64::MAX)
+                    .apply_retention(i64::MAX, u64::MAX)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert!(
                     outcome.start_offset >= model.start && outcome.start_offset <= model.end()

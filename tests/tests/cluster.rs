@@ -845,10 +845,11 @@ async fn a_voter_that_lost_its_data_is_an_observer_until_added_again() {
         },
     )
     .await;
-    assert_eq!(
-        leader_counts_as_voter(&nodes[leader], id).await,
-        Some(false)
-    );
+    wait_until(
+        "the leader sees the wiped node fetch with its new directory, and does not count it",
+        || leader_counts_as_voter(&nodes[leader], id).map(|voter| voter == Some(false)),
+    )
+    .await;
     let after = produce(&nodes[leader], "while it is an observer")
         .await
         .unwrap();

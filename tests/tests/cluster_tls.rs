@@ -430,6 +430,7 @@ async fn an_application_certificate_cannot_call_the_peer_service() -> anyhow::Re
             max_bytes: 1 << 20,
             max_wait_ms: 0,
             directory_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("a fetch as app must be refused");
@@ -448,6 +449,7 @@ async fn an_application_certificate_cannot_call_the_peer_service() -> anyhow::Re
             candidate_id: "app".into(),
             last_offset_epoch: u64::MAX / 2,
             end_offset: u64::MAX / 2,
+            ..Default::default()
         })
         .await
         .expect_err("a vote request as app must be refused");
@@ -469,6 +471,7 @@ async fn an_application_certificate_cannot_call_the_peer_service() -> anyhow::Re
             max_bytes: 1 << 20,
             max_wait_ms: 0,
             directory_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("n1 fetching as n2 must be refused");

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::replication::ReplicationError;
 use crate::replication::driver::{Consensus, PeerDirectory, PeerTransport};
 use crate::replication::messages::{self as msg, Message, NodeId};
+use crate::replication::quorum::VoterSet;
 use crate::security::PeerIdentity;
 use crate::storage::Batch;
 use proglog_proto::log::v1 as pb;
@@ -63,6 +64,9 @@ impl PeerService {
             .await
             .map_err(|err| match err {
                 ReplicationError::ShuttingDown => Status::unavailable(err.to_string()),
+                ReplicationError::InvalidMessage { .. } => {
+                    Status::invalid_argument(err.to_string())
+                }
                 other => Status::internal(other.to_string()),
             })
     }
@@ -81,7 +85,7 @@ impl Peer for PeerService {
             .handle(
                 identity,
                 from,
-                Message::VoteRequest(vote_request_from_pb(request)),
+                Message::VoteRequest(vote_request_from_pb(request, self.consensus.node_id())),
             )
             .await?
         {
@@ -134,6 +138,7 @@ impl Peer for PeerService {
             epoch: request.epoch,
             replica_id: request.replica_id,
             fetch_offset: request.fetch_offset,
+            log_start_offset: request.log_start_offset,
             last_fetched_epoch: request.last_fetched_epoch,
             max_bytes: request
                 .max_bytes
@@ -154,13 +159,37 @@ fn optional_id(id: String) -> Option<NodeId> {
     (!id.is_empty()).then_some(id)
 }
 
-fn vote_request_from_pb(request: pb::VoteRequest) -> msg::VoteRequest {
+/// A request from a node of an earlier version names no recipient: it is meant for the node it
+/// reached.
+fn vote_request_from_pb(request: pb::VoteRequest, to: &str) -> msg::VoteRequest {
     msg::VoteRequest {
         pre_vote: request.pre_vote,
         candidate_epoch: request.candidate_epoch,
         candidate_id: request.candidate_id,
         last_offset_epoch: request.last_offset_epoch,
         end_offset: request.end_offset,
+        candidate_directory_id: request.candidate_directory_id,
+        voter_id: if request.voter_id.is_empty() {
+            to.to_owned()
+        } else {
+            request.voter_id
+        },
+        voter_directory_id: request.voter_directory_id,
+        bootstrap: request.bootstrap,
+    }
+}
+
+fn vote_request_to_pb(request: msg::VoteRequest) -> pb::VoteRequest {
+    pb::VoteRequest {
+        pre_vote: request.pre_vote,
+        candidate_epoch: request.candidate_epoch,
+        candidate_id: request.candidate_id,
+        last_offset_epoch: request.last_offset_epoch,
+        end_offset: request.end_offset,
+        candidate_directory_id: request.candidate_directory_id,
+        voter_id: request.voter_id,
+        voter_directory_id: request.voter_directory_id,
+        bootstrap: request.bootstrap,
     }
 }
 
@@ -172,6 +201,41 @@ fn vote_response_to_pb(response: msg::VoteResponse) -> pb::VoteResponse {
         leader_id: response.leader_id.unwrap_or_default(),
         granted: response.granted,
         voter_directory_id: response.voter_directory_id,
+        voter_id: response.voter_id,
+    }
+}
+
+/// An answer from a node of an earlier version names no responder: it is taken as from the
+/// node that was called.
+fn vote_response_from_pb(response: pb::VoteResponse, called: &str) -> msg::VoteResponse {
+    msg::VoteResponse {
+        pre_vote: response.pre_vote,
+        candidate_epoch: response.candidate_epoch,
+        epoch: response.epoch,
+        leader_id: optional_id(response.leader_id),
+        granted: response.granted,
+        voter_id: if response.voter_id.is_empty() {
+            called.to_owned()
+        } else {
+            response.voter_id
+        },
+        voter_directory_id: response.voter_directory_id,
+    }
+}
+
+fn voter_set_to_pb(set: VoterSet) -> pb::VoterSet {
+    pb::VoterSet {
+        offset: set.offset,
+        voters: set.voters,
+        directories: set.directories.into_iter().collect(),
+    }
+}
+
+fn voter_set_from_pb(set: pb::VoterSet) -> VoterSet {
+    VoterSet {
+        offset: set.offset,
+        voters: set.voters,
+        directories: set.directories.into_iter().collect(),
     }
 }
 
@@ -188,13 +252,20 @@ fn fetch_response_to_pb(response: msg::FetchResponse) -> pb::FetchResponse {
             PbResult::Diverging(pb::Diverging { epoch, end_offset })
         }
         msg::FetchResult::NotLeader => PbResult::NotLeader(pb::NotLeader {}),
-        msg::FetchResult::OffsetOutOfRange { start_offset } => {
-            PbResult::OffsetOutOfRange(pb::OffsetOutOfRange { start_offset })
-        }
+        msg::FetchResult::OffsetOutOfRange {
+            start_offset,
+            start_epoch,
+            voters,
+        } => PbResult::OffsetOutOfRange(pb::OffsetOutOfRange {
+            start_offset,
+            start_epoch,
+            voters: voters.map(voter_set_to_pb),
+        }),
     };
     pb::FetchResponse {
         epoch: response.epoch,
         leader_id: response.leader_id.unwrap_or_default(),
+        responder_id: response.responder_id,
         high_watermark: response.high_watermark,
         fetch_offset: response.fetch_offset,
         result: Some(result),
@@ -203,6 +274,7 @@ fn fetch_response_to_pb(response: msg::FetchResponse) -> pb::FetchResponse {
 
 fn fetch_response_from_pb(
     response: pb::FetchResponse,
+    called: &str,
     max_batch_bytes: u32,
 ) -> Result<msg::FetchResponse, String> {
     use pb::fetch_response::Result as PbResult;
@@ -224,12 +296,20 @@ fn fetch_response_from_pb(
         Some(PbResult::NotLeader(_)) => msg::FetchResult::NotLeader,
         Some(PbResult::OffsetOutOfRange(range)) => msg::FetchResult::OffsetOutOfRange {
             start_offset: range.start_offset,
+            start_epoch: range.start_epoch,
+            voters: range.voters.map(voter_set_from_pb),
         },
         None => return Err("the fetch response has no result".into()),
     };
     Ok(msg::FetchResponse {
         epoch: response.epoch,
         leader_id: optional_id(response.leader_id),
+        // A node of an earlier version names no responder: taken as the node called.
+        responder_id: if response.responder_id.is_empty() {
+            called.to_owned()
+        } else {
+            response.responder_id
+        },
         high_watermark: response.high_watermark,
         fetch_offset: response.fetch_offset,
         result,
@@ -338,24 +418,10 @@ impl PeerTransport for GrpcPeerTransport {
             let call = async {
                 match message {
                     Message::VoteRequest(request) => {
-                        let response = client
-                            .vote(pb::VoteRequest {
-                                pre_vote: request.pre_vote,
-                                candidate_epoch: request.candidate_epoch,
-                                candidate_id: request.candidate_id,
-                                last_offset_epoch: request.last_offset_epoch,
-                                end_offset: request.end_offset,
-                            })
-                            .await?
-                            .into_inner();
-                        Ok(Some(Message::VoteResponse(msg::VoteResponse {
-                            pre_vote: response.pre_vote,
-                            candidate_epoch: response.candidate_epoch,
-                            epoch: response.epoch,
-                            leader_id: optional_id(response.leader_id),
-                            granted: response.granted,
-                            voter_directory_id: response.voter_directory_id,
-                        })))
+                        let response = client.vote(vote_request_to_pb(request)).await?.into_inner();
+                        Ok(Some(Message::VoteResponse(vote_response_from_pb(
+                            response, &to,
+                        ))))
                     }
                     Message::BeginQuorumEpoch(begin) => {
                         client
@@ -382,6 +448,7 @@ impl PeerTransport for GrpcPeerTransport {
                                 epoch: request.epoch,
                                 replica_id: request.replica_id,
                                 fetch_offset: request.fetch_offset,
+                                log_start_offset: request.log_start_offset,
                                 last_fetched_epoch: request.last_fetched_epoch,
                                 max_bytes: request.max_bytes,
                                 max_wait_ms: request.max_wait_ms,
@@ -390,7 +457,7 @@ impl PeerTransport for GrpcPeerTransport {
                             .await?
                             .into_inner();
                         Ok(Some(Message::FetchResponse(
-                            fetch_response_from_pb(response, max_batch_bytes)
+                            fetch_response_from_pb(response, &to, max_batch_bytes)
                                 .map_err(Status::data_loss)?,
                         )))
                     }

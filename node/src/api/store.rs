@@ -262,14 +262,19 @@ impl LogStore {
             .min(self.visible_end()))
     }
 
-    /// Deletes segments past the retention limits.
+    /// Deletes segments past the retention limits, below the high watermark.
     pub async fn apply_retention(&self) -> Result<(), Status> {
-        let log = Arc::clone(&self.log);
-        tokio::task::spawn_blocking(move || log.apply_retention(now_ms()))
-            .await
-            .map_err(|err| Status::internal(format!("retention task failed: {err}")))?
-            .map(|_| ())
-            .map_err(|err| self.fail(err))
+        match self.consensus.apply_retention().await {
+            Ok(_) => Ok(()),
+            Err(ReplicationError::Storage(err)) => Err(self.fail(err)),
+            Err(err) => {
+                if err.is_fatal() {
+                    tracing::error!(error = %err, "fatal replication error; stopping the node");
+                    self.fatal.cancel();
+                }
+                Err(to_replication_status(err, None))
+            }
+        }
     }
 
     /// Clean shutdown of the log: sync and checkpoint. Calls still in flight that write

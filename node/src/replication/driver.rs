@@ -23,7 +23,7 @@ use super::error::ReplicationError;
 use super::messages::{Envelope, FetchResult, Message, NodeId};
 use super::quorum::FileQuorumStore;
 use super::replica::{Replica, ReplicaStatus, RoleKind, VoterChange};
-use crate::storage::Log;
+use crate::storage::{Log, RetentionOutcome, now_ms};
 
 /// The replica as a running node uses it.
 pub type NodeReplica = Replica<Arc<Log>, FileQuorumStore>;
@@ -96,6 +96,7 @@ pub struct ClusterView {
 
 /// The running consensus of one node.
 pub struct Consensus {
+    node_id: NodeId,
     replica: Mutex<NodeReplica>,
     started: Instant,
     view: watch::Sender<ClusterView>,
@@ -126,6 +127,7 @@ impl Consensus {
         let view = watch::Sender::new(view_of(&replica));
         let written = replica.log().subscribe_written();
         let consensus = Arc::new(Consensus {
+            node_id: replica.id().to_owned(),
             replica: Mutex::new(replica),
             started: Instant::now(),
             view,
@@ -137,6 +139,11 @@ impl Consensus {
         // A sole voter elected itself while starting: announce nothing, but publish.
         consensus.publish();
         consensus
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Milliseconds since this driver started: the replica's clock.
@@ -209,6 +216,30 @@ impl Consensus {
                 }
             }
         }
+    }
+
+    /// Applies the log's retention below the limit the replica allows (its high watermark:
+    /// nothing uncommitted is ever removed), off the replica's lock, then lets the replica
+    /// forget voter sets the new start leaves behind.
+    pub async fn apply_retention(self: &Arc<Self>) -> Result<RetentionOutcome, ReplicationError> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let (log, limit) = {
+                let replica = this.replica.lock();
+                (Arc::clone(replica.log()), replica.retention_limit())
+            };
+            let before = log.start_offset();
+            let outcome = log.apply_retention(now_ms(), limit)?;
+            if log.start_offset() > before {
+                let mut replica = this.replica.lock();
+                let result = replica.note_retention();
+                this.publish_locked(&replica);
+                result?;
+            }
+            Ok(outcome)
+        })
+        .await
+        .map_err(|_| ReplicationError::ShuttingDown)?
     }
 
     /// Hands leadership over if this node leads (the admin API, or graceful shutdown with

@@ -32,6 +32,16 @@ pub enum ReplicationError {
         /// Why, and what to do.
         reason: String,
     },
+    /// A peer message with a value no correct peer sends (an epoch or offset past any that can
+    /// exist, a missing id, an answer from a node other than the one asked). Refused before it
+    /// changes anything, never saved.
+    #[error("refused a {kind} message: {reason}")]
+    InvalidMessage {
+        /// The message's kind.
+        kind: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,

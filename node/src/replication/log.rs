@@ -16,9 +16,14 @@ pub trait ReplicaLog {
     /// a replica may count towards the high watermark. Equal to `end_offset` when the node
     /// acknowledges without fsync.
     fn durable_end(&self) -> u64;
-    /// Epoch of the last batch, 0 for an empty log.
+    /// Epoch of the last batch; for an empty log, [`ReplicaLog::start_epoch`].
     fn last_epoch(&self) -> u64;
-    /// The largest epoch `<= epoch` in the log and the offset where it ends.
+    /// Epoch of the record just before the log's start (0 when it starts at 0): retention and
+    /// resets keep it, as a KRaft snapshot keeps its epoch, so an empty log still compares in
+    /// an election as where it ends, not as a log that never held anything.
+    fn start_epoch(&self) -> u64;
+    /// The largest epoch `<= epoch` in the log (the start epoch included) and the offset
+    /// where it ends.
     fn epoch_end_offset(&self, epoch: u64) -> Option<(u64, u64)>;
     /// Whole batches from the one holding `offset`, up to about `max_bytes` (at least one).
     fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>, StorageError>;
@@ -38,8 +43,8 @@ pub trait ReplicaLog {
     /// Removes every record at or after `offset`.
     fn truncate_suffix(&self, offset: u64) -> Result<(), StorageError>;
     /// Removes every record and restarts the log at `offset` (the leader's start, when
-    /// retention removed what this replica lacks).
-    fn reset_to(&self, offset: u64) -> Result<(), StorageError>;
+    /// retention removed what this replica lacks), whose preceding record is of `epoch`.
+    fn reset_to(&self, offset: u64, epoch: u64) -> Result<(), StorageError>;
 }
 
 impl ReplicaLog for Arc<Log> {
@@ -60,11 +65,20 @@ impl ReplicaLog for Arc<Log> {
     }
 
     fn last_epoch(&self) -> u64 {
-        self.latest_epoch().unwrap_or(0)
+        self.latest_epoch()
+            .unwrap_or_else(|| Log::start_epoch(self))
+    }
+
+    fn start_epoch(&self) -> u64 {
+        Log::start_epoch(self)
     }
 
     fn epoch_end_offset(&self, epoch: u64) -> Option<(u64, u64)> {
-        Log::epoch_end_offset(self, epoch)
+        Log::epoch_end_offset(self, epoch).or_else(|| {
+            let start_epoch = Log::start_epoch(self);
+            (start_epoch > 0 && start_epoch <= epoch)
+                .then(|| (start_epoch, Log::start_offset(self)))
+        })
     }
 
     fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>, StorageError> {
@@ -114,7 +128,7 @@ impl ReplicaLog for Arc<Log> {
         Log::truncate_suffix(self, offset)
     }
 
-    fn reset_to(&self, offset: u64) -> Result<(), StorageError> {
-        Log::reset_to(self, offset)
+    fn reset_to(&self, offset: u64, epoch: u64) -> Result<(), StorageError> {
+        Log::reset_to(self, offset, epoch)
     }
 }

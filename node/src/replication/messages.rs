@@ -5,6 +5,7 @@
 //! loses, delays, duplicates or reorders messages is something the state machine must (and
 //! does) tolerate.
 
+use super::quorum::VoterSet;
 use crate::storage::Batch;
 
 /// A node's stable identity (a StatefulSet pod name, for example `proglog-0`).
@@ -69,6 +70,19 @@ pub struct VoteRequest {
     pub last_offset_epoch: u64,
     /// The candidate's log end offset.
     pub end_offset: u64,
+    /// The candidate's data directory id: a voter that knows the candidate bound to another
+    /// directory refuses (the candidate lost its data).
+    pub candidate_directory_id: String,
+    /// The voter the request is for. A node that is not it (a stale address) refuses, so one
+    /// node's vote can never count as another's.
+    pub voter_id: NodeId,
+    /// The directory the candidate's voter set binds `voter_id` to, empty when none is bound. A
+    /// voter with another directory refuses: it is not the voter the candidate counts on.
+    pub voter_directory_id: String,
+    /// The candidate has not learned a voter set: this is a new cluster's first election, which
+    /// only nodes that know nothing either may take part in, and which needs every initial
+    /// voter (see [`crate::replication::replica`]).
+    pub bootstrap: bool,
 }
 
 /// The answer to a [`VoteRequest`].
@@ -84,6 +98,9 @@ pub struct VoteResponse {
     pub leader_id: Option<NodeId>,
     /// Whether the vote was granted.
     pub granted: bool,
+    /// The node that answers: the candidate counts the answer only when it is the node it
+    /// asked.
+    pub voter_id: NodeId,
     /// The voter's data directory id (see [`FetchRequest::directory_id`]).
     pub voter_directory_id: String,
 }
@@ -121,6 +138,11 @@ pub struct FetchRequest {
     pub replica_id: NodeId,
     /// The fetcher's log end offset.
     pub fetch_offset: u64,
+    /// The fetcher's first offset. A fetcher holds `log_start_offset..fetch_offset`; the leader
+    /// counts it towards the high watermark only when that covers what is not yet committed,
+    /// so a follower that skipped records (a reset past retention) never counts as holding
+    /// them.
+    pub log_start_offset: u64,
     /// Epoch of the fetcher's last batch (0 when its log is empty).
     pub last_fetched_epoch: u64,
     /// Upper bound on the bytes returned.
@@ -140,6 +162,8 @@ pub struct FetchResponse {
     pub epoch: u64,
     /// The leader the responder knows in `epoch`.
     pub leader_id: Option<NodeId>,
+    /// The node that answers: the fetcher acts on the answer only when it is the node it asked.
+    pub responder_id: NodeId,
     /// The leader's high watermark.
     pub high_watermark: u64,
     /// Echoes the request's `fetch_offset`, so a late answer to an older fetch is ignored.
@@ -163,9 +187,19 @@ pub enum FetchResult {
     },
     /// The responder is not the leader of the fetcher's epoch; see `leader_id`.
     NotLeader,
-    /// The fetch asks for records before the leader's log start (removed by retention).
+    /// The fetcher must copy the leader's log from the leader's start: it asks for records
+    /// retention removed, or its log cannot be matched with the leader's.
     OffsetOutOfRange {
         /// The leader's first offset.
         start_offset: u64,
+        /// The epoch of the leader's record just before `start_offset`: the fetcher's emptied
+        /// log keeps it, as a KRaft follower's log ends at the snapshot it loaded, so it still
+        /// compares in an election as a log that reached `start_offset`.
+        start_epoch: u64,
+        /// The voter set in force at `start_offset` (the latest one before it), which retention
+        /// may have removed from every log: the fetcher takes it as its own when it resets, as
+        /// a KRaft follower loads the leader's snapshot. `None` when the leader knows no voter
+        /// set before its start.
+        voters: Option<VoterSet>,
     },
 }

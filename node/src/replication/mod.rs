@@ -20,6 +20,10 @@ pub mod quorum;
 pub mod replica;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 
 pub use error::ReplicationError;
 pub use log::ReplicaLog;

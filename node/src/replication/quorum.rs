@@ -33,6 +33,11 @@ pub struct QuorumState {
     /// volume gets a new one). The voter set binds each voter to the directory it first
     /// fetched with, so a node that lost its data is no longer that voter (KIP-853).
     pub directory_id: String,
+    /// `(last epoch, end offset)` of the log this node held before it last emptied it to copy
+    /// the leader's (a reset past retention), until its log passes that again. It votes as if
+    /// it still held that log, so a reset never makes its vote more permissive: records it
+    /// held, and helped commit, stay protected by its vote while it copies them back.
+    pub vote_floor: Option<(u64, u64)>,
 }
 
 /// A voter set and the offset of the record that set it.
@@ -59,6 +64,7 @@ impl QuorumState {
             voter_history: Vec::new(),
             history_end: 0,
             directory_id,
+            vote_floor: None,
         }
     }
 
@@ -80,6 +86,7 @@ impl QuorumState {
                 .collect::<Vec<_>>(),
             "history_end": self.history_end,
             "directory_id": self.directory_id,
+            "vote_floor": self.vote_floor.map(|(epoch, offset)| json!([epoch, offset])),
         })
         .to_string()
         .into_bytes()
@@ -116,6 +123,18 @@ impl QuorumState {
                 });
             }
         }
+        let vote_floor = match &value["vote_floor"] {
+            Value::Null => None,
+            floor => match floor.as_array().map(Vec::as_slice) {
+                Some([epoch, offset]) => Some((
+                    epoch.as_u64().ok_or("`vote_floor` epoch is not a number")?,
+                    offset
+                        .as_u64()
+                        .ok_or("`vote_floor` offset is not a number")?,
+                )),
+                _ => return Err(format!("`vote_floor` is not [epoch, offset]: {floor}")),
+            },
+        };
         Ok(QuorumState {
             epoch,
             voted_for: optional("voted_for")?,
@@ -128,6 +147,7 @@ impl QuorumState {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
+            vote_floor,
         })
     }
 }
@@ -229,6 +249,7 @@ mod tests {
             }],
             history_end: 40,
             directory_id: "d0b".into(),
+            vote_floor: Some((3, 90)),
         };
         store.save(&state).unwrap();
         assert_eq!(

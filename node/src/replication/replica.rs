@@ -5,18 +5,31 @@
 //! behind [`ReplicaLog`] and [`QuorumStore`], so the same rules run against the real storage
 //! engine and against the simulation's in-memory log.
 //!
-//! The rules (KIP-595 in spirit, plus pre-vote from KIP-996):
+//! The rules (KIP-595 in spirit, plus pre-vote from KIP-996 and voters bound to their data
+//! directories from KIP-853):
 //! - A follower that has not fetched successfully for a randomized election timeout asks the
 //!   voters for a pre-vote; only with a majority does it bump the epoch, vote for itself
-//!   (persisted first) and ask for real votes. A voter grants one vote per epoch, and only to a
+//!   (saved first) and ask for real votes. A voter grants one vote per epoch, and only to a
 //!   candidate whose log is at least as up to date as its own.
-//! - A new leader appends a leader-change control record in its epoch and announces itself with
-//!   `BeginQuorumEpoch`; followers then pull with `Fetch`.
+//! - Every quorum-state transition is saved before it takes effect, in memory included: a
+//!   transition whose save fails never happened.
+//! - A new leader appends a leader-change control record in its epoch, which binds every voter
+//!   that voted for it to its data directory, and announces itself with `BeginQuorumEpoch`;
+//!   followers then pull with `Fetch`.
+//! - Every request names the node it is for and every answer the node that gives it; a vote or
+//!   a fetch answer counts only from the node that was asked, and only from the data directory
+//!   the voter set binds that voter to (a node that lost its data is not the voter it was).
+//! - A node that has not learned the voter set (a new data directory) neither votes nor
+//!   campaigns, except in a new cluster's first election, which needs every initial voter and
+//!   binds each of them. Everything else it learns from the log, or from the leader's snapshot
+//!   of the voter set when retention removed the records that held it.
 //! - The leader answers a fetch whose last epoch does not match its log with `Diverging`; the
-//!   follower truncates (never below its high watermark) and fetches again.
+//!   follower truncates (never below its high watermark) and fetches again. A fetch it cannot
+//!   match (retention removed what would tell) is answered with the leader's start and voter
+//!   set, and the follower copies the leader's log from there.
 //! - A fetch's offset is what the follower holds durably. The high watermark is the offset a
 //!   majority of voters hold, moves only forward, and only once the leader's own epoch has a
-//!   committed record.
+//!   committed record. Retention never removes records at or above it.
 //! - A leader that has not heard from a majority for the check-quorum timeout steps down.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,17 +40,24 @@ use super::messages::{
     BeginQuorumEpoch, EndQuorumEpoch, Envelope, FetchRequest, FetchResponse, FetchResult, Message,
     NodeId, VoteRequest, VoteResponse,
 };
-use super::quorum::{QuorumState, QuorumStore};
+use super::quorum::{QuorumState, QuorumStore, VoterSet};
 use crate::storage::{AppendInfo, Record};
 
 /// Record type of the control record a new leader appends (never user data). Its value is
-/// JSON: `{"leader": id, "epoch": n, "voters": [ids]}`.
+/// JSON: `{"leader": id, "epoch": n, "voters": [ids], "directories": {id: directory}}`.
 pub const LEADER_CHANGE_RECORD_TYPE: u32 = 0x4c43; // "LC"
-/// Record type of a voter-set change (control, never user data): `{"voters": [ids]}`.
+/// Record type of a voter-set change (control, never user data):
+/// `{"voters": [ids], "directories": {id: directory}}`.
 pub const VOTERS_RECORD_TYPE: u32 = 0x5653; // "VS"
 
-/// Epochs above this are refused as impossible (corrupt or hostile peers).
+/// Epochs above this are refused as impossible (corrupt or hostile peers): at one election a
+/// millisecond, a cluster would need 285,000 years to get there.
 pub const MAX_EPOCH: u64 = 1 << 53;
+/// Offsets above this are refused as impossible: the wire format's offsets are signed 64-bit
+/// in Kafka's and proglog's clients.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+/// Node ids and directory ids longer than this are refused (a DNS name's limit).
+pub const MAX_ID_BYTES: usize = 253;
 
 /// How often a node saves how far its log was scanned for voter changes, so a restart scans
 /// only the tail.
@@ -85,8 +105,10 @@ impl ReplicaConfig {
     }
 
     fn validate(&self) -> Result<(), ReplicationError> {
-        if self.id.is_empty() {
-            return Err(ReplicationError::Config("the node id is empty".into()));
+        if self.id.is_empty() || self.id.len() > MAX_ID_BYTES {
+            return Err(ReplicationError::Config(format!(
+                "the node id must be 1 to {MAX_ID_BYTES} bytes"
+            )));
         }
         if self.election_timeout_ms == 0 {
             return Err(ReplicationError::Config(
@@ -113,7 +135,8 @@ impl ReplicaConfig {
 pub enum RoleKind {
     /// Follows a leader, or waits to learn of one.
     Follower,
-    /// A voter that is not in the voter set: replicates but never votes or campaigns.
+    /// Not a voter: outside the voter set, bound to another data directory (it lost its data),
+    /// or not yet aware of the voter set. Replicates, never votes or campaigns.
     Observer,
     /// Asking for pre-votes.
     Prospective,
@@ -141,12 +164,15 @@ impl RoleKind {
 pub struct ReplicaProgress {
     /// The replica's id.
     pub id: NodeId,
-    /// Whether it votes.
+    /// Whether it counts as a voter: in the voter set, and fetching with the data directory
+    /// the voter set binds it to.
     pub voter: bool,
     /// Its durable log end, as of its last fetch in this epoch (`None` before one).
     pub end_offset: Option<u64>,
     /// When it last fetched (the driver's clock, ms).
     pub last_fetch_ms: Option<u64>,
+    /// The data directory it last fetched with.
+    pub directory_id: String,
 }
 
 /// A snapshot of the replica for status, metrics and the admin API.
@@ -168,8 +194,41 @@ pub struct ReplicaStatus {
     pub end_offset: u64,
     /// The voters.
     pub voters: Vec<NodeId>,
+    /// This node's data directory id.
+    pub directory_id: String,
     /// On the leader: each other replica's progress.
     pub replicas: Vec<ReplicaProgress>,
+}
+
+/// How often the protocol took each of its rarer branches, since the replica started: what a
+/// reader of metrics (and of the simulation's report) looks at to see that they happen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaCounters {
+    /// Pre-vote rounds started.
+    pub pre_votes: u64,
+    /// Elections started (real votes, a new epoch).
+    pub elections: u64,
+    /// Elections won.
+    pub leaderships: u64,
+    /// A new cluster's first elections won.
+    pub bootstraps: u64,
+    /// Follower log suffixes truncated because they diverged from the leader's.
+    pub truncations: u64,
+    /// Logs emptied to copy the leader's from its start (retention, or a log the leader could
+    /// not match).
+    pub resets: u64,
+    /// Hand-overs acted on (`EndQuorumEpoch` from this node's leader).
+    pub hand_overs: u64,
+    /// Voter sets learned or put in force (changes and bindings).
+    pub voter_sets: u64,
+    /// Retention passes that moved the log's start.
+    pub retentions: u64,
+    /// Peer messages refused as impossible or misdirected.
+    pub refused_messages: u64,
+    /// Votes refused because the candidate or this node is not who the voter set says.
+    pub refused_votes: u64,
+    /// Fetches that could not be delivered.
+    pub fetch_failures: u64,
 }
 
 #[derive(Debug)]
@@ -189,10 +248,13 @@ struct FollowerState {
 
 #[derive(Debug)]
 struct ElectionState {
-    granted: BTreeSet<NodeId>,
+    /// Voters that granted, with the data directory each answered from.
+    granted: BTreeMap<NodeId, String>,
     rejected: BTreeSet<NodeId>,
     deadline: u64,
     previous_leader: Option<NodeId>,
+    /// A new cluster's first election: every initial voter must grant.
+    bootstrap: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -250,14 +312,16 @@ pub struct Replica<L, Q> {
     next_history_save: u64,
     /// Set by a resignation for good (shutdown): this node never campaigns again.
     retired: bool,
+    counters: ReplicaCounters,
     outbox: Vec<Envelope>,
 }
 
 impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     /// Starts a replica over `log`. A node with no saved quorum state starts with
-    /// `initial_voters` (every node of a new cluster is given the same list); one with saved
-    /// state resumes it and ignores the list. It always starts as a follower: a node that led
-    /// before a restart may have been replaced.
+    /// `initial_voters` (every node of a new cluster is given the same list) as what it
+    /// assumes until it learns the voter set; one with saved state resumes it and ignores the
+    /// list. It always starts as a follower: a node that led before a restart may have been
+    /// replaced.
     pub fn new(
         config: ReplicaConfig,
         log: L,
@@ -268,10 +332,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         config.validate()?;
         let state = match store.load()? {
             Some(mut state) => {
+                let mut changed = false;
                 if state.directory_id.is_empty() {
                     // Saved before directories were tracked: this directory is the same one.
                     state.directory_id = new_directory_id(config.seed);
-                    store.save(&state).map_err(save_failed)?;
+                    changed = true;
                 }
                 // A log written under a later epoch than the saved state (a lost or restored
                 // state file) must not let this node vote in an epoch it already wrote in.
@@ -280,6 +345,9 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                     state.epoch = last_epoch;
                     state.voted_for = None;
                     state.leader_id = None;
+                    changed = true;
+                }
+                if changed {
                     store.save(&state).map_err(save_failed)?;
                 }
                 state
@@ -311,6 +379,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             next_peer: 0,
             next_history_save: now + HISTORY_SAVE_INTERVAL_MS,
             retired: false,
+            counters: ReplicaCounters::default(),
             outbox: Vec::new(),
             role: Role::follower(None, now),
             state,
@@ -372,10 +441,22 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             .map_or(&self.state.voters, |set| &set.voters)
     }
 
+    /// This node's data directory id.
+    pub fn directory_id(&self) -> &str {
+        &self.state.directory_id
+    }
+
+    /// Counters of the protocol's branches since the replica started.
+    pub fn counters(&self) -> &ReplicaCounters {
+        &self.counters
+    }
+
     /// The role.
     pub fn role(&self) -> RoleKind {
         match &self.role {
-            Role::Follower(_) if !self.is_self_voter() => RoleKind::Observer,
+            Role::Follower(_) if !self.is_self_voter() || !self.voters_known() => {
+                RoleKind::Observer
+            }
             Role::Follower(_) => RoleKind::Follower,
             Role::Prospective(_) => RoleKind::Prospective,
             Role::Candidate(_) => RoleKind::Candidate,
@@ -391,10 +472,10 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 .iter()
                 .map(|(id, progress)| ReplicaProgress {
                     id: id.clone(),
-                    // A node that lost its data (another directory) is not the voter it was.
-                    voter: self.is_voter(id) && self.bound_to(id, &progress.directory_id),
+                    voter: self.counts_as_voter(id, &progress.directory_id),
                     end_offset: progress.end_offset,
                     last_fetch_ms: progress.last_fetch_at,
+                    directory_id: progress.directory_id.clone(),
                 })
                 .collect(),
             _ => Vec::new(),
@@ -408,6 +489,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             start_offset: self.log.start_offset(),
             end_offset: self.log.end_offset(),
             voters: self.voters().to_vec(),
+            directory_id: self.state.directory_id.clone(),
             replicas,
         }
     }
@@ -453,10 +535,37 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         if let Role::Follower(follower) = &mut self.role
             && let Some(fetch) = &mut follower.in_flight
         {
+            self.counters.fetch_failures += 1;
             fetch.sent_at = fetch
                 .sent_at
                 .min(now.saturating_sub(timeout.saturating_sub(RETRY_MS)));
         }
+    }
+
+    /// The offset retention may remove records below: the high watermark (Kafka's rule).
+    /// Whatever is not committed may still be the only copy a future leader needs.
+    pub fn retention_limit(&self) -> u64 {
+        self.high_watermark
+    }
+
+    /// Tells the replica that retention moved the log's start: voter sets that no longer
+    /// matter are forgotten (the one in force at the new start is kept, for followers that
+    /// copy from there), so the quorum state stays small.
+    pub fn note_retention(&mut self) -> Result<(), ReplicationError> {
+        let start = self.log.start_offset();
+        debug_assert!(start <= self.high_watermark.max(self.log.end_offset()));
+        self.counters.retentions += 1;
+        let keep_from = self
+            .state
+            .voter_history
+            .iter()
+            .rposition(|set| set.offset < start)
+            .unwrap_or(0);
+        if keep_from > 0 {
+            self.state.voter_history.drain(..keep_from);
+            self.persist()?;
+        }
+        Ok(())
     }
 
     /// Hands leadership over: tells the voters, most caught up first, to elect someone else
@@ -466,7 +575,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             Role::Leader(leader) => leader
                 .progress
                 .iter()
-                .filter(|(id, _)| self.is_voter(id))
+                .filter(|(id, progress)| self.counts_as_voter(id, &progress.directory_id))
                 .map(|(id, progress)| (progress.end_offset.unwrap_or(0), id.clone()))
                 .collect(),
             _ => {
@@ -476,8 +585,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         };
         successors.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let preferred_successors: Vec<NodeId> = successors.into_iter().map(|(_, id)| id).collect();
-        self.state.leader_id = None;
-        self.persist()?;
+        self.update_state(|state| state.leader_id = None)?;
         self.retired |= for_good;
         for to in &preferred_successors {
             self.send(
@@ -510,11 +618,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             }
         }
         let is_voter = self.is_self_voter();
+        let knows_voters = self.voters_known();
         let action = match &mut self.role {
             Role::Follower(follower) => {
                 if is_voter && !self.retired && now >= follower.election_deadline {
                     Action::PreVote
-                } else if !is_voter
+                } else if !(is_voter && knows_voters)
                     && follower.leader.is_some()
                     && now >= follower.election_deadline
                 {
@@ -575,8 +684,16 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         }
     }
 
-    /// Handles one message from `from`.
+    /// Handles one message from `from`. A message no correct peer sends is refused with
+    /// [`ReplicationError::InvalidMessage`] before it changes anything.
     pub fn step(&mut self, now: u64, from: &str, message: Message) -> Result<(), ReplicationError> {
+        if let Err(reason) = check_message(from, &message) {
+            self.counters.refused_messages += 1;
+            return Err(ReplicationError::InvalidMessage {
+                kind: message.kind(),
+                reason,
+            });
+        }
         match message {
             Message::VoteRequest(request) => self.on_vote_request(now, from, request),
             Message::VoteResponse(response) => self.on_vote_response(now, from, response),
@@ -590,6 +707,17 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     // ---- elections ----
 
     fn start_pre_vote(&mut self, now: u64) -> Result<(), ReplicationError> {
+        if self.state.vote_floor.is_some() {
+            // It emptied a log that held more than it holds now: leading before it holds that
+            // much again could lose records it helped commit. Others campaign; it votes.
+            let deadline = now + self.random_election_timeout();
+            if let Role::Follower(follower) = &mut self.role {
+                follower.election_deadline = deadline;
+            } else {
+                self.role = Role::follower(None, deadline);
+            }
+            return Ok(());
+        }
         if self.is_sole_voter() {
             return self.start_candidacy(now);
         }
@@ -597,36 +725,39 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             Role::Follower(follower) => follower.leader.clone(),
             _ => None,
         };
-        let mut granted = BTreeSet::new();
-        granted.insert(self.config.id.clone());
-        self.role = Role::Prospective(ElectionState {
-            granted,
-            rejected: BTreeSet::new(),
-            deadline: now + self.random_election_timeout(),
-            previous_leader,
-        });
+        self.counters.pre_votes += 1;
+        self.role = Role::Prospective(self.new_election(now, previous_leader));
         tracing::debug!(id = %self.config.id, epoch = self.state.epoch + 1, "asking for pre-votes");
         self.request_votes(true);
         Ok(())
     }
 
-    fn start_candidacy(&mut self, now: u64) -> Result<(), ReplicationError> {
-        self.state.epoch = self
-            .state
-            .epoch
-            .checked_add(1)
-            .ok_or_else(|| ReplicationError::Config("the epoch space is exhausted".into()))?;
-        self.state.voted_for = Some(self.config.id.clone());
-        self.state.leader_id = None;
-        self.persist()?;
-        let mut granted = BTreeSet::new();
-        granted.insert(self.config.id.clone());
-        self.role = Role::Candidate(ElectionState {
-            granted,
+    /// An election with this node's own vote in it.
+    fn new_election(&mut self, now: u64, previous_leader: Option<NodeId>) -> ElectionState {
+        ElectionState {
+            granted: BTreeMap::from([(self.config.id.clone(), self.state.directory_id.clone())]),
             rejected: BTreeSet::new(),
             deadline: now + self.random_election_timeout(),
-            previous_leader: None,
-        });
+            previous_leader,
+            bootstrap: !self.voters_known(),
+        }
+    }
+
+    fn start_candidacy(&mut self, now: u64) -> Result<(), ReplicationError> {
+        let epoch = self.state.epoch + 1;
+        if epoch > MAX_EPOCH {
+            return Err(ReplicationError::Config(
+                "the epoch space is exhausted".into(),
+            ));
+        }
+        let id = self.config.id.clone();
+        self.update_state(|state| {
+            state.epoch = epoch;
+            state.voted_for = Some(id);
+            state.leader_id = None;
+        })?;
+        self.counters.elections += 1;
+        self.role = Role::Candidate(self.new_election(now, None));
         tracing::info!(id = %self.config.id, epoch = self.state.epoch, "starting an election");
         if self.is_sole_voter() {
             return self.become_leader(now);
@@ -636,25 +767,36 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     }
 
     fn request_votes(&mut self, pre_vote: bool) {
-        let request = VoteRequest {
-            pre_vote,
-            candidate_epoch: if pre_vote {
-                self.state.epoch.saturating_add(1)
-            } else {
-                self.state.epoch
-            },
-            candidate_id: self.config.id.clone(),
-            last_offset_epoch: self.log.last_epoch(),
-            end_offset: self.log.end_offset(),
-        };
+        let bootstrap = !self.voters_known();
+        let (last_offset_epoch, end_offset) = self.log_position();
         for voter in self.other_voters() {
-            self.send(&voter, Message::VoteRequest(request.clone()));
+            let request = VoteRequest {
+                pre_vote,
+                candidate_epoch: if pre_vote {
+                    self.state.epoch + 1
+                } else {
+                    self.state.epoch
+                },
+                candidate_id: self.config.id.clone(),
+                last_offset_epoch,
+                end_offset,
+                candidate_directory_id: self.state.directory_id.clone(),
+                voter_directory_id: self.directories().get(&voter).cloned().unwrap_or_default(),
+                voter_id: voter.clone(),
+                bootstrap,
+            };
+            self.send(&voter, Message::VoteRequest(request));
         }
     }
 
     fn become_leader(&mut self, now: u64) -> Result<(), ReplicationError> {
-        self.state.leader_id = Some(self.config.id.clone());
-        self.persist()?;
+        let granted = match &self.role {
+            Role::Candidate(election) => election.granted.clone(),
+            _ => BTreeMap::new(),
+        };
+        let bootstrap = !self.voters_known();
+        let id = self.config.id.clone();
+        self.update_state(|state| state.leader_id = Some(id))?;
         let epoch = self.state.epoch;
         // A sole voter commits what it holds durably: no other leader can have written
         // elsewhere, so it needs no record of its own epoch first (and a single node's offsets
@@ -662,11 +804,20 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let epoch_start = if self.is_sole_voter() {
             None
         } else {
+            // Every voter that voted is bound to the directory it voted from, if it was not
+            // bound yet: after a new cluster's first election, that is every voter.
+            let mut directories = self.directories().clone();
+            for (voter, directory) in granted {
+                if self.is_voter(&voter) && !directory.is_empty() {
+                    directories.entry(voter).or_insert(directory);
+                }
+            }
+            let voters = self.voters().to_vec();
             let marker = serde_json::json!({
                 "leader": self.config.id,
                 "epoch": epoch,
-                "voters": self.voters(),
-                "directories": self.directories(),
+                "voters": voters,
+                "directories": directories,
             })
             .to_string();
             let record = Record {
@@ -675,7 +826,9 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 timestamp_ms: 0,
                 record_type: LEADER_CHANGE_RECORD_TYPE,
             };
-            Some(self.log.append(epoch, &[record], true)?.base_offset)
+            let offset = self.log.append(epoch, &[record], true)?.base_offset;
+            self.put_in_force(offset, voters, directories)?;
+            Some(offset)
         };
         let progress = self
             .other_voters()
@@ -688,6 +841,10 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             next_quorum_check: now + 2 * self.config.election_timeout_ms,
             next_announce: now + self.config.fetch_timeout_ms,
         });
+        self.counters.leaderships += 1;
+        if bootstrap {
+            self.counters.bootstraps += 1;
+        }
         tracing::info!(id = %self.config.id, epoch, "became the leader");
         self.announce();
         self.advance_high_watermark(now);
@@ -727,7 +884,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             .progress
             .iter()
             .filter(|(id, progress)| {
-                self.is_voter(id)
+                self.counts_as_voter(id, &progress.directory_id)
                     && progress
                         .last_fetch_at
                         .is_some_and(|at| now.saturating_sub(at) < window)
@@ -742,10 +899,44 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             live,
             "lost contact with a majority of voters; stepping down"
         );
-        self.state.leader_id = None;
-        self.persist()?;
+        self.update_state(|state| state.leader_id = None)?;
         self.role = Role::follower(None, now + self.random_election_timeout());
         Ok(())
+    }
+
+    /// Why this node must not vote for the candidate of `request`, whatever the logs say.
+    fn vote_refusal(&self, request: &VoteRequest) -> Option<&'static str> {
+        if request.voter_id != self.config.id {
+            return Some("the request is for another node (a stale address?)");
+        }
+        if !request.voter_directory_id.is_empty()
+            && request.voter_directory_id != self.state.directory_id
+        {
+            return Some("the candidate counts on another data directory of this node");
+        }
+        if self
+            .directories()
+            .get(&request.candidate_id)
+            .is_some_and(|bound| *bound != request.candidate_directory_id)
+        {
+            return Some("the candidate lost the data directory it is bound to");
+        }
+        if request.bootstrap {
+            if self.voters_known() {
+                return Some("the cluster has a voter set; a first election is over");
+            }
+            if self.log.end_offset() != 0 || request.end_offset != 0 {
+                return Some("a first election needs logs that were never written");
+            }
+            if !self.is_voter(&request.candidate_id) || !self.is_voter(&self.config.id) {
+                return Some("a first election is among the initial voters only");
+            }
+        } else if !self.voters_known() && request.voter_directory_id != self.state.directory_id {
+            // Its data directory is new: it may have been a voter that lost its data. Only a
+            // candidate whose voter set binds this very directory proves it is a voter.
+            return Some("this node has not learned the voter set");
+        }
+        None
     }
 
     fn on_vote_request(
@@ -754,12 +945,18 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         from: &str,
         request: VoteRequest,
     ) -> Result<(), ReplicationError> {
-        let log_ok = (request.last_offset_epoch, request.end_offset)
-            >= (self.log.last_epoch(), self.log.end_offset());
+        let refusal = self.vote_refusal(&request);
+        if let Some(reason) = refusal {
+            self.counters.refused_votes += 1;
+            tracing::debug!(id = %self.config.id, candidate = %request.candidate_id, reason, "refusing a vote");
+        }
+        let log_ok = (request.last_offset_epoch, request.end_offset) >= self.vote_position();
         // Votes do not consult this node's own voter set (as in Raft): a node added as a voter
         // may not have the record that says so yet, and the cluster needs its vote. The
         // candidate counts only votes from its own voter set.
-        let granted = if request.pre_vote {
+        let granted = if refusal.is_some() {
+            false
+        } else if request.pre_vote {
             // No state changes: a pre-vote only says whether a real vote would be granted.
             request.candidate_epoch > self.state.epoch && log_ok && !self.has_live_leader(now)
         } else {
@@ -776,8 +973,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 && free
                 && log_ok;
             if grant && self.state.voted_for.is_none() {
-                self.state.voted_for = Some(request.candidate_id.clone());
-                self.persist()?;
+                let candidate = request.candidate_id.clone();
+                self.update_state(|state| state.voted_for = Some(candidate))?;
                 let deadline = now + self.random_election_timeout();
                 if let Role::Follower(follower) = &mut self.role {
                     follower.election_deadline = deadline;
@@ -793,6 +990,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 epoch: self.state.epoch,
                 leader_id: self.leader_id().map(str::to_owned),
                 granted,
+                voter_id: self.config.id.clone(),
                 voter_directory_id: self.state.directory_id.clone(),
             }),
         );
@@ -805,6 +1003,13 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         from: &str,
         response: VoteResponse,
     ) -> Result<(), ReplicationError> {
+        if response.voter_id != from {
+            // Another node answered a call to `from` (a stale address): its vote is its own,
+            // and counting it for `from` could count one vote twice.
+            self.counters.refused_messages += 1;
+            tracing::warn!(id = %self.config.id, asked = from, answered = %response.voter_id, "a vote answer came from another node than the one asked; ignoring it");
+            return Ok(());
+        }
         if response.epoch > self.state.epoch {
             return self.observe_epoch(now, response.epoch, response.leader_id);
         }
@@ -812,53 +1017,49 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let voters = self.voters().len();
         // A vote counts only from the directory the voter is bound to: not from a node that
         // lost its data and came back under the same id.
-        let from_voter = self.is_voter(from) && self.bound_to(from, &response.voter_directory_id);
-        match &mut self.role {
-            Role::Prospective(election)
-                if response.pre_vote
-                    && response.candidate_epoch == self.state.epoch.saturating_add(1) =>
-            {
-                if !from_voter {
-                    return Ok(());
-                }
-                if response.granted {
-                    election.granted.insert(from.to_owned());
-                } else {
-                    election.rejected.insert(from.to_owned());
-                }
-                if election.granted.len() >= majority {
-                    return self.start_candidacy(now);
-                }
-                if election.rejected.len() > voters - majority {
-                    // A majority has a live leader or a better log: follow whoever they name.
-                    let leader = response
-                        .leader_id
-                        .filter(|leader| {
-                            response.epoch == self.state.epoch && *leader != self.config.id
-                        })
-                        .or_else(|| election.previous_leader.clone());
-                    self.role = Role::follower(leader, now + self.random_election_timeout());
-                }
-                Ok(())
-            }
-            Role::Candidate(election)
-                if !response.pre_vote && response.candidate_epoch == self.state.epoch =>
-            {
-                if !from_voter {
-                    return Ok(());
-                }
-                if response.granted {
-                    election.granted.insert(from.to_owned());
-                } else {
-                    election.rejected.insert(from.to_owned());
-                }
-                if election.granted.len() >= majority {
-                    return self.become_leader(now);
-                }
-                Ok(())
-            }
-            _ => Ok(()),
+        let from_voter = self.counts_as_voter(from, &response.voter_directory_id);
+        let pre_epoch = self.state.epoch + 1;
+        let epoch = self.state.epoch;
+        let (election, needed_epoch, pre_vote) = match &mut self.role {
+            Role::Prospective(election) => (election, pre_epoch, true),
+            Role::Candidate(election) => (election, epoch, false),
+            _ => return Ok(()),
+        };
+        if response.pre_vote != pre_vote || response.candidate_epoch != needed_epoch || !from_voter
+        {
+            return Ok(());
         }
+        if response.granted {
+            election
+                .granted
+                .insert(from.to_owned(), response.voter_directory_id.clone());
+        } else {
+            election.rejected.insert(from.to_owned());
+        }
+        // A new cluster's first election needs every initial voter, so that each is bound to
+        // its directory from the first record on; any other needs a majority.
+        let needed = if election.bootstrap { voters } else { majority };
+        if election.granted.len() >= needed {
+            return if pre_vote {
+                self.start_candidacy(now)
+            } else {
+                self.become_leader(now)
+            };
+        }
+        let lost = if election.bootstrap {
+            !election.rejected.is_empty()
+        } else {
+            election.rejected.len() > voters - majority
+        };
+        if pre_vote && lost {
+            // A majority has a live leader or a better log: follow whoever they name.
+            let leader = response
+                .leader_id
+                .filter(|leader| response.epoch == self.state.epoch && *leader != self.config.id)
+                .or_else(|| election.previous_leader.clone());
+            self.role = Role::follower(leader, now + self.random_election_timeout());
+        }
+        Ok(())
     }
 
     fn on_begin_quorum_epoch(
@@ -886,8 +1087,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         if end.epoch != self.state.epoch || self.leader_id() != Some(end.leader_id.as_str()) {
             return Ok(());
         }
-        self.state.leader_id = None;
-        self.persist()?;
+        self.update_state(|state| state.leader_id = None)?;
+        self.counters.hand_overs += 1;
         // The most caught-up successor campaigns at once; the others wait their turn, so the
         // best candidate usually wins without a split vote.
         let rank = end
@@ -913,13 +1114,15 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     ) -> Result<(), ReplicationError> {
         debug_assert!(epoch > self.state.epoch);
         let leader = leader.filter(|leader| *leader != self.config.id);
+        let named = leader.clone();
+        self.update_state(|state| {
+            state.epoch = epoch;
+            state.voted_for = None;
+            state.leader_id = named;
+        })?;
         if matches!(self.role, Role::Leader(_)) {
             tracing::info!(id = %self.config.id, epoch, "a later epoch exists; stepping down");
         }
-        self.state.epoch = epoch;
-        self.state.voted_for = None;
-        self.state.leader_id = leader.clone();
-        self.persist()?;
         self.role = Role::follower(leader, now + self.random_election_timeout());
         Ok(())
     }
@@ -932,8 +1135,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             return Ok(());
         }
         if self.state.leader_id.as_ref() != Some(&leader) {
-            self.state.leader_id = Some(leader.clone());
-            self.persist()?;
+            let named = leader.clone();
+            self.update_state(|state| state.leader_id = Some(named))?;
         }
         self.role = Role::follower(Some(leader), now + self.random_election_timeout());
         self.send_fetch(now);
@@ -959,11 +1162,14 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     // ---- replication ----
 
     fn send_fetch(&mut self, now: u64) {
+        // With no leader known, ask the peers in turn: one that knows the leader says so. An
+        // observer has no other way to find it; a voter that was removed from the voter set,
+        // or whose voters lost their data, may not either (pre-vote answers from voters that
+        // do not count never add up to a majority that names the leader).
         let target = match &self.role {
             Role::Follower(follower) => match &follower.leader {
                 Some(leader) => Some(leader.clone()),
-                None if !self.is_self_voter() => self.next_known_peer(),
-                None => None,
+                None => self.next_known_peer(),
             },
             _ => None,
         };
@@ -975,6 +1181,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             epoch: self.state.epoch,
             replica_id: self.config.id.clone(),
             fetch_offset,
+            log_start_offset: self.log.start_offset(),
             last_fetched_epoch: self.log.last_epoch(),
             max_bytes: self.config.fetch_max_bytes,
             max_wait_ms: self.config.fetch_max_wait_ms,
@@ -1016,11 +1223,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         if request.epoch > self.state.epoch {
             self.observe_epoch(now, request.epoch, None)?;
         }
-        let respond = |replica: &mut Self, high_watermark: u64, result: FetchResult| {
+        let respond = |replica: &mut Self, result: FetchResult| {
             let response = FetchResponse {
                 epoch: replica.state.epoch,
                 leader_id: replica.leader_id().map(str::to_owned),
-                high_watermark,
+                responder_id: replica.config.id.clone(),
+                high_watermark: replica.high_watermark,
                 fetch_offset: request.fetch_offset,
                 result,
             };
@@ -1028,47 +1236,55 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         };
         if !matches!(self.role, Role::Leader(_)) || request.epoch < self.state.epoch {
             // Not the leader of the fetcher's epoch: tell it who is, so it moves on.
-            let high_watermark = self.high_watermark;
-            respond(self, high_watermark, FetchResult::NotLeader);
+            respond(self, FetchResult::NotLeader);
             return Ok(());
         }
-        if request.fetch_offset < self.log.start_offset() {
-            let start_offset = self.log.start_offset();
-            let high_watermark = self.high_watermark;
+        let start = self.log.start_offset();
+        let resync = |replica: &mut Self| {
+            let voters = replica.voters_before(start);
+            let start_epoch = replica.log.start_epoch();
             respond(
-                self,
-                high_watermark,
-                FetchResult::OffsetOutOfRange { start_offset },
+                replica,
+                FetchResult::OffsetOutOfRange {
+                    start_offset: start,
+                    start_epoch,
+                    voters,
+                },
             );
+        };
+        // The fetcher holds `log_start_offset..fetch_offset`. Below the leader's start it asks
+        // for what retention removed; starting past both the leader's start and high
+        // watermark, it lacks records that are not known to be committed, and counting it
+        // would count it as holding them. Either way it copies the leader's log from its start.
+        if request.fetch_offset < start || request.log_start_offset > self.high_watermark.max(start)
+        {
+            resync(self);
             return Ok(());
         }
-        // A fetcher whose log holds no batch and starts where the leader's log starts (it was
-        // reset to it) has nothing to compare: it copies from here.
-        let fresh_at_start =
-            request.last_fetched_epoch == 0 && request.fetch_offset == self.log.start_offset();
-        if request.fetch_offset > 0 && !fresh_at_start {
+        // An empty log (its epoch is 0: every leader's epoch is at least 1) has nothing to
+        // compare: the fetcher copies from where it starts.
+        let empty =
+            request.last_fetched_epoch == 0 && request.log_start_offset == request.fetch_offset;
+        if empty {
+            if request.fetch_offset > self.log.end_offset() {
+                resync(self);
+                return Ok(());
+            }
+        } else {
             // The fetcher's last batch must be in the leader's log with the same epoch.
             let Some((epoch, end_offset)) = self
                 .log
                 .epoch_end_offset(request.last_fetched_epoch)
-                .or_else(|| (self.log.start_offset() == 0).then_some((0, 0)))
+                .or_else(|| (start == 0).then_some((0, 0)))
             else {
                 // The fetcher's last epoch is older than anything retention left here: the
                 // leader cannot tell where the logs diverge, only that the fetcher must resync.
-                let start_offset = self.log.start_offset();
-                let high_watermark = self.high_watermark;
-                respond(
-                    self,
-                    high_watermark,
-                    FetchResult::OffsetOutOfRange { start_offset },
-                );
+                resync(self);
                 return Ok(());
             };
             if epoch != request.last_fetched_epoch || end_offset < request.fetch_offset {
-                let high_watermark = self.high_watermark;
                 respond(
                     self,
-                    high_watermark,
                     FetchResult::Diverging {
                         epoch,
                         end_offset: end_offset.min(request.fetch_offset),
@@ -1093,8 +1309,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         } else {
             Vec::new()
         };
-        let high_watermark = self.high_watermark;
-        respond(self, high_watermark, FetchResult::Records(batches));
+        respond(self, FetchResult::Records(batches));
         Ok(())
     }
 
@@ -1113,6 +1328,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         };
         let end = self.log.end_offset();
         response.epoch == self.state.epoch
+            && response.responder_id == from
+            && self.state.vote_floor.is_none()
             && follower.leader.as_deref() == Some(from)
             && response.fetch_offset == end
             && batches.iter().all(|batch| {
@@ -1127,6 +1344,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         from: &str,
         response: FetchResponse,
     ) -> Result<(), ReplicationError> {
+        if response.responder_id != from {
+            // Another node answered a fetch sent to `from` (a stale address).
+            self.counters.refused_messages += 1;
+            tracing::warn!(id = %self.config.id, asked = from, answered = %response.responder_id, "a fetch answer came from another node than the one asked; ignoring it");
+            return Ok(());
+        }
         if response.epoch > self.state.epoch {
             return self.observe_epoch(now, response.epoch, response.leader_id);
         }
@@ -1153,8 +1376,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                         // Our leader no longer leads this epoch (it stepped down): wait for
                         // the election that follows.
                         follower.leader = None;
-                        self.state.leader_id = None;
-                        self.persist()?;
+                        self.update_state(|state| state.leader_id = None)?;
                     }
                     _ => {}
                 }
@@ -1197,7 +1419,14 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                     for batch in &fresh {
                         learned |= self.learn_voters(batch);
                     }
-                    if learned {
+                    let floor_passed = self
+                        .state
+                        .vote_floor
+                        .is_some_and(|floor| self.log_position() >= floor);
+                    if floor_passed {
+                        self.state.vote_floor = None;
+                    }
+                    if learned || floor_passed {
                         self.persist()?;
                     }
                 }
@@ -1219,12 +1448,16 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                     self.send_fetch(now);
                     return Ok(());
                 }
+                // Where our own log leaves `epoch`. When our retention removed every batch of
+                // `epoch` and before, the logs agree up to our start at least: everything
+                // below it was committed when it was removed.
+                let start = self.log.start_offset();
                 let own_end = self
                     .log
                     .epoch_end_offset(epoch)
-                    .map_or(0, |(_, end)| end)
+                    .map_or(start, |(_, end)| end)
                     .min(self.log.end_offset());
-                let target = end_offset.min(own_end);
+                let target = end_offset.min(own_end).max(start);
                 tracing::info!(
                     id = %self.config.id,
                     epoch,
@@ -1236,41 +1469,57 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 self.send_fetch(now);
                 Ok(())
             }
-            FetchResult::OffsetOutOfRange { start_offset } => {
+            FetchResult::OffsetOutOfRange {
+                start_offset,
+                start_epoch,
+                voters,
+            } => {
                 follower.last_fetch_ok = Some(now);
-                if self.high_watermark > start_offset {
-                    // Committed records past the leader's start that the leader cannot match
-                    // by epoch: never thrown away. Not expected; needs an operator.
-                    tracing::error!(
-                        id = %self.config.id,
-                        start_offset,
-                        high_watermark = self.high_watermark,
-                        end = self.log.end_offset(),
-                        "the leader cannot match this replica's log and it holds committed \
-                         records past the leader's start; not resetting"
-                    );
-                    return Ok(());
-                }
-                // Retention removed, on the leader, the records this replica lacks (or the
-                // epoch of its last batch): what it holds below the leader's start is gone
-                // there too, and what it holds past it is uncommitted here. Start over from
-                // the leader's start, as a Kafka follower does.
-                tracing::warn!(
-                    id = %self.config.id,
-                    start_offset,
-                    end = self.log.end_offset(),
-                    "the leader no longer holds the records this replica lacks (retention); \
-                     emptying the log and copying the leader's from its start"
-                );
-                self.log.reset_to(start_offset)?;
-                self.state
-                    .voter_history
-                    .retain(|set| set.offset < start_offset);
-                self.persist()?;
+                self.reset(start_offset, start_epoch, voters)?;
                 self.send_fetch(now);
                 Ok(())
             }
         }
+    }
+
+    /// Empties the log and restarts it at `start` (the leader's start), taking the leader's
+    /// voter set in force there as its own: the records that held it may be gone everywhere.
+    ///
+    /// The emptied log keeps `start_epoch` as the epoch it ends in, so it compares in an
+    /// election as a log that reached `start`. When what it held reached further (it held
+    /// records the leader cannot match, possibly committed ones), its vote stays as it was
+    /// (the vote floor) and it does not campaign until its log passes that again: emptying
+    /// its log never lets a leader be elected without records it helped commit. The quorum
+    /// state is saved before the log is touched: a crash part-way leaves a suffix of the old
+    /// log and the new state, and the next fetch resets again.
+    fn reset(
+        &mut self,
+        start: u64,
+        start_epoch: u64,
+        voters: Option<VoterSet>,
+    ) -> Result<(), ReplicationError> {
+        tracing::warn!(
+            id = %self.config.id,
+            start_offset = start,
+            end = self.log.end_offset(),
+            "the leader cannot give this replica the records that follow its log (retention \
+             removed them, or the leader cannot match its last epoch); emptying the log and \
+             copying the leader's from its start"
+        );
+        // The emptied log ends at `start` in `start_epoch`; if what it held reached further,
+        // its vote keeps that (and it does not campaign) until it holds that much again.
+        let held = self
+            .log_position()
+            .max(self.state.vote_floor.unwrap_or_default());
+        let mut next = self.state.clone();
+        next.vote_floor = (held > (start_epoch, start)).then_some(held);
+        // Voter sets from our own log are gone with it, committed or not: the leader's is the
+        // one in force at its start.
+        next.voter_history = voters.into_iter().collect();
+        self.commit_state(next)?;
+        self.log.reset_to(start, start_epoch)?;
+        self.counters.resets += 1;
+        Ok(())
     }
 
     /// Truncates the log to `offset`. Below the high watermark only to re-fetch a batch whose
@@ -1286,6 +1535,9 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             });
         }
         self.log.truncate_suffix(offset)?;
+        if !same_records {
+            self.counters.truncations += 1;
+        }
         let before = self.state.voter_history.len();
         self.state.voter_history.retain(|set| set.offset < offset);
         if self.state.voter_history.len() != before {
@@ -1302,7 +1554,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         };
         let mut offsets: Vec<u64> = vec![self.log.durable_end()];
         for (id, progress) in &leader.progress {
-            if self.is_voter(id) && self.bound_to(id, &progress.directory_id) {
+            if self.counts_as_voter(id, &progress.directory_id) {
                 offsets.push(progress.end_offset.unwrap_or(0));
             }
         }
@@ -1319,10 +1571,43 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
 
     // ---- helpers ----
 
-    fn persist(&mut self) -> Result<(), ReplicationError> {
+    /// Saves `next` as the quorum state, then puts it in force. A transition whose save fails
+    /// never takes effect, not even in memory, where a retried request would find it.
+    fn commit_state(&mut self, mut next: QuorumState) -> Result<(), ReplicationError> {
         // The history always reflects the whole log, so any save can record how far.
-        self.state.history_end = self.log.end_offset();
-        self.store.save(&self.state).map_err(save_failed)
+        next.history_end = self.log.end_offset();
+        self.store.save(&next).map_err(save_failed)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Applies `change` to a copy of the quorum state and commits it.
+    fn update_state(
+        &mut self,
+        change: impl FnOnce(&mut QuorumState),
+    ) -> Result<(), ReplicationError> {
+        let mut next = self.state.clone();
+        change(&mut next);
+        self.commit_state(next)
+    }
+
+    /// Saves the quorum state as it is (voter sets learned from the log, which holds them too).
+    fn persist(&mut self) -> Result<(), ReplicationError> {
+        self.commit_state(self.state.clone())
+    }
+
+    /// The log's `(last epoch, end offset)`, what a candidate's log is compared with.
+    fn log_position(&self) -> (u64, u64) {
+        (self.log.last_epoch(), self.log.end_offset())
+    }
+
+    /// What this node's vote compares a candidate's log with: its log, or what it held before
+    /// it last emptied it, whichever is later.
+    fn vote_position(&self) -> (u64, u64) {
+        let position = self.log_position();
+        self.state
+            .vote_floor
+            .map_or(position, |floor| floor.max(position))
     }
 
     /// On start: forget voter sets past the log's end (a truncation whose state save was cut
@@ -1380,8 +1665,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             };
             voters.sort();
             voters.dedup();
+            let known = !self.state.voter_history.is_empty();
             if voters.is_empty()
-                || (voters.as_slice() == self.voters() && directories == *self.directories())
+                || (known
+                    && voters.as_slice() == self.voters()
+                    && directories == *self.directories())
             {
                 continue;
             }
@@ -1394,20 +1682,33 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 continue;
             }
             tracing::info!(id = %self.config.id, offset = record.offset, ?voters, ?directories, "voter set changed");
-            self.state.voter_history.push(super::quorum::VoterSet {
+            self.state.voter_history.push(VoterSet {
                 offset: record.offset,
                 voters,
                 directories,
             });
+            self.counters.voter_sets += 1;
             learned = true;
         }
         learned
     }
 
+    /// The voter set in force just before `offset` (set by a record below it), if this node
+    /// knows one.
+    fn voters_before(&self, offset: u64) -> Option<VoterSet> {
+        self.state
+            .voter_history
+            .iter()
+            .rev()
+            .find(|set| set.offset < offset)
+            .cloned()
+    }
+
     /// Changes the voter set by one node, through the log: the leader appends the new set as
     /// a control record, in force at once (on every replica as soon as it has the record), and
     /// accepts the next change only once this one is committed. An added node must be an
-    /// observer that has caught up (`max_lag` records behind the high watermark at most).
+    /// observer that has caught up (`max_lag` records behind the high watermark at most); it
+    /// is bound to the data directory it fetches with from the record that adds it.
     pub fn change_voters(
         &mut self,
         now: u64,
@@ -1440,6 +1741,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             );
         }
         let mut voters = self.voters().to_vec();
+        let mut directories = self.directories().clone();
         match &change {
             VoterChange::Add(id) => {
                 if self.is_voter(id) {
@@ -1458,6 +1760,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                         "{id} is {lag} records behind the high watermark (at most {max_lag} \
                          allowed); retry once it has caught up"
                     ));
+                }
+                if let Some(directory) = progress
+                    .map(|p| p.directory_id.clone())
+                    .filter(|d| !d.is_empty())
+                {
+                    directories.insert(id.clone(), directory);
                 }
                 voters.push(id.clone());
             }
@@ -1479,8 +1787,31 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         voters.sort();
         // A removed voter's binding goes with it: if it is added again, it binds anew to the
         // directory it then fetches with.
-        let mut directories = self.directories().clone();
         directories.retain(|id, _| voters.contains(id));
+        // As etcd's strict reconfiguration check: the new set must have a majority that is
+        // alive and counts (fetched lately, with the directory it is bound to), or the change
+        // could never commit and the cluster would be stuck without a quorum.
+        let window = 2 * self.config.election_timeout_ms;
+        let live = voters
+            .iter()
+            .filter(|id| {
+                **id == self.config.id
+                    || leader.progress.get(*id).is_some_and(|progress| {
+                        progress
+                            .last_fetch_at
+                            .is_some_and(|at| now.saturating_sub(at) < window)
+                            && directories
+                                .get(*id)
+                                .is_none_or(|bound| *bound == progress.directory_id)
+                    })
+            })
+            .count();
+        if live < voters.len() / 2 + 1 {
+            return refuse(format!(
+                "after this change only {live} of the {} voters would be reachable with the                  data directory they are bound to, not a majority: bring the others back (or                  remove a voter that lost its data) first",
+                voters.len()
+            ));
+        }
         let info = self.append_voter_set(epoch, voters, directories)?;
         if let Role::Leader(leader) = &mut self.role {
             for voter in self
@@ -1510,14 +1841,27 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         self.voters().iter().any(|voter| voter == id)
     }
 
+    /// Whether this node knows the voter set: it learned one from the log (or the leader's
+    /// snapshot), or it is the sole voter it was started as. A node in a new data directory
+    /// does not: it may be a voter that lost its data, and only the cluster can tell it.
+    pub fn voters_known(&self) -> bool {
+        !self.state.voter_history.is_empty()
+            || (self.state.voters.len() == 1 && self.state.voters[0] == self.config.id)
+    }
+
     /// Whether this node is a voter: its id is in the voter set and bound, if at all, to this
     /// data directory (a node that lost its data is not the voter it was).
     fn is_self_voter(&self) -> bool {
         self.is_voter(&self.config.id) && self.bound_to(&self.config.id, &self.state.directory_id)
     }
 
+    /// Whether `id`, speaking from `directory_id`, counts as a voter.
+    fn counts_as_voter(&self, id: &str, directory_id: &str) -> bool {
+        self.is_voter(id) && self.bound_to(id, directory_id)
+    }
+
     /// The data directories the voters in force are bound to.
-    fn directories(&self) -> &BTreeMap<NodeId, String> {
+    pub fn directories(&self) -> &BTreeMap<NodeId, String> {
         static NONE: BTreeMap<NodeId, String> = BTreeMap::new();
         self.state
             .voter_history
@@ -1553,13 +1897,19 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         Ok(())
     }
 
-    /// Appends a voter-set record (durable under the node's policy) and puts it in force.
+    /// Appends a voter-set record (durable under the node's policy) and puts it in force. The
+    /// leader binds itself too, if it was not bound yet.
     fn append_voter_set(
         &mut self,
         epoch: u64,
         voters: Vec<NodeId>,
-        directories: BTreeMap<NodeId, String>,
+        mut directories: BTreeMap<NodeId, String>,
     ) -> Result<AppendInfo, ReplicationError> {
+        if voters.contains(&self.config.id) {
+            directories
+                .entry(self.config.id.clone())
+                .or_insert_with(|| self.state.directory_id.clone());
+        }
         let value = serde_json::json!({ "voters": voters, "directories": directories }).to_string();
         let record = Record {
             value: value.as_bytes(),
@@ -1568,13 +1918,31 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             record_type: VOTERS_RECORD_TYPE,
         };
         let info = self.log.append(epoch, &[record], true)?;
-        self.state.voter_history.push(super::quorum::VoterSet {
-            offset: info.base_offset,
+        self.put_in_force(info.base_offset, voters, directories)?;
+        Ok(info)
+    }
+
+    /// Puts the voter set a control record at `offset` carries in force on this node (the
+    /// leader that wrote it), if it changes anything.
+    fn put_in_force(
+        &mut self,
+        offset: u64,
+        voters: Vec<NodeId>,
+        directories: BTreeMap<NodeId, String>,
+    ) -> Result<(), ReplicationError> {
+        if !self.state.voter_history.is_empty()
+            && voters.as_slice() == self.voters()
+            && directories == *self.directories()
+        {
+            return Ok(());
+        }
+        self.state.voter_history.push(VoterSet {
+            offset,
             voters,
             directories,
         });
-        self.persist()?;
-        Ok(info)
+        self.counters.voter_sets += 1;
+        self.persist()
     }
 
     fn is_sole_voter(&self) -> bool {
@@ -1606,6 +1974,169 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         z ^= z >> 31;
         if bound == 0 { 0 } else { z % bound }
     }
+}
+
+/// Checks the values of a peer message that no correct peer can send, before anything acts on
+/// it: epochs and offsets past any that can exist, missing or oversized ids, a sender that
+/// speaks for someone else. What the message means is checked by the handlers.
+fn check_message(from: &str, message: &Message) -> Result<(), String> {
+    let epoch = |name: &str, value: u64| {
+        if value > MAX_EPOCH {
+            Err(format!(
+                "{name} {value} is past any possible epoch ({MAX_EPOCH})"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let offset = |name: &str, value: u64| {
+        if value > MAX_OFFSET {
+            Err(format!(
+                "{name} {value} is past any possible offset ({MAX_OFFSET})"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let id = |name: &str, value: &str| {
+        if value.is_empty() || value.len() > MAX_ID_BYTES {
+            Err(format!("{name} must be 1 to {MAX_ID_BYTES} bytes"))
+        } else {
+            Ok(())
+        }
+    };
+    let sender = |name: &str, value: &str| {
+        if value != from {
+            Err(format!("{name} `{value}` is not the sender `{from}`"))
+        } else {
+            Ok(())
+        }
+    };
+    let directory = |name: &str, value: &str| {
+        if value.len() > MAX_ID_BYTES {
+            Err(format!("{name} is longer than {MAX_ID_BYTES} bytes"))
+        } else {
+            Ok(())
+        }
+    };
+    id("the sender's id", from)?;
+    match message {
+        Message::VoteRequest(request) => {
+            sender("candidate_id", &request.candidate_id)?;
+            id("voter_id", &request.voter_id)?;
+            epoch("candidate_epoch", request.candidate_epoch)?;
+            epoch("last_offset_epoch", request.last_offset_epoch)?;
+            offset("end_offset", request.end_offset)?;
+            directory("candidate_directory_id", &request.candidate_directory_id)?;
+            directory("voter_directory_id", &request.voter_directory_id)?;
+            if request.last_offset_epoch > request.candidate_epoch {
+                return Err(format!(
+                    "the candidate's log has epoch {} past the epoch {} it asks to lead",
+                    request.last_offset_epoch, request.candidate_epoch
+                ));
+            }
+        }
+        Message::VoteResponse(response) => {
+            id("voter_id", &response.voter_id)?;
+            epoch("epoch", response.epoch)?;
+            epoch("candidate_epoch", response.candidate_epoch)?;
+            directory("voter_directory_id", &response.voter_directory_id)?;
+            if let Some(leader) = &response.leader_id {
+                id("leader_id", leader)?;
+            }
+        }
+        Message::BeginQuorumEpoch(begin) => {
+            sender("leader_id", &begin.leader_id)?;
+            epoch("epoch", begin.epoch)?;
+        }
+        Message::EndQuorumEpoch(end) => {
+            sender("leader_id", &end.leader_id)?;
+            epoch("epoch", end.epoch)?;
+            for successor in &end.preferred_successors {
+                id("a preferred successor", successor)?;
+            }
+        }
+        Message::FetchRequest(request) => {
+            sender("replica_id", &request.replica_id)?;
+            epoch("epoch", request.epoch)?;
+            epoch("last_fetched_epoch", request.last_fetched_epoch)?;
+            offset("fetch_offset", request.fetch_offset)?;
+            directory("directory_id", &request.directory_id)?;
+            if request.log_start_offset > request.fetch_offset {
+                return Err(format!(
+                    "log_start_offset {} is past fetch_offset {}",
+                    request.log_start_offset, request.fetch_offset
+                ));
+            }
+            if request.last_fetched_epoch > request.epoch {
+                return Err(format!(
+                    "last_fetched_epoch {} is past the fetcher's epoch {}",
+                    request.last_fetched_epoch, request.epoch
+                ));
+            }
+        }
+        Message::FetchResponse(response) => {
+            id("responder_id", &response.responder_id)?;
+            epoch("epoch", response.epoch)?;
+            offset("high_watermark", response.high_watermark)?;
+            offset("fetch_offset", response.fetch_offset)?;
+            if let Some(leader) = &response.leader_id {
+                id("leader_id", leader)?;
+            }
+            match &response.result {
+                FetchResult::Records(batches) => {
+                    for batch in batches {
+                        epoch("a batch's epoch", batch.leader_epoch())?;
+                        offset("a batch's offset", batch.next_offset())?;
+                        if batch.leader_epoch() > response.epoch {
+                            return Err(format!(
+                                "a batch of epoch {} comes from a leader of epoch {}",
+                                batch.leader_epoch(),
+                                response.epoch
+                            ));
+                        }
+                    }
+                }
+                FetchResult::Diverging {
+                    epoch: diverging,
+                    end_offset,
+                } => {
+                    epoch("the diverging epoch", *diverging)?;
+                    offset("the diverging end offset", *end_offset)?;
+                }
+                FetchResult::OffsetOutOfRange {
+                    start_offset,
+                    start_epoch,
+                    voters,
+                } => {
+                    offset("start_offset", *start_offset)?;
+                    epoch("start_epoch", *start_epoch)?;
+                    if *start_epoch > response.epoch {
+                        return Err(format!(
+                            "the leader of epoch {} names a record of epoch {start_epoch}",
+                            response.epoch
+                        ));
+                    }
+                    if let Some(set) = voters {
+                        if set.voters.is_empty() {
+                            return Err("the leader's voter set is empty".into());
+                        }
+                        if set.offset >= *start_offset {
+                            return Err(format!(
+                                "the voter set of offset {} is not before the start {start_offset}",
+                                set.offset
+                            ));
+                        }
+                        for voter in &set.voters {
+                            id("a voter", voter)?;
+                        }
+                    }
+                }
+                FetchResult::NotLeader => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn save_failed(err: ReplicationError) -> ReplicationError {

@@ -17,6 +17,15 @@ impl EpochCache {
         self.entries.last().map(|&(epoch, _)| epoch)
     }
 
+    /// The epoch of the record at `offset`, if the cache covers it.
+    pub fn epoch_at(&self, offset: u64) -> Option<u64> {
+        let i = self
+            .entries
+            .partition_point(|&(_, start)| start <= offset)
+            .checked_sub(1)?;
+        Some(self.entries[i].0)
+    }
+
     /// Records that `epoch` starts at `start_offset`. Returns true when that is news (a new,
     /// higher epoch), which the caller persists.
     pub fn assign(&mut self, epoch: u64, start_offset: u64) -> bool {

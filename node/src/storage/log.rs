@@ -108,6 +108,10 @@ struct Inner {
     writer: Mutex<Writer>,
     checkpoint_lock: Mutex<()>,
     start_offset: AtomicU64,
+    /// The leader epoch of the record just before `start_offset` (0 when there is none): the
+    /// log keeps it as a KRaft snapshot keeps its epoch, so an empty log (retention, a reset)
+    /// still says where it ends in epoch terms.
+    start_epoch: AtomicU64,
     end_offset: AtomicU64,
     epochs: Mutex<EpochCache>,
     sync: Mutex<SyncState>,
@@ -125,6 +129,29 @@ struct Inner {
     /// readers that may see unsynced records (followers copying the leader) need not wait for
     /// the leader's fsync.
     written: tokio::sync::watch::Sender<u64>,
+}
+
+/// The start offset checkpoint: `start u64 | epoch u64`, little-endian.
+fn encode_start(start: u64, epoch: u64) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&start.to_le_bytes());
+    bytes[8..].copy_from_slice(&epoch.to_le_bytes());
+    bytes
+}
+
+/// Reads what [`encode_start`] wrote, or the 8-byte form without an epoch (epoch 0).
+fn decode_start(bytes: &[u8]) -> Option<(u64, u64)> {
+    let word = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    match bytes.len() {
+        8 => Some((word(0..8)?, 0)),
+        16 => Some((word(0..8)?, word(8..16)?)),
+        _ => None,
+    }
 }
 
 /// One job of the background thread.
@@ -199,18 +226,20 @@ impl Log {
             }
         }
 
-        let checkpointed_start = checkpoint::read(&dir, START_OFFSET_FILE)?
-            .map(|bytes| {
-                <[u8; 8]>::try_from(bytes.as_slice())
-                    .map(u64::from_le_bytes)
-                    .map_err(|_| StorageError::Corruption {
-                        path: dir.join(START_OFFSET_FILE),
-                        position: 0,
-                        expected_offset: 0,
-                        reason: "start offset checkpoint is not 8 bytes".into(),
-                    })
-            })
-            .transpose()?;
+        let (checkpointed_start, start_epoch) =
+            match checkpoint::read(&dir, START_OFFSET_FILE)?.as_deref() {
+                None => (None, 0),
+                Some(bytes) => {
+                    let (start, epoch) =
+                        decode_start(bytes).ok_or_else(|| StorageError::Corruption {
+                            path: dir.join(START_OFFSET_FILE),
+                            position: 0,
+                            expected_offset: 0,
+                            reason: "start offset checkpoint is not 8 or 16 bytes".into(),
+                        })?;
+                    (Some(start), epoch)
+                }
+            };
 
         let mut segments = BTreeMap::new();
         let mut scanned_epochs = Vec::new();
@@ -326,6 +355,7 @@ impl Log {
             }),
             checkpoint_lock: Mutex::new(()),
             start_offset: AtomicU64::new(start),
+            start_epoch: AtomicU64::new(start_epoch),
             end_offset: AtomicU64::new(end),
             epochs: Mutex::new(epochs),
             // Everything recovered was read back from the file; sync it once before claiming it
@@ -400,6 +430,12 @@ impl Log {
     /// Offsets below this are on stable storage.
     pub fn durable_offset(&self) -> u64 {
         self.inner.sync.lock().durable_offset
+    }
+
+    /// The leader epoch of the record just before the start offset (0 when the log starts at
+    /// 0, or when it started elsewhere before this was recorded).
+    pub fn start_epoch(&self) -> u64 {
+        self.inner.start_epoch.load(Ordering::Acquire)
     }
 
     /// The latest leader epoch in the log.
@@ -500,18 +536,21 @@ impl Log {
         self.inner.truncate_prefix_locked(&mut writer, offset)
     }
 
-    /// Empties the log and restarts it at `offset`: every record is removed and the next append
-    /// gets `offset`. A follower does this when the leader no longer holds the records it lacks
-    /// (retention removed them), so it can copy the leader's log from the leader's start.
-    /// Crash-safe: the new start is persisted first and segments are deleted oldest first, so a
-    /// crash part-way leaves either the old log or a contiguous suffix of it, which reopens.
-    pub fn reset_to(&self, offset: u64) -> Result<()> {
-        self.inner.reset_to(offset)
+    /// Empties the log and restarts it at `offset`, whose preceding record the leader wrote in
+    /// `epoch`: every record is removed and the next append gets `offset`. A follower does this
+    /// when the leader no longer holds the records it lacks (retention removed them), so it can
+    /// copy the leader's log from the leader's start. Crash-safe: the new start is persisted
+    /// first and segments are deleted oldest first, so a crash part-way leaves either the old
+    /// log or a contiguous suffix of it, which reopens.
+    pub fn reset_to(&self, offset: u64, epoch: u64) -> Result<()> {
+        self.inner.reset_to(offset, epoch)
     }
 
-    /// Deletes the oldest sealed segments beyond the size and age limits.
-    pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
-        self.inner.apply_retention(now_ms)
+    /// Deletes the oldest sealed segments beyond the size and age limits, never a segment
+    /// that holds `below` or a later offset: replication passes its high watermark, so
+    /// retention never removes what is not committed (Kafka's rule).
+    pub fn apply_retention(&self, now_ms: i64, below: u64) -> Result<RetentionOutcome> {
+        self.inner.apply_retention(now_ms, below)
     }
 
     /// Whether appending `records` records (`bytes` encoded bytes) written by the leader of
@@ -1189,8 +1228,15 @@ impl Inner {
         if offset <= start {
             return Ok(());
         }
-        checkpoint::write(&self.dir, START_OFFSET_FILE, &offset.to_le_bytes())
+        // The epoch of the record before the new start, while the cache still knows it.
+        let epoch = self
+            .epochs
+            .lock()
+            .epoch_at(offset - 1)
+            .unwrap_or_else(|| self.start_epoch.load(Ordering::Acquire));
+        checkpoint::write(&self.dir, START_OFFSET_FILE, &encode_start(offset, epoch))
             .map_err(|err| self.stop(err))?;
+        self.start_epoch.store(epoch, Ordering::Release);
         self.start_offset.store(offset, Ordering::Release);
         self.clamp_epochs()?;
         let active = self.active();
@@ -1218,12 +1264,13 @@ impl Inner {
         Ok(())
     }
 
-    fn reset_to(&self, offset: u64) -> Result<()> {
+    fn reset_to(&self, offset: u64, epoch: u64) -> Result<()> {
         self.check_running()?;
         let mut writer = self.writer.lock();
         let checkpoint_guard = self.checkpoint_lock.lock();
-        checkpoint::write(&self.dir, START_OFFSET_FILE, &offset.to_le_bytes())
+        checkpoint::write(&self.dir, START_OFFSET_FILE, &encode_start(offset, epoch))
             .map_err(|err| self.stop(err))?;
+        self.start_epoch.store(epoch, Ordering::Release);
         {
             // Held across the swap, so no reader ever finds the log without a segment; readers
             // already holding a segment keep its mapping after its files are gone.
@@ -1261,7 +1308,7 @@ impl Inner {
         Ok(())
     }
 
-    fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+    fn apply_retention(&self, now_ms: i64, below: u64) -> Result<RetentionOutcome> {
         let mut writer = self.writer.lock();
         let segments = self.segment_list();
         let mut total: u64 = segments.iter().map(|seg| seg.size()).sum();
@@ -1277,7 +1324,7 @@ impl Inner {
             let too_old = self.options.retention_age.is_some_and(|age| {
                 seg.max_timestamp() < now_ms.saturating_sub(age.as_millis() as i64)
             });
-            if !(over_size || too_old) {
+            if !(over_size || too_old) || seg.next_offset() > below {
                 break;
             }
             total -= size;

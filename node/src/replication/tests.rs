@@ -1,0 +1,439 @@
+//! Scenario tests of the consensus state machine: each drives a few replicas by hand through
+//! one way the real world breaks a promise (retention, a lost disk, a stale address, a failed
+//! save, a hostile message, a follower stuck behind retention) and checks that it holds.
+
+#![allow(clippy::unwrap_used)]
+
+use super::messages::{BeginQuorumEpoch, Message, VoteRequest};
+use super::quorum::{QuorumState, QuorumStore, VoterSet};
+use super::replica::{LEADER_CHANGE_RECORD_TYPE, RoleKind, VoterChange};
+use super::testkit::{MemDisk, Net};
+use super::{ReplicaLog, ReplicationError};
+use crate::storage::Record;
+
+const ABC: [&str; 3] = ["a", "b", "c"];
+
+/// Runs retention on `id` as a node does, keeping `keep` records at most.
+fn retention(net: &mut Net, id: &str, keep: u64) {
+    let limit = net.replica(id).retention_limit();
+    net.disk(id).remove_front(keep, limit).unwrap();
+    net.replica(id).note_retention().unwrap();
+}
+
+/// The followers of `leader` among `ids`.
+fn others(leader: &str, ids: &[&str]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| **id != leader)
+        .map(|id| (*id).to_owned())
+        .collect()
+}
+
+/// Produces `count` records on `leader` and runs until every up node has them committed.
+fn produce_and_settle(net: &mut Net, leader: &str, count: usize) -> u64 {
+    let mut last = 0;
+    for i in 0..count {
+        last = net.produce(leader, &format!("r{i}"));
+    }
+    let settled = net.run_until(5_000, |net| {
+        net.nodes
+            .values()
+            .filter_map(|node| node.replica.as_ref())
+            .all(|replica| replica.high_watermark() > last)
+    });
+    assert!(settled, "offset {last} did not reach every node");
+    last
+}
+
+/// Whether the leader `leader` counts `id` as a voter.
+fn counted_by(net: &mut Net, leader: &str, id: &str) -> bool {
+    net.replica(leader)
+        .status()
+        .replicas
+        .iter()
+        .any(|replica| replica.id == id && replica.voter)
+}
+
+#[test]
+fn a_wiped_voter_that_copies_the_log_after_retention_knows_it_is_no_longer_a_voter() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    let last = produce_and_settle(&mut net, &leader, 20);
+    // Retention on every node passes the last control record: the voter set and bindings are
+    // no longer in anyone's log.
+    for id in ABC {
+        retention(&mut net, id, 2);
+    }
+    let wiped = others(&leader, &ABC)[0].clone();
+    net.wipe(&wiped);
+    net.start(&wiped);
+    let copied = net.run_until(5_000, |net| {
+        net.replica(&wiped).log().start_offset() > 0
+            && net.replica(&wiped).log().end_offset() > last
+    });
+    assert!(copied, "the wiped node never copied the leader's log");
+    net.run(1_000);
+    assert_eq!(net.replica(&wiped).role(), RoleKind::Observer);
+    assert!(!counted_by(&mut net, &leader, &wiped));
+}
+
+#[test]
+fn a_wiped_voter_and_a_follower_reset_beside_it_cannot_make_the_wiped_one_leader() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 5);
+    let followers = others(&leader, &ABC);
+    let (lagging, wiped) = (followers[0].clone(), followers[1].clone());
+    net.isolate(&lagging);
+    produce_and_settle_on(&mut net, &leader, 30);
+    for id in [leader.as_str(), wiped.as_str()] {
+        retention(&mut net, id, 2);
+    }
+    net.wipe(&wiped);
+    net.start(&wiped);
+    net.heal();
+    // Both copy the leader's log from its start, so their logs end up equal.
+    let end = net.replica(&leader).log().end_offset();
+    let caught_up = net.run_until(5_000, |net| {
+        [&lagging, &wiped]
+            .iter()
+            .all(|id| net.replica(id).log().end_offset() >= end)
+    });
+    assert!(caught_up, "the followers never caught up");
+    net.crash(&leader);
+    let wiped_led = net.run_until(5_000, |net| {
+        net.nodes[&wiped]
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.leader_epoch().is_some())
+    });
+    assert!(
+        !wiped_led,
+        "the wiped node was elected by the reset follower"
+    );
+}
+
+/// Produces `count` records on `leader`, committed there (some followers may be cut off).
+fn produce_and_settle_on(net: &mut Net, leader: &str, count: usize) -> u64 {
+    let mut last = 0;
+    for i in 0..count {
+        last = net.produce(leader, &format!("s{i}"));
+    }
+    last
+}
+
+#[test]
+fn a_follower_that_resets_keeps_no_voter_set_of_its_discarded_tail() {
+    let ids = ["a", "b", "c", "d"];
+    let mut net = Net::new(&ids, &ABC);
+    let old_leader = net.elect();
+    produce_and_settle(&mut net, &old_leader, 5);
+    // Cut off, the old leader appends a voter set that never commits.
+    net.isolate(&old_leader);
+    let now = net.now;
+    net.replica(&old_leader)
+        .change_voters(now, VoterChange::Add("d".into()), 1_000)
+        .unwrap();
+    let rest: Vec<String> = others(&old_leader, &ids);
+    let new_leader = {
+        let elected = net.run_until(10_000, |net| {
+            rest.iter().any(|id| {
+                net.nodes[id]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.leader_epoch().is_some())
+            })
+        });
+        assert!(elected, "no new leader");
+        rest.iter()
+            .find(|id| net.replica(id).leader_epoch().is_some())
+            .unwrap()
+            .clone()
+    };
+    produce_and_settle_on(&mut net, &new_leader, 30);
+    for id in &rest {
+        retention(&mut net, id, 2);
+    }
+    net.heal();
+    let reset = net.run_until(5_000, |net| {
+        net.replica(&old_leader).log().start_offset() > 0
+    });
+    assert!(
+        reset,
+        "the old leader never reset to the new leader's start"
+    );
+    // Right after the reset, before it copies anything: the voters are the leader's.
+    let truth = net.replica(&new_leader).voters().to_vec();
+    assert_eq!(net.replica(&old_leader).voters(), truth.as_slice());
+}
+
+#[test]
+fn retention_never_removes_an_uncommitted_record_and_a_reset_counts_for_nothing_skipped() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 5);
+    let followers = others(&leader, &ABC);
+    net.isolate(&followers[0]);
+    net.crash(&followers[1]);
+    // Two records only the leader holds, then retention (which keeps the active segment, here
+    // the last batch).
+    let now = net.now;
+    let only_here = net
+        .replica(&leader)
+        .propose(now, &[Record::new(b"only on the leader", 1)])
+        .unwrap()
+        .base_offset;
+    net.replica(&leader)
+        .propose(now, &[Record::new(b"after it", 1)])
+        .unwrap();
+    retention(&mut net, &leader, 0);
+    net.heal();
+    net.run(1_000);
+    let high_watermark = net.replica(&leader).high_watermark();
+    if high_watermark > only_here {
+        let holders = ABC
+            .iter()
+            .filter(|id| {
+                net.disk(id)
+                    .durable_record_at(only_here)
+                    .is_some_and(|r| &r.value[..] == b"only on the leader")
+            })
+            .count();
+        assert!(
+            holders >= 2,
+            "offset {only_here} is committed (high watermark {high_watermark}) on {holders} nodes"
+        );
+    }
+}
+
+#[test]
+fn a_vote_counts_only_for_the_node_that_cast_it() {
+    let ids = ["a", "b", "c", "d", "e"];
+    let mut net = Net::new(&ids, &ids);
+    // Of five voters only a and c are reachable, and a's calls to b reach c (a stale address):
+    // c's one vote must not count twice, or a leads with two of five.
+    net.crash("d");
+    net.crash("e");
+    net.isolate("b");
+    net.misroute.insert("b".into(), "c".into());
+    let a_led = net.run_until(5_000, |net| {
+        net.nodes["a"]
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.leader_epoch().is_some())
+    });
+    assert!(!a_led, "a was elected with c's vote counted twice");
+}
+
+/// A real vote request from `candidate` to `voter` for `epoch`, with the log of `like`.
+fn vote_request(net: &mut Net, candidate: &str, voter: &str, epoch: u64, like: &str) -> Message {
+    let log = net.replica(like).log().clone();
+    Message::VoteRequest(VoteRequest {
+        pre_vote: false,
+        candidate_epoch: epoch,
+        candidate_id: candidate.into(),
+        last_offset_epoch: log.last_epoch(),
+        end_offset: log.end_offset(),
+        candidate_directory_id: net.replica(candidate).directory_id().to_owned(),
+        voter_id: voter.into(),
+        voter_directory_id: net.replica(voter).directory_id().to_owned(),
+        bootstrap: false,
+    })
+}
+
+fn granted_votes(net: &mut Net, id: &str) -> usize {
+    net.replica(id)
+        .take_outbox()
+        .into_iter()
+        .filter(|envelope| matches!(&envelope.message, Message::VoteResponse(r) if r.granted))
+        .count()
+}
+
+#[test]
+fn a_vote_is_granted_only_once_it_is_saved() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 3);
+    let epoch = net.replica(&leader).epoch();
+    let followers = others(&leader, &ABC);
+    let (voter, candidate) = (followers[0].clone(), followers[1].clone());
+    net.disk(&voter).fail_saves(true);
+    let request = vote_request(&mut net, &candidate, &voter, epoch + 1, &leader);
+    // The request, and the same again (retries, or duplicates on the wire), while saves fail.
+    let now = net.now;
+    for _ in 0..3 {
+        assert!(
+            net.replica(&voter)
+                .step(now, &candidate, request.clone())
+                .is_err()
+        );
+    }
+    assert_eq!(granted_votes(&mut net, &voter), 0);
+    assert_eq!(
+        net.replica(&voter).epoch(),
+        epoch,
+        "an unsaved epoch took effect"
+    );
+    // After a restart it may vote for the old leader in that epoch: it never voted before.
+    net.crash(&voter);
+    net.start(&voter);
+    let request = vote_request(&mut net, &leader, &voter, epoch + 1, &leader);
+    net.replica(&voter).step(now, &leader, request).unwrap();
+    assert_eq!(granted_votes(&mut net, &voter), 1);
+}
+
+#[test]
+fn a_later_epoch_takes_effect_only_once_it_is_saved() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    let epoch = net.replica(&leader).epoch();
+    let follower = others(&leader, &ABC)[0].clone();
+    net.disk(&follower).fail_saves(true);
+    let now = net.now;
+    let begin = Message::BeginQuorumEpoch(BeginQuorumEpoch {
+        epoch: epoch + 1,
+        leader_id: "c".into(),
+    });
+    assert!(net.replica(&follower).step(now, "c", begin).is_err());
+    assert_eq!(net.replica(&follower).epoch(), epoch);
+}
+
+#[test]
+fn an_impossible_epoch_is_refused_never_saved_and_the_cluster_still_elects() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    let epoch = net.replica(&leader).epoch();
+    for id in ABC {
+        let now = net.now;
+        let hostile = Message::BeginQuorumEpoch(BeginQuorumEpoch {
+            epoch: u64::MAX,
+            leader_id: "evil".into(),
+        });
+        let result = net.replica(id).step(now, "evil", hostile);
+        assert!(
+            matches!(result, Err(ReplicationError::InvalidMessage { .. })),
+            "{id}: {result:?}"
+        );
+        assert_eq!(net.replica(id).epoch(), epoch);
+        assert_eq!(net.disk(id).quorum_state().unwrap().epoch, epoch);
+        net.collect(id);
+    }
+    net.crash(&leader);
+    let rest = others(&leader, &ABC);
+    let elected = net.run_until(10_000, |net| {
+        rest.iter()
+            .any(|id| net.replica(id).leader_epoch().is_some())
+    });
+    assert!(elected, "no leader after the hostile message");
+}
+
+/// A leader-change record naming `voters`, as a leader writes it.
+fn leader_change(epoch: u64, leader: &str) -> Vec<u8> {
+    serde_json::json!({
+        "leader": leader,
+        "epoch": epoch,
+        "voters": ABC,
+        "directories": {},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Appends, to a stopped node's disk, `count` data records of `epoch` after a leader change.
+fn write_epoch(disk: &MemDisk, epoch: u64, leader: &str, count: usize) {
+    let log = disk.log();
+    let value = leader_change(epoch, leader);
+    let control = Record {
+        value: &value,
+        key: None,
+        timestamp_ms: 0,
+        record_type: LEADER_CHANGE_RECORD_TYPE,
+    };
+    log.append(epoch, &[control], true).unwrap();
+    for i in 0..count {
+        let value = format!("e{epoch}-{i}");
+        log.append(epoch, &[Record::new(value.as_bytes(), 1)], false)
+            .unwrap();
+    }
+}
+
+/// A quorum state that knows the voters `a`, `b`, `c` from the first leader change.
+fn known_voters(epoch: u64, end: u64, directory_id: &str) -> QuorumState {
+    let mut state = QuorumState::bootstrap(ABC.map(str::to_owned).to_vec(), directory_id.into());
+    state.epoch = epoch;
+    state.voter_history = vec![VoterSet {
+        offset: 0,
+        voters: ABC.map(str::to_owned).to_vec(),
+        directories: Default::default(),
+    }];
+    state.history_end = end;
+    state
+}
+
+#[test]
+fn a_follower_told_to_diverge_below_its_own_start_resyncs() {
+    let mut net = Net::new(&ABC, &ABC);
+    for id in ABC {
+        net.crash(id);
+        net.disk(id).restart();
+    }
+    // a and c: epoch 1 to offset 10, then epoch 3. b: the same epoch 1, then an epoch-2 tail
+    // that never committed; its own retention removed epoch 1.
+    for id in ["a", "c"] {
+        write_epoch(&net.disk(id), 1, "a", 9);
+        write_epoch(&net.disk(id), 3, "c", 19);
+    }
+    let b = net.disk("b");
+    write_epoch(&b, 1, "a", 9);
+    for i in 0..5 {
+        let value = format!("uncommitted {i}");
+        b.log()
+            .append(2, &[Record::new(value.as_bytes(), 1)], false)
+            .unwrap();
+    }
+    b.remove_front(5, 10).unwrap();
+    assert_eq!(b.log().start_offset(), 10);
+    b.store().save(&known_voters(2, 15, "dirb")).unwrap();
+    for id in ABC {
+        net.start(id);
+    }
+    let leader = net.elect();
+    assert_ne!(leader, "b");
+    let end = net.replica(&leader).log().end_offset();
+    let rejoined = net.run_until(5_000, |net| net.replica("b").log().end_offset() >= end);
+    assert!(rejoined, "b never caught up with the leader");
+    assert_eq!(
+        net.disk("b").record_at(10).unwrap().value,
+        net.disk(&leader).record_at(10).unwrap().value
+    );
+}
+
+#[test]
+fn a_follower_whose_emptied_log_starts_past_the_new_leaders_start_rejoins() {
+    let mut net = Net::new(&ABC, &ABC);
+    for id in ABC {
+        net.crash(id);
+        net.disk(id).restart();
+    }
+    // c holds epoch 1 from offset 5 (its retention); b was reset to an earlier leader's start,
+    // 20, and holds nothing yet. a is gone.
+    let c = net.disk("c");
+    write_epoch(&c, 1, "a", 24);
+    c.remove_front(20, 5).unwrap();
+    c.store().save(&known_voters(1, 25, "dirc")).unwrap();
+    let b = net.disk("b");
+    b.log().reset_to(20, 1).unwrap();
+    b.store().save(&known_voters(1, 0, "dirb")).unwrap();
+    net.start("b");
+    net.start("c");
+    net.nodes.get_mut("a").unwrap().replica = None;
+    let elected = net.run_until(10_000, |net| {
+        net.nodes["c"]
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.leader_epoch().is_some())
+    });
+    assert!(elected, "c was not elected");
+    let end = net.replica("c").log().end_offset();
+    let rejoined = net.run_until(5_000, |net| net.replica("b").log().end_offset() >= end);
+    assert!(rejoined, "b never caught up with c");
+}
