@@ -24,9 +24,12 @@
 //!   groups.
 //! - `node_process`: a real `proglog-node` process on port 0 with a temporary data directory
 //!   (start, connect, SIGTERM, restart, kill on drop), for the tests that talk to it over gRPC.
+//! - `loopback`: a cluster of such processes on fixed loopback ports, and the calls the cluster
+//!   tests make to it (status, produce, consume, voter changes, metrics).
 
 pub mod crash_protocol;
 pub mod kube_objects;
+pub mod loopback;
 pub mod netns;
 pub mod node_process;
 pub mod pod_spec;

@@ -17,177 +17,16 @@ use futures_util::FutureExt;
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::{
-    Acks, AddVoterRequest, ClusterStatusRequest, ConsumeRequest, GetOffsetsRequest, ProduceRequest,
-    Record, RemoveVoterRequest, TransferLeadershipRequest,
+    Acks, ClusterStatusRequest, ProduceRequest, Record, TransferLeadershipRequest,
+};
+use proglog_tests::loopback::{
+    CONTROL_TYPES, IDS, change_voters, committed_records, consume_at, leader_counts_as_voter,
+    metrics, node_options, offsets, plan_ports, produce, start_cluster, start_cluster_of, status,
+    wait_for_high_watermark, wait_for_leader, wait_until,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use proglog_tests::ports::free_port;
 use tokio::time::Instant;
-
-const IDS: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];
-/// The log's own records (leader changes, voter sets), not data.
-const CONTROL_TYPES: [u32; 2] = [
-    proglog_node::replication::replica::LEADER_CHANGE_RECORD_TYPE,
-    proglog_node::replication::replica::VOTERS_RECORD_TYPE,
-];
-
-/// Fixed ports for nodes `n0..` up to `size`, and the `--peers` list naming them.
-fn plan_ports(size: usize) -> (Vec<u16>, String) {
-    let ports: Vec<u16> = IDS[..size].iter().map(|_| free_port()).collect();
-    let peers = IDS[..size]
-        .iter()
-        .zip(&ports)
-        .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    (ports, peers)
-}
-
-/// Options of node `IDS[index]` on `port`, with n0-n2 as the initial voters.
-fn node_options(index: usize, port: u16, peers: &str) -> NodeOptions {
-    let mut options = NodeOptions::default()
-        .id(IDS[index])
-        .flag("--initial-voters", IDS[..3].join(","))
-        .flag("--peers", peers)
-        .flag("--election-timeout-ms", "300");
-    options.rpc_addr = format!("127.0.0.1:{port}");
-    options
-}
-
-/// Starts `size` nodes; the first three are the initial voters, the others observers.
-async fn start_cluster_of(size: usize) -> Vec<NodeProcess> {
-    let (ports, peers) = plan_ports(size);
-    let mut nodes = Vec::new();
-    for (index, port) in ports.into_iter().enumerate() {
-        let options = node_options(index, port, &peers).flag("--durability", "always");
-        nodes.push(NodeProcess::start(options).await.unwrap());
-    }
-    nodes
-}
-
-async fn start_cluster() -> Vec<NodeProcess> {
-    start_cluster_of(3).await
-}
-
-struct Status {
-    role: String,
-    leader: String,
-    high_watermark: u64,
-    voters: Vec<String>,
-}
-
-async fn status(node: &NodeProcess) -> Option<Status> {
-    let mut admin = AdminClient::new(node.channel().await.ok()?);
-    let status = admin
-        .cluster_status(ClusterStatusRequest {})
-        .await
-        .ok()?
-        .into_inner();
-    Some(Status {
-        role: status.role,
-        leader: status.leader_id,
-        high_watermark: status.high_watermark,
-        voters: status.voters,
-    })
-}
-
-/// Polls until exactly one of `live` leads and the others follow it; returns its index.
-async fn wait_for_leader(nodes: &[NodeProcess], live: &[usize]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut leaders = Vec::new();
-        let mut followers_agree = true;
-        let mut named = HashSet::new();
-        for &index in live {
-            match status(&nodes[index]).await {
-                Some(status) if status.role == "leader" => leaders.push(index),
-                Some(status) => {
-                    named.insert(status.leader);
-                }
-                None => followers_agree = false,
-            }
-        }
-        if leaders.len() == 1 && followers_agree {
-            let leader = IDS[leaders[0]].to_owned();
-            if named.iter().all(|name| *name == leader) {
-                return leaders[0];
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no single leader among {live:?} within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn produce(node: &NodeProcess, value: &str) -> Result<u64, tonic::Status> {
-    let channel = node
-        .channel()
-        .await
-        .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
-    let mut client = LogClient::new(channel);
-    let response = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.produce(ProduceRequest {
-            record: Some(Record {
-                value: value.as_bytes().to_vec().into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    )
-    .await
-    .map_err(|_| tonic::Status::deadline_exceeded("produce took over 5 s"))??;
-    Ok(response.into_inner().offset)
-}
-
-/// The record at `offset` (which must be there).
-async fn consume_at(client: &mut LogClient<tonic::transport::Channel>, offset: u64) -> Record {
-    client
-        .consume(ConsumeRequest {
-            offset,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap()
-}
-
-/// Every record below the node's high watermark, by offset.
-async fn committed_records(node: &NodeProcess) -> BTreeMap<u64, Record> {
-    let high_watermark = status(node).await.unwrap().high_watermark;
-    let mut client = LogClient::new(node.channel().await.unwrap());
-    let mut records = BTreeMap::new();
-    for offset in 0..high_watermark {
-        let record = consume_at(&mut client, offset).await;
-        records.insert(offset, record);
-    }
-    records
-}
-
-/// Polls until every node's high watermark reaches `target`.
-async fn wait_for_high_watermark(nodes: &[NodeProcess], target: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut all = true;
-        for node in nodes {
-            if status(node).await.is_none_or(|s| s.high_watermark < target) {
-                all = false;
-            }
-        }
-        if all {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "high watermarks did not reach {target} within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_and_no_acknowledged_record_is_lost() {
@@ -343,46 +182,6 @@ async fn a_produce_sent_to_a_follower_is_forwarded_to_the_leader() {
     assert_eq!(addr, nodes[leader].rpc_addr().to_string());
     for node in &mut nodes {
         node.terminate().await.unwrap();
-    }
-}
-
-/// Changes the voter set through the leader's admin service, retrying while the cluster is not
-/// ready for it (the node is still catching up, or the leader moved).
-async fn change_voters(nodes: &[NodeProcess], live: &[usize], add: bool, id: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let leader = wait_for_leader(nodes, live).await;
-        let mut admin = AdminClient::new(nodes[leader].channel().await.unwrap());
-        let result = if add {
-            admin
-                .add_voter(AddVoterRequest {
-                    node_id: id.to_owned(),
-                })
-                .await
-        } else {
-            admin
-                .remove_voter(RemoveVoterRequest {
-                    node_id: id.to_owned(),
-                })
-                .await
-        };
-        match result {
-            Ok(response) => return response.into_inner().voters,
-            Err(status) => {
-                assert!(
-                    matches!(
-                        status.code(),
-                        tonic::Code::FailedPrecondition | tonic::Code::Unavailable
-                    ),
-                    "{status:?}"
-                );
-                assert!(
-                    Instant::now() < deadline,
-                    "voter change of {id} not done: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
     }
 }
 
@@ -578,18 +377,6 @@ async fn a_leader_stopped_with_sigterm_hands_leadership_over() {
     }
 }
 
-/// The `/metrics` text of a node.
-async fn metrics(node: &NodeProcess) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = node.http_addr().unwrap();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_produces_to_the_leader_itself() {
     let mut nodes = start_cluster().await;
@@ -676,17 +463,6 @@ async fn acks_leader_answers_without_a_majority_and_quorum_acks_do_not() {
     for node in &mut nodes {
         let _ = node.kill().await;
     }
-}
-
-/// The log's `(start, end)` on `node`.
-async fn offsets(node: &NodeProcess) -> (u64, u64) {
-    let mut client = LogClient::new(node.channel().await.unwrap());
-    let offsets = client
-        .get_offsets(GetOffsetsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    (offsets.start_offset, offsets.end_offset)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -777,35 +553,6 @@ async fn a_node_joining_after_retention_copies_the_log_from_the_leaders_start() 
         consume_at(&mut on_new, last).await.value,
         "after the join".as_bytes()
     );
-}
-
-/// Whether the leader counts `id` as a voter (it is in the voter set and fetches with the data
-/// directory the voter set binds it to).
-async fn leader_counts_as_voter(leader: &NodeProcess, id: &str) -> Option<bool> {
-    let mut admin = AdminClient::new(leader.channel().await.ok()?);
-    let status = admin
-        .cluster_status(ClusterStatusRequest {})
-        .await
-        .ok()?
-        .into_inner();
-    status
-        .replicas
-        .iter()
-        .find(|replica| replica.id == id && replica.fetched)
-        .map(|replica| replica.voter)
-}
-
-/// Polls until `check` holds, failing with `what` after 30 s.
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::ReplicationError;
 use super::messages::{Envelope, FetchResult, Message, NodeId};
 use super::quorum::FileQuorumStore;
-use super::replica::{Replica, ReplicaStatus, RoleKind, VoterChange};
+use super::replica::{Replica, ReplicaCounters, ReplicaStatus, RoleKind, VoterChange};
 use crate::storage::{Log, RetentionOutcome, now_ms};
 
 /// The replica as a running node uses it.
@@ -106,6 +106,8 @@ pub struct Consensus {
     transport: Arc<dyn PeerTransport>,
     calls: Arc<Semaphore>,
     fatal: CancellationToken,
+    /// The replica's counters as of its last step, for metrics (read without its lock).
+    counters: Mutex<ReplicaCounters>,
 }
 
 impl std::fmt::Debug for Consensus {
@@ -135,6 +137,7 @@ impl Consensus {
             transport,
             calls: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             fatal,
+            counters: Mutex::new(ReplicaCounters::default()),
         });
         // A sole voter elected itself while starting: announce nothing, but publish.
         consensus.publish();
@@ -539,7 +542,13 @@ impl Consensus {
         self.publish_locked(&replica);
     }
 
+    /// How often the protocol took each of its branches (see [`ReplicaCounters`]).
+    pub fn counters(&self) -> ReplicaCounters {
+        *self.counters.lock()
+    }
+
     fn publish_locked(&self, replica: &NodeReplica) {
+        *self.counters.lock() = *replica.counters();
         let next = view_of(replica);
         self.view.send_if_modified(|view| {
             if *view == next {

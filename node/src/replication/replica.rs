@@ -202,7 +202,7 @@ pub struct ReplicaStatus {
 
 /// How often the protocol took each of its rarer branches, since the replica started: what a
 /// reader of metrics (and of the simulation's report) looks at to see that they happen.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplicaCounters {
     /// Pre-vote rounds started.
     pub pre_votes: u64,
@@ -314,6 +314,26 @@ pub struct Replica<L, Q> {
     retired: bool,
     counters: ReplicaCounters,
     outbox: Vec<Envelope>,
+}
+
+impl ReplicaCounters {
+    /// Each counter with the name metrics give it.
+    pub fn named(&self) -> [(&'static str, u64); 12] {
+        [
+            ("pre_vote", self.pre_votes),
+            ("election", self.elections),
+            ("leadership", self.leaderships),
+            ("first_election", self.bootstraps),
+            ("truncation", self.truncations),
+            ("reset", self.resets),
+            ("hand_over", self.hand_overs),
+            ("voter_set", self.voter_sets),
+            ("retention", self.retentions),
+            ("refused_message", self.refused_messages),
+            ("refused_vote", self.refused_votes),
+            ("fetch_failure", self.fetch_failures),
+        ]
+    }
 }
 
 impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {

@@ -21,6 +21,8 @@ const DURATION_BUCKETS: [f64; 17] = [
 /// The log's state as the gauges report it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LogSnapshot {
+    /// How often replication took each of its branches.
+    pub replication: crate::replication::replica::ReplicaCounters,
     /// The first offset the log holds.
     pub start_offset: u64,
     /// The offset the next record gets.
@@ -56,6 +58,7 @@ impl LogStats for crate::api::LogStore {
         let sync = log.sync_stats();
         let view = self.consensus().view();
         LogSnapshot {
+            replication: self.consensus().counters(),
             start_offset: log.start_offset(),
             end_offset: log.end_offset(),
             size_bytes: log.size_bytes(),
@@ -225,6 +228,17 @@ impl Collector for LogCollector {
             None,
             fsyncs.metric_type(),
         )?)?;
+        let mut events = encoder.encode_descriptor(
+            "replication_events",
+            "Times replication took each branch since the node started: elections, truncations, \
+             resets to the leader's start, hand-overs, voter sets put in force, retention passes, \
+             peer messages and votes refused as impossible or misdirected, failed fetches",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (event, count) in log.replication.named() {
+            ConstCounter::new(count).encode(events.encode_family(&[("event", event)])?)?;
+        }
         let seconds = ConstCounter::new(log.fsync_nanos as f64 / 1e9);
         seconds.encode(encoder.encode_descriptor(
             "fsync",
@@ -266,6 +280,10 @@ mod tests {
             epoch: 4,
             is_leader: 1,
             voters: 3,
+            replication: crate::replication::replica::ReplicaCounters {
+                refused_messages: 2,
+                ..Default::default()
+            },
         })));
         let text = metrics.encode().unwrap();
         for line in [
@@ -280,6 +298,8 @@ mod tests {
             "proglog_fsync_total 5\n",
             "proglog_fsync_seconds_total 1.5\n",
             "# TYPE proglog_fsync counter\n",
+            "proglog_replication_events_total{event=\"refused_message\"} 2\n",
+            "proglog_replication_events_total{event=\"reset\"} 0\n",
             "# TYPE proglog_fsync_seconds counter\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
