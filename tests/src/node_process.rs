@@ -229,6 +229,18 @@ impl NodeOptions {
         self
     }
 
+    /// Sets a flag's value, replacing the value of an earlier `flag` or `set_flag` of it.
+    pub fn set_flag(mut self, flag: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        let flag = flag.into();
+        match self.args.iter().position(|arg| *arg == flag) {
+            Some(at) if at + 1 < self.args.len() => {
+                self.args[at + 1] = value.into();
+                self
+            }
+            _ => self.flag(flag, value),
+        }
+    }
+
     /// Sets an environment variable of the process.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), value.into()));

@@ -3,6 +3,9 @@
 //! - a follower whose data directory is wiped after retention removed every control record
 //!   (so no log holds the voter set or the bindings any more) comes back as an observer: it
 //!   never leads and never counts toward the high watermark until removed and added back;
+//! - with both followers stopped, records the leader alone acknowledges (`acks=leader`) are
+//!   never removed by retention before they are committed: the leader's start stays at or
+//!   below its high watermark;
 //! - a follower stopped again and again (SIGSTOP bursts shorter than the election timeout)
 //!   while retention runs loses nothing: every acknowledged record that retention kept is
 //!   readable on at least two nodes;
@@ -19,7 +22,9 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::peer_client::PeerClient;
-use proglog_proto::log::v1::{BeginQuorumEpochRequest, FetchRequest, VoteRequest};
+use proglog_proto::log::v1::{
+    Acks, BeginQuorumEpochRequest, FetchRequest, ProduceRequest, Record, VoteRequest,
+};
 use proglog_tests::loopback::{
     IDS, change_voters, consume_at, leader_counts_as_voter, metrics, node_options, offsets,
     plan_ports, produce, start_cluster, status, wait_for_high_watermark, wait_for_leader,
@@ -46,10 +51,18 @@ fn retaining_options(index: usize, ports: &[u16], peers: &str) -> NodeOptions {
 }
 
 async fn start_retaining_cluster() -> Vec<NodeProcess> {
+    start_retaining_cluster_with(&[]).await
+}
+
+/// A retaining cluster with `extra` flags on every node.
+async fn start_retaining_cluster_with(extra: &[(&str, &str)]) -> Vec<NodeProcess> {
     let (ports, peers) = plan_ports(3);
     let mut nodes = Vec::new();
     for index in 0..3 {
-        let options = retaining_options(index, &ports, &peers);
+        let options = extra.iter().fold(
+            retaining_options(index, &ports, &peers),
+            |options, (flag, value)| options.set_flag(flag, value),
+        );
         nodes.push(NodeProcess::start(options).await.unwrap());
     }
     nodes
@@ -170,6 +183,57 @@ async fn a_follower_wiped_after_retention_removed_every_control_record_stays_an_
         consume_at(&mut on_wiped, last).await.value,
         "after it was added back".as_bytes()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_stays_below_the_high_watermark_while_the_followers_are_stopped() {
+    // A long election timeout: the leader keeps leading (and taking acks=leader produces) for
+    // seconds with no follower.
+    let nodes = start_retaining_cluster_with(&[("--election-timeout-ms", "5000")]).await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let followers = [(leader + 1) % 3, (leader + 2) % 3];
+    let committed = produce(&nodes[leader], "committed before the stop")
+        .await
+        .unwrap();
+    wait_for_high_watermark(&nodes, committed + 1).await;
+    for &follower in &followers {
+        send(nodes[follower].pid(), Signal::STOP);
+    }
+    // Far more than the retention limit, acknowledged by the leader alone.
+    let mut client = LogClient::new(nodes[leader].channel().await.unwrap());
+    let value = "z".repeat(1024);
+    let mut last = committed;
+    for _ in 0..400 {
+        last = client
+            .produce(ProduceRequest {
+                record: Some(Record {
+                    value: value.clone().into_bytes().into(),
+                    ..Default::default()
+                }),
+                acks: Acks::Leader as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .offset;
+    }
+    // Retention runs every 100 ms; for a second, it must never pass the high watermark.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let now = status(&nodes[leader]).await.unwrap();
+        let (start, _) = offsets(&nodes[leader]).await;
+        assert!(
+            start <= now.high_watermark,
+            "retention moved the start to {start}, past the high watermark {}",
+            now.high_watermark
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for &follower in &followers {
+        send(nodes[follower].pid(), Signal::CONT);
+    }
+    // Once the followers copy them, every record the leader acknowledged is committed.
+    wait_for_high_watermark(&nodes, last + 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

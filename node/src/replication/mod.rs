@@ -10,7 +10,12 @@
 //! - [`log`]: [`ReplicaLog`], what the state machine needs from a log (storage implements it).
 //! - [`quorum`]: [`QuorumState`] and where it is persisted.
 //! - [`error`]: the one error enum, [`ReplicationError`].
-//! - `sim` (tests): a deterministic simulated cluster with faults and safety checkers.
+//! - `testkit` (tests): an in-memory disk (unsynced tails, retention, resets cut short, crashes
+//!   inside any storage operation, failing saves) and a hand-driven network of replicas.
+//! - `tests` (tests): one scenario for each fault that can break a guarantee when handled
+//!   wrong: retention, lost disks, stale addresses, failed saves, hostile messages.
+//! - `sim` (tests): a deterministic simulated cluster with every fault at once, checked after
+//!   every event.
 
 pub mod driver;
 pub mod error;

@@ -1,6 +1,6 @@
 //! Scenario tests of the consensus state machine: each drives a few replicas by hand through
-//! one way the real world breaks a promise (retention, a lost disk, a stale address, a failed
-//! save, a hostile message, a follower stuck behind retention) and checks that it holds.
+//! one fault the real world brings (retention, a lost disk, a stale address, a failed save, a
+//! hostile message, a follower stuck behind retention) and checks that the promise holds.
 
 #![allow(clippy::unwrap_used)]
 
