@@ -470,9 +470,55 @@ fn reset_empties_the_log_and_restarts_it_at_a_later_offset_across_a_reopen() {
 }
 
 #[test]
-fn a_reset_cut_short_by_a_crash_reopens_and_can_be_done_again() {
-    // reset_to persists the new start first, then deletes segments oldest first: a crash in
-    // between leaves a start past the end and a suffix of the old segments.
+fn a_reset_cut_short_by_a_crash_is_finished_by_the_next_open() {
+    // reset_to saves its intent first, then deletes segments oldest first: a crash in between
+    // leaves the intent and a suffix of the old segments, and the open finishes the reset.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_options()).unwrap();
+    append_range(&log, 1, 0, 300, 7);
+    assert!(log.segment_count() > 2);
+    log.close().unwrap();
+    let intent: Vec<u8> = [150u64, 3, 1]
+        .iter()
+        .flat_map(|word| word.to_le_bytes())
+        .collect();
+    proglog_node::storage::checkpoint::write(
+        dir.path(),
+        proglog_node::storage::START_OFFSET_FILE,
+        &intent,
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join(log_file_name(0))).unwrap();
+    let _ = std::fs::remove_file(dir.path().join(index_file_name(0)));
+
+    let reopened = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(
+        (
+            reopened.start_offset(),
+            reopened.end_offset(),
+            reopened.start_epoch()
+        ),
+        (150, 150, 3),
+        "the reset was finished"
+    );
+    assert_eq!(reopened.segment_count(), 1);
+    append_range(&reopened, 4, 150, 160, 5);
+    reopened.close().unwrap();
+    let again = Log::open(dir.path(), small_options()).unwrap();
+    assert_eq!(
+        (
+            again.start_offset(),
+            again.end_offset(),
+            again.start_epoch()
+        ),
+        (150, 160, 3)
+    );
+}
+
+#[test]
+fn a_start_checkpoint_past_the_segments_reopens_and_can_be_reset_again() {
+    // A start offset checkpoint of an earlier version (8 bytes, no reset intent) past what is
+    // left: the start is clamped to the segments.
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_options()).unwrap();
     append_range(&log, 1, 0, 300, 7);

@@ -127,8 +127,10 @@ pub struct EndQuorumEpoch {
 
 /// A follower pulls from the leader.
 ///
-/// `fetch_offset` is the follower's log end, and it is durable: the leader counts it towards
-/// the high watermark. `last_fetched_epoch` is the epoch of the batch just before it, which the
+/// `fetch_offset` is the follower's log end, and the leader counts it towards the high
+/// watermark: a follower syncs what it copies before it fetches again (and that sync covers a
+/// deposed leader's own unsynced tail, before the new leader's first record reaches it, which
+/// must commit first). `last_fetched_epoch` is the epoch of the batch just before it, which the
 /// leader checks against its own log to detect divergence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchRequest {
@@ -138,10 +140,9 @@ pub struct FetchRequest {
     pub replica_id: NodeId,
     /// The fetcher's log end offset.
     pub fetch_offset: u64,
-    /// The fetcher's first offset. A fetcher holds `log_start_offset..fetch_offset`; the leader
-    /// counts it towards the high watermark only when that covers what is not yet committed,
-    /// so a follower that skipped records (a reset past retention) never counts as holding
-    /// them.
+    /// The fetcher's first offset: it holds `log_start_offset..fetch_offset`, and what lies
+    /// before was committed when retention removed it or when the fetcher reset past it. An
+    /// empty log (`log_start_offset == fetch_offset`) copies from where it starts.
     pub log_start_offset: u64,
     /// Epoch of the fetcher's last batch (0 when its log is empty).
     pub last_fetched_epoch: u64,

@@ -10,6 +10,11 @@ use super::error::ReplicationError;
 use super::messages::NodeId;
 use crate::storage::{QUORUM_STATE_FILE, checkpoint};
 
+/// The state file's format. Files without one were written before a node could be in a data
+/// directory without knowing the voter set: one that took part in an election (epoch above 0)
+/// knew its initial voters as the voter set, and reads so.
+const FORMAT: u64 = 2;
+
 /// What a node must remember across restarts to never vote twice in an epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuorumState {
@@ -71,6 +76,7 @@ impl QuorumState {
     /// The JSON form kept on disk (readable by an operator with `tail -c +11`).
     pub fn encode(&self) -> Vec<u8> {
         json!({
+            "format": FORMAT,
             "epoch": self.epoch,
             "voted_for": self.voted_for,
             "leader_id": self.leader_id,
@@ -135,6 +141,13 @@ impl QuorumState {
                 _ => return Err(format!("`vote_floor` is not [epoch, offset]: {floor}")),
             },
         };
+        if value["format"].is_null() && voter_history.is_empty() && epoch > 0 {
+            voter_history.push(VoterSet {
+                offset: 0,
+                voters: voters.clone(),
+                directories: BTreeMap::new(),
+            });
+        }
         Ok(QuorumState {
             epoch,
             voted_for: optional("voted_for")?,
@@ -256,6 +269,19 @@ mod tests {
             FileQuorumStore::new(dir.path()).load().unwrap(),
             Some(state)
         );
+    }
+
+    #[test]
+    fn a_state_of_a_cluster_formed_before_formats_knows_its_initial_voters() {
+        let legacy = br#"{"epoch": 3, "voted_for": "a", "leader_id": "a", "voters": ["a", "b", "c"], "voter_history": [], "history_end": 10, "directory_id": "d0a"}"#;
+        let state = QuorumState::decode(legacy).unwrap();
+        assert_eq!(state.voter_history.len(), 1);
+        assert_eq!(state.voter_history[0].voters, ["a", "b", "c"]);
+        // A node of this format that never learned the voter set stays so.
+        let mut fresh = QuorumState::bootstrap(vec!["a".into(), "b".into()], "d0b".into());
+        fresh.epoch = 2;
+        let read = QuorumState::decode(&fresh.encode()).unwrap();
+        assert!(read.voter_history.is_empty());
     }
 
     #[test]

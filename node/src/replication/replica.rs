@@ -11,18 +11,21 @@
 //!   voters for a pre-vote; only with a majority does it bump the epoch, vote for itself
 //!   (saved first) and ask for real votes. A voter grants one vote per epoch, and only to a
 //!   candidate whose log is at least as up to date as its own.
-//! - Every quorum-state transition is saved before it takes effect, in memory included: a
-//!   transition whose save fails never happened.
+//! - Every change of epoch, vote and leader is saved before it takes effect, in memory
+//!   included: a change whose save fails never happened. (Voter sets are in force once in the
+//!   log, which holds them too; the state file only remembers them.)
 //! - A new leader appends a leader-change control record in its epoch, which binds every voter
 //!   that voted for it to its data directory, and announces itself with `BeginQuorumEpoch`;
 //!   followers then pull with `Fetch`.
 //! - Every request names the node it is for and every answer the node that gives it; a vote or
 //!   a fetch answer counts only from the node that was asked, and only from the data directory
 //!   the voter set binds that voter to (a node that lost its data is not the voter it was).
-//! - A node that has not learned the voter set (a new data directory) neither votes nor
-//!   campaigns, except in a new cluster's first election, which needs every initial voter and
-//!   binds each of them. Everything else it learns from the log, or from the leader's snapshot
-//!   of the voter set when retention removed the records that held it.
+//! - A node that has not learned the voter set (a new data directory) does not campaign, and
+//!   votes only for a candidate whose voter set names its directory, except in a new cluster's
+//!   first election, which needs every initial voter and binds each of them. Everything else
+//!   it learns from the log, or from the leader's snapshot of the voter set when retention
+//!   removed the records that held it. (A node cannot tell a new cluster from one whose every
+//!   initial voter lost its disk; there is no cluster id yet.)
 //! - The leader answers a fetch whose last epoch does not match its log with `Diverging`; the
 //!   follower truncates (never below its high watermark) and fetches again. A fetch it cannot
 //!   match (retention removed what would tell) is answered with the leader's start and voter
@@ -53,6 +56,9 @@ pub const VOTERS_RECORD_TYPE: u32 = 0x5653; // "VS"
 /// Epochs above this are refused as impossible (corrupt or hostile peers): at one election a
 /// millisecond, a cluster would need 285,000 years to get there.
 pub const MAX_EPOCH: u64 = 1 << 53;
+/// A peer's epoch more than this past a node's own is refused as impossible: even a node that
+/// was away for a long time misses at most a few elections a second.
+pub const MAX_EPOCH_JUMP: u64 = 1 << 20;
 /// Offsets above this are refused as impossible: the wire format's offsets are signed 64-bit
 /// in Kafka's and proglog's clients.
 pub const MAX_OFFSET: u64 = i64::MAX as u64;
@@ -707,7 +713,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     /// Handles one message from `from`. A message no correct peer sends is refused with
     /// [`ReplicationError::InvalidMessage`] before it changes anything.
     pub fn step(&mut self, now: u64, from: &str, message: Message) -> Result<(), ReplicationError> {
-        if let Err(reason) = check_message(from, &message) {
+        if let Err(reason) = check_message(from, &message, self.state.epoch) {
             self.counters.refused_messages += 1;
             return Err(ReplicationError::InvalidMessage {
                 kind: message.kind(),
@@ -765,7 +771,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
 
     fn start_candidacy(&mut self, now: u64) -> Result<(), ReplicationError> {
         let epoch = self.state.epoch + 1;
-        if epoch > MAX_EPOCH {
+        if epoch >= MAX_EPOCH {
             return Err(ReplicationError::Config(
                 "the epoch space is exhausted".into(),
             ));
@@ -934,10 +940,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         {
             return Some("the candidate counts on another data directory of this node");
         }
-        if self
-            .directories()
-            .get(&request.candidate_id)
-            .is_some_and(|bound| *bound != request.candidate_directory_id)
+        // (A node of an earlier version names no directory: nothing to compare.)
+        if !request.candidate_directory_id.is_empty()
+            && self
+                .directories()
+                .get(&request.candidate_id)
+                .is_some_and(|bound| *bound != request.candidate_directory_id)
         {
             return Some("the candidate lost the data directory it is bound to");
         }
@@ -1272,19 +1280,18 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 },
             );
         };
-        // The fetcher holds `log_start_offset..fetch_offset`. Below the leader's start it asks
-        // for what retention removed; starting past both the leader's start and high
-        // watermark, it lacks records that are not known to be committed, and counting it
-        // would count it as holding them. Either way it copies the leader's log from its start.
-        if request.fetch_offset < start || request.log_start_offset > self.high_watermark.max(start)
-        {
+        // Below the leader's start the fetcher asks for what retention removed: it copies the
+        // leader's log from its start. A fetcher holds `log_start_offset..fetch_offset`, and
+        // what lies below its start was committed when it went (retention stays below the high
+        // watermark, and a reset starts at a leader's start), so counting it never counts it
+        // for an uncommitted record it lacks.
+        if request.fetch_offset < start {
             resync(self);
             return Ok(());
         }
-        // An empty log (its epoch is 0: every leader's epoch is at least 1) has nothing to
-        // compare: the fetcher copies from where it starts.
-        let empty =
-            request.last_fetched_epoch == 0 && request.log_start_offset == request.fetch_offset;
+        // An empty log has nothing to compare: everything before its start is committed, so
+        // the fetcher copies from where it starts.
+        let empty = request.log_start_offset == request.fetch_offset;
         if empty {
             if request.fetch_offset > self.log.end_offset() {
                 resync(self);
@@ -1510,8 +1517,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     /// records the leader cannot match, possibly committed ones), its vote stays as it was
     /// (the vote floor) and it does not campaign until its log passes that again: emptying
     /// its log never lets a leader be elected without records it helped commit. The quorum
-    /// state is saved before the log is touched: a crash part-way leaves a suffix of the old
-    /// log and the new state, and the next fetch resets again.
+    /// state is saved before the log is touched, and the log's reset is atomic across a crash
+    /// (the engine finishes one cut short when it reopens).
     fn reset(
         &mut self,
         start: u64,
@@ -1538,6 +1545,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         next.voter_history = voters.into_iter().collect();
         self.commit_state(next)?;
         self.log.reset_to(start, start_epoch)?;
+        // It knows nothing committed past what it holds: the emptied log.
+        self.high_watermark = self.high_watermark.min(start);
         self.counters.resets += 1;
         Ok(())
     }
@@ -1999,11 +2008,13 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
 /// Checks the values of a peer message that no correct peer can send, before anything acts on
 /// it: epochs and offsets past any that can exist, missing or oversized ids, a sender that
 /// speaks for someone else. What the message means is checked by the handlers.
-fn check_message(from: &str, message: &Message) -> Result<(), String> {
+fn check_message(from: &str, message: &Message, own_epoch: u64) -> Result<(), String> {
+    let limit = own_epoch.saturating_add(MAX_EPOCH_JUMP).min(MAX_EPOCH - 1);
     let epoch = |name: &str, value: u64| {
-        if value > MAX_EPOCH {
+        if value > limit {
             Err(format!(
-                "{name} {value} is past any possible epoch ({MAX_EPOCH})"
+                "{name} {value} is past any possible epoch (at most {limit} while this node \
+                 is at {own_epoch})"
             ))
         } else {
             Ok(())
@@ -2147,8 +2158,19 @@ fn check_message(from: &str, message: &Message) -> Result<(), String> {
                                 set.offset
                             ));
                         }
+                        if !set.voters.is_sorted_by(|a, b| a < b) {
+                            return Err("the leader's voters are not sorted and distinct".into());
+                        }
                         for voter in &set.voters {
                             id("a voter", voter)?;
+                        }
+                        for (voter, directory) in &set.directories {
+                            if !set.voters.contains(voter) {
+                                return Err(format!(
+                                    "a directory is bound to {voter}, which is not a voter"
+                                ));
+                            }
+                            id("a bound directory", directory)?;
                         }
                     }
                 }

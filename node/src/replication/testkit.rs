@@ -45,6 +45,9 @@ struct Disk {
     start: u64,
     /// The epoch of the record before `start`.
     start_epoch: u64,
+    /// A reset to this start was under way (its intent saved): a restart finishes it, as the
+    /// engine's open does.
+    resetting: Option<(u64, u64)>,
     /// Offsets below this survive a crash.
     durable: u64,
     quorum: Option<QuorumState>,
@@ -160,11 +163,11 @@ impl MemDisk {
         let end = disk.end();
         disk.lost_unsynced += end.saturating_sub(durable.max(disk.start));
         disk.batches.retain(|batch| batch.next_offset() <= durable);
-        // As the engine reopens: the start is clamped to the segments that are left, so a
-        // reset cut short leaves the suffix of the old log it had not deleted yet.
-        if let (Some(first), Some(last)) = (disk.batches.first(), disk.batches.last()) {
-            let clamped = disk.start.clamp(first.base_offset(), last.next_offset());
-            disk.start = clamped;
+        if let Some((offset, epoch)) = disk.resetting.take() {
+            disk.batches.clear();
+            disk.start = offset;
+            disk.start_epoch = epoch;
+            disk.durable = offset;
         }
         disk.generation += 1;
         disk.down = false;
@@ -441,15 +444,16 @@ impl ReplicaLog for MemLog {
     }
 
     fn reset_to(&self, offset: u64, epoch: u64) -> Result<(), StorageError> {
-        // In steps, as the storage engine does it: the new start is saved first, then the old
-        // batches go oldest first. A crash between steps leaves the new start with a suffix of
-        // the old log, which is what the engine reopens to.
+        // In steps, as the storage engine does it: the intent is saved first, then the old
+        // batches go oldest first, then the intent is cleared. A restart finishes a reset cut
+        // short.
         let disk = &self.0.0;
         disk.borrow_mut().op("reset_start")?;
         {
             let mut disk = disk.borrow_mut();
             disk.start = offset;
             disk.start_epoch = epoch;
+            disk.resetting = Some((offset, epoch));
         }
         while !disk.borrow().batches.is_empty() {
             let mut disk = disk.borrow_mut();
@@ -459,6 +463,7 @@ impl ReplicaLog for MemLog {
         let mut disk = disk.borrow_mut();
         disk.op("reset_done")?;
         disk.durable = offset;
+        disk.resetting = None;
         Ok(())
     }
 }

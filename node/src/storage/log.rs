@@ -131,27 +131,47 @@ struct Inner {
     written: tokio::sync::watch::Sender<u64>,
 }
 
-/// The start offset checkpoint: `start u64 | epoch u64`, little-endian.
-fn encode_start(start: u64, epoch: u64) -> [u8; 16] {
-    let mut bytes = [0; 16];
+/// The start offset checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct StartCheckpoint {
+    /// The first offset served.
+    offset: u64,
+    /// The epoch of the record before it.
+    epoch: u64,
+    /// A reset to `offset` was under way: the next open finishes it.
+    resetting: bool,
+}
+
+/// The start offset checkpoint: `start u64 | epoch u64 | flags u64` (bit 0: a reset is under
+/// way), little-endian.
+fn encode_start(start: u64, epoch: u64, resetting: bool) -> [u8; 24] {
+    let mut bytes = [0; 24];
     bytes[..8].copy_from_slice(&start.to_le_bytes());
-    bytes[8..].copy_from_slice(&epoch.to_le_bytes());
+    bytes[8..16].copy_from_slice(&epoch.to_le_bytes());
+    bytes[16..].copy_from_slice(&u64::from(resetting).to_le_bytes());
     bytes
 }
 
-/// Reads what [`encode_start`] wrote, or the 8-byte form without an epoch (epoch 0).
-fn decode_start(bytes: &[u8]) -> Option<(u64, u64)> {
+/// Reads what [`encode_start`] wrote, or the earlier 8-byte (start only) and 16-byte (no
+/// flags) forms.
+fn decode_start(bytes: &[u8]) -> Option<StartCheckpoint> {
     let word = |range: std::ops::Range<usize>| {
         bytes
             .get(range)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_le_bytes)
     };
-    match bytes.len() {
-        8 => Some((word(0..8)?, 0)),
-        16 => Some((word(0..8)?, word(8..16)?)),
-        _ => None,
-    }
+    let (offset, epoch, flags) = match bytes.len() {
+        8 => (word(0..8)?, 0, 0),
+        16 => (word(0..8)?, word(8..16)?, 0),
+        24 => (word(0..8)?, word(8..16)?, word(16..24)?),
+        _ => return None,
+    };
+    Some(StartCheckpoint {
+        offset,
+        epoch,
+        resetting: flags & 1 != 0,
+    })
 }
 
 /// One job of the background thread.
@@ -226,20 +246,36 @@ impl Log {
             }
         }
 
-        let (checkpointed_start, start_epoch) =
-            match checkpoint::read(&dir, START_OFFSET_FILE)?.as_deref() {
-                None => (None, 0),
-                Some(bytes) => {
-                    let (start, epoch) =
-                        decode_start(bytes).ok_or_else(|| StorageError::Corruption {
-                            path: dir.join(START_OFFSET_FILE),
-                            position: 0,
-                            expected_offset: 0,
-                            reason: "start offset checkpoint is not 8 or 16 bytes".into(),
-                        })?;
-                    (Some(start), epoch)
+        let checkpointed = match checkpoint::read(&dir, START_OFFSET_FILE)?.as_deref() {
+            None => None,
+            Some(bytes) => Some(decode_start(bytes).ok_or_else(|| StorageError::Corruption {
+                path: dir.join(START_OFFSET_FILE),
+                position: 0,
+                expected_offset: 0,
+                reason: "start offset checkpoint is not 8, 16 or 24 bytes".into(),
+            })?),
+        };
+        let checkpointed_start = checkpointed.map(|start| start.offset);
+        let start_epoch = checkpointed.map_or(0, |start| start.epoch);
+        if let Some(reset) = checkpointed.filter(|start| start.resetting) {
+            // A reset was cut short: finish it. Every segment goes, and the log starts empty
+            // where the reset said (a half-deleted log would start where no leader's does).
+            for base in bases.drain(..) {
+                for path in [
+                    dir.join(segment::log_file_name(base)),
+                    dir.join(segment::index_file_name(base)),
+                ] {
+                    segment::remove_if_exists(&path)?;
+                    report.removed_files.push(path);
                 }
-            };
+            }
+            checkpoint::sync_dir(&dir)?;
+            checkpoint::write(
+                &dir,
+                START_OFFSET_FILE,
+                &encode_start(reset.offset, reset.epoch, false),
+            )?;
+        }
 
         let mut segments = BTreeMap::new();
         let mut scanned_epochs = Vec::new();
@@ -539,9 +575,9 @@ impl Log {
     /// Empties the log and restarts it at `offset`, whose preceding record the leader wrote in
     /// `epoch`: every record is removed and the next append gets `offset`. A follower does this
     /// when the leader no longer holds the records it lacks (retention removed them), so it can
-    /// copy the leader's log from the leader's start. Crash-safe: the new start is persisted
-    /// first and segments are deleted oldest first, so a crash part-way leaves either the old
-    /// log or a contiguous suffix of it, which reopens.
+    /// copy the leader's log from the leader's start. Atomic across a crash: the intent is
+    /// saved first, and an open that finds it finishes the reset, so the log reopens either as
+    /// it was or empty at `offset`.
     pub fn reset_to(&self, offset: u64, epoch: u64) -> Result<()> {
         self.inner.reset_to(offset, epoch)
     }
@@ -1234,8 +1270,12 @@ impl Inner {
             .lock()
             .epoch_at(offset - 1)
             .unwrap_or_else(|| self.start_epoch.load(Ordering::Acquire));
-        checkpoint::write(&self.dir, START_OFFSET_FILE, &encode_start(offset, epoch))
-            .map_err(|err| self.stop(err))?;
+        checkpoint::write(
+            &self.dir,
+            START_OFFSET_FILE,
+            &encode_start(offset, epoch, false),
+        )
+        .map_err(|err| self.stop(err))?;
         self.start_epoch.store(epoch, Ordering::Release);
         self.start_offset.store(offset, Ordering::Release);
         self.clamp_epochs()?;
@@ -1268,8 +1308,13 @@ impl Inner {
         self.check_running()?;
         let mut writer = self.writer.lock();
         let checkpoint_guard = self.checkpoint_lock.lock();
-        checkpoint::write(&self.dir, START_OFFSET_FILE, &encode_start(offset, epoch))
-            .map_err(|err| self.stop(err))?;
+        // The intent first: a crash before the end is finished by the next open.
+        checkpoint::write(
+            &self.dir,
+            START_OFFSET_FILE,
+            &encode_start(offset, epoch, true),
+        )
+        .map_err(|err| self.stop(err))?;
         self.start_epoch.store(epoch, Ordering::Release);
         {
             // Held across the swap, so no reader ever finds the log without a segment; readers
@@ -1287,6 +1332,12 @@ impl Inner {
             )
             .map_err(|err| self.stop(err))?;
             checkpoint::sync_dir(&self.dir).map_err(|err| self.stop(err))?;
+            checkpoint::write(
+                &self.dir,
+                START_OFFSET_FILE,
+                &encode_start(offset, epoch, false),
+            )
+            .map_err(|err| self.stop(err))?;
             // A read that raced this sees the truncation count move and retries.
             {
                 let mut sync = self.sync.lock();
