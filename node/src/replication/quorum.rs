@@ -38,11 +38,6 @@ pub struct QuorumState {
     /// volume gets a new one). The voter set binds each voter to the directory it first
     /// fetched with, so a node that lost its data is no longer that voter (KIP-853).
     pub directory_id: String,
-    /// `(last epoch, end offset)` of the log this node held before it last emptied it to copy
-    /// the leader's (a reset past retention), until its log passes that again. It votes as if
-    /// it still held that log, so a reset never makes its vote more permissive: records it
-    /// held, and helped commit, stay protected by its vote while it copies them back.
-    pub vote_floor: Option<(u64, u64)>,
 }
 
 /// A voter set and the offset of the record that set it.
@@ -69,7 +64,6 @@ impl QuorumState {
             voter_history: Vec::new(),
             history_end: 0,
             directory_id,
-            vote_floor: None,
         }
     }
 
@@ -92,7 +86,6 @@ impl QuorumState {
                 .collect::<Vec<_>>(),
             "history_end": self.history_end,
             "directory_id": self.directory_id,
-            "vote_floor": self.vote_floor.map(|(epoch, offset)| json!([epoch, offset])),
         })
         .to_string()
         .into_bytes()
@@ -129,18 +122,6 @@ impl QuorumState {
                 });
             }
         }
-        let vote_floor = match &value["vote_floor"] {
-            Value::Null => None,
-            floor => match floor.as_array().map(Vec::as_slice) {
-                Some([epoch, offset]) => Some((
-                    epoch.as_u64().ok_or("`vote_floor` epoch is not a number")?,
-                    offset
-                        .as_u64()
-                        .ok_or("`vote_floor` offset is not a number")?,
-                )),
-                _ => return Err(format!("`vote_floor` is not [epoch, offset]: {floor}")),
-            },
-        };
         if value["format"].is_null() && voter_history.is_empty() && epoch > 0 {
             voter_history.push(VoterSet {
                 offset: 0,
@@ -160,7 +141,6 @@ impl QuorumState {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
-            vote_floor,
         })
     }
 }
@@ -262,7 +242,6 @@ mod tests {
             }],
             history_end: 40,
             directory_id: "d0b".into(),
-            vote_floor: Some((3, 90)),
         };
         store.save(&state).unwrap();
         assert_eq!(

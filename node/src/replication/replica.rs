@@ -733,17 +733,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     // ---- elections ----
 
     fn start_pre_vote(&mut self, now: u64) -> Result<(), ReplicationError> {
-        if self.state.vote_floor.is_some() {
-            // It emptied a log that held more than it holds now: leading before it holds that
-            // much again could lose records it helped commit. Others campaign; it votes.
-            let deadline = now + self.random_election_timeout();
-            if let Role::Follower(follower) = &mut self.role {
-                follower.election_deadline = deadline;
-            } else {
-                self.role = Role::follower(None, deadline);
-            }
-            return Ok(());
-        }
         if self.is_sole_voter() {
             return self.start_candidacy(now);
         }
@@ -978,7 +967,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             self.counters.refused_votes += 1;
             tracing::debug!(id = %self.config.id, candidate = %request.candidate_id, reason, "refusing a vote");
         }
-        let log_ok = (request.last_offset_epoch, request.end_offset) >= self.vote_position();
+        let log_ok = (request.last_offset_epoch, request.end_offset) >= self.log_position();
         // Votes do not consult this node's own voter set (as in Raft): a node added as a voter
         // may not have the record that says so yet, and the cluster needs its vote. The
         // candidate counts only votes from its own voter set.
@@ -1356,7 +1345,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let end = self.log.end_offset();
         response.epoch == self.state.epoch
             && response.responder_id == from
-            && self.state.vote_floor.is_none()
             && follower.leader.as_deref() == Some(from)
             && response.fetch_offset == end
             && batches.iter().all(|batch| {
@@ -1446,14 +1434,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                     for batch in &fresh {
                         learned |= self.learn_voters(batch);
                     }
-                    let floor_passed = self
-                        .state
-                        .vote_floor
-                        .is_some_and(|floor| self.log_position() >= floor);
-                    if floor_passed {
-                        self.state.vote_floor = None;
-                    }
-                    if learned || floor_passed {
+                    if learned {
                         self.persist()?;
                     }
                 }
@@ -1513,12 +1494,13 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     /// voter set in force there as its own: the records that held it may be gone everywhere.
     ///
     /// The emptied log keeps `start_epoch` as the epoch it ends in, so it compares in an
-    /// election as a log that reached `start`. When what it held reached further (it held
-    /// records the leader cannot match, possibly committed ones), its vote stays as it was
-    /// (the vote floor) and it does not campaign until its log passes that again: emptying
-    /// its log never lets a leader be elected without records it helped commit. The quorum
-    /// state is saved before the log is touched, and the log's reset is atomic across a crash
-    /// (the engine finishes one cut short when it reopens).
+    /// election as a log that reached `start`. What it discards is never a committed record
+    /// the leader still holds: a reset comes only when its log ends before the leader's start
+    /// (what it held there is committed, and retention removed it), or when its last epoch is
+    /// unknown to the leader, which holds committed records from its start on, so that tail
+    /// diverged and was never committed. The quorum state is saved before the log is touched,
+    /// and the log's reset is atomic across a crash (the engine finishes one cut short when it
+    /// reopens).
     fn reset(
         &mut self,
         start: u64,
@@ -1533,13 +1515,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
              removed them, or the leader cannot match its last epoch); emptying the log and \
              copying the leader's from its start"
         );
-        // The emptied log ends at `start` in `start_epoch`; if what it held reached further,
-        // its vote keeps that (and it does not campaign) until it holds that much again.
-        let held = self
-            .log_position()
-            .max(self.state.vote_floor.unwrap_or_default());
         let mut next = self.state.clone();
-        next.vote_floor = (held > (start_epoch, start)).then_some(held);
         // Voter sets from our own log are gone with it, committed or not: the leader's is the
         // one in force at its start.
         next.voter_history = voters.into_iter().collect();
@@ -1628,15 +1604,6 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     /// The log's `(last epoch, end offset)`, what a candidate's log is compared with.
     fn log_position(&self) -> (u64, u64) {
         (self.log.last_epoch(), self.log.end_offset())
-    }
-
-    /// What this node's vote compares a candidate's log with: its log, or what it held before
-    /// it last emptied it, whichever is later.
-    fn vote_position(&self) -> (u64, u64) {
-        let position = self.log_position();
-        self.state
-            .vote_floor
-            .map_or(position, |floor| floor.max(position))
     }
 
     /// On start: forget voter sets past the log's end (a truncation whose state save was cut

@@ -18,8 +18,8 @@
 //! - when an offset is first committed, a majority of the voters the committing node counts,
 //!   each with the data directory it is bound to, holds it durably;
 //! - a majority of the committed voter set protects the newest committed records: the log
-//!   position each votes with (what survives a crash, or its vote floor) is past them, so it
-//!   refuses a candidate that ends before them. Voters with another directory than their
+//!   position each votes with (what survives a crash) is past them, so it refuses a candidate
+//!   that ends before them. Voters with another directory than their
 //!   binding (a lost disk) do not count, since no candidate counts their votes;
 //! - a new leader's log holds every committed record from its start on;
 //! - a binding in the committed voter set changes only by removing the voter first, and no
@@ -372,10 +372,9 @@ impl Sim {
         for node in &self.nodes {
             match &node.replica {
                 Some(replica) => eprintln!(
-                    "{:?} bindings {:?} floor {:?} counters {:?}",
+                    "{:?} bindings {:?} counters {:?}",
                     replica.status(),
                     replica.directories(),
-                    node.disk.quorum_state().and_then(|s| s.vote_floor),
                     replica.counters()
                 ),
                 None => eprintln!("{} is down", node.id),
@@ -1194,16 +1193,12 @@ impl Sim {
     }
 
     /// Whether `index`'s vote protects committed `offset`: the log position it votes with
-    /// (what survives a crash, or its vote floor if later) is past the record's, so it refuses
-    /// candidates that end before it. It holds the record, or held it and removed it by
-    /// retention, or emptied its log to copy the leader's from a start past it.
+    /// (what survives a crash) is past the record's, so it refuses candidates that end before
+    /// it. It holds the record, or held it and removed it by retention, or emptied its log to
+    /// copy the leader's from a start past it (its log keeps the start's epoch).
     fn protects(&self, index: usize, offset: u64) -> bool {
-        let disk = &self.nodes[index].disk;
-        let floor = disk.quorum_state().and_then(|state| state.vote_floor);
-        let position = floor.map_or(disk.durable_position(), |floor| {
-            floor.max(disk.durable_position())
-        });
-        position >= (self.committed[offset as usize].epoch, offset + 1)
+        self.nodes[index].disk.durable_position()
+            >= (self.committed[offset as usize].epoch, offset + 1)
     }
 
     fn run(&mut self, millis: u64) {

@@ -209,13 +209,19 @@ impl MemDisk {
         self.0.borrow().start
     }
 
+    /// Forgets the epoch of the record before the log's start, as a log written by an earlier
+    /// version, which did not keep it, reads.
+    pub fn forget_start_epoch(&self) {
+        self.0.borrow_mut().start_epoch = 0;
+    }
+
     /// Records crashes lost because they were not synced, in all.
     pub fn lost_unsynced(&self) -> u64 {
         self.0.borrow().lost_unsynced
     }
 
     /// `(epoch of the last durable batch, durable end)`: the log position that survives a
-    /// crash, what the node's vote compares candidates with (with its vote floor).
+    /// crash, what the node's vote compares candidates with.
     pub fn durable_position(&self) -> (u64, u64) {
         let disk = self.0.borrow();
         let durable = disk.durable.max(disk.start).min(disk.end());

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use super::messages::{BeginQuorumEpoch, Message, VoteRequest};
+use super::messages::{BeginQuorumEpoch, Message, VoteRequest, VoteResponse};
 use super::quorum::{QuorumState, QuorumStore, VoterSet};
 use super::replica::{LEADER_CHANGE_RECORD_TYPE, RoleKind, VoterChange};
 use super::testkit::{MemDisk, Net};
@@ -282,6 +282,41 @@ fn a_vote_is_granted_only_once_it_is_saved() {
 }
 
 #[test]
+fn a_vote_in_the_current_epoch_is_granted_only_once_it_is_saved() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 3);
+    let epoch = net.replica(&leader).epoch();
+    let followers = others(&leader, &ABC);
+    let (voter, candidate) = (followers[0].clone(), followers[1].clone());
+    // The voter moves to the next epoch (saved) on a request it refuses: the log is too short.
+    let now = net.now;
+    let mut short = vote_request(&mut net, &candidate, &voter, epoch + 1, &leader);
+    if let Message::VoteRequest(request) = &mut short {
+        request.end_offset = 0;
+        request.last_offset_epoch = 0;
+    }
+    net.replica(&voter).step(now, &candidate, short).unwrap();
+    assert_eq!(granted_votes(&mut net, &voter), 0);
+    assert_eq!(net.replica(&voter).epoch(), epoch + 1);
+    // Then saves fail, and the real request comes (and comes again).
+    net.disk(&voter).fail_saves(true);
+    let request = vote_request(&mut net, &candidate, &voter, epoch + 1, &leader);
+    for _ in 0..3 {
+        assert!(
+            net.replica(&voter)
+                .step(now, &candidate, request.clone())
+                .is_err()
+        );
+    }
+    assert_eq!(
+        granted_votes(&mut net, &voter),
+        0,
+        "a vote was granted from memory"
+    );
+}
+
+#[test]
 fn a_later_epoch_takes_effect_only_once_it_is_saved() {
     let mut net = Net::new(&ABC, &ABC);
     let leader = net.elect();
@@ -371,6 +406,17 @@ fn known_voters(epoch: u64, end: u64, directory_id: &str) -> QuorumState {
 
 #[test]
 fn a_follower_told_to_diverge_below_its_own_start_resyncs() {
+    diverge_below_own_start(true);
+}
+
+#[test]
+fn a_follower_told_to_diverge_below_its_own_start_resyncs_when_its_start_epoch_is_unknown() {
+    diverge_below_own_start(false);
+}
+
+/// b's own retention removed the epoch the leader names; with `start_epoch_known` false its
+/// log does not keep the epoch before its start either (written by an earlier version).
+fn diverge_below_own_start(start_epoch_known: bool) {
     let mut net = Net::new(&ABC, &ABC);
     for id in ABC {
         net.crash(id);
@@ -392,6 +438,9 @@ fn a_follower_told_to_diverge_below_its_own_start_resyncs() {
     }
     b.remove_front(5, 10).unwrap();
     assert_eq!(b.log().start_offset(), 10);
+    if !start_epoch_known {
+        b.forget_start_epoch();
+    }
     b.store().save(&known_voters(2, 15, "dirb")).unwrap();
     for id in ABC {
         net.start(id);
@@ -409,6 +458,19 @@ fn a_follower_told_to_diverge_below_its_own_start_resyncs() {
 
 #[test]
 fn a_follower_whose_emptied_log_starts_past_the_new_leaders_start_rejoins() {
+    emptied_log_past_the_leaders_start(1);
+}
+
+#[test]
+fn an_emptied_log_without_a_start_epoch_rejoins_without_copying_again() {
+    // Reset by an earlier version, which kept no start epoch: an empty log has nothing to
+    // compare, and copies from where it starts instead of resetting again.
+    emptied_log_past_the_leaders_start(0);
+}
+
+/// b was reset to an earlier leader's start, 20 (the record before it of `start_epoch`), and
+/// holds nothing yet; the new leader c starts at 5.
+fn emptied_log_past_the_leaders_start(start_epoch: u64) {
     let mut net = Net::new(&ABC, &ABC);
     for id in ABC {
         net.crash(id);
@@ -421,7 +483,7 @@ fn a_follower_whose_emptied_log_starts_past_the_new_leaders_start_rejoins() {
     c.remove_front(20, 5).unwrap();
     c.store().save(&known_voters(1, 25, "dirc")).unwrap();
     let b = net.disk("b");
-    b.log().reset_to(20, 1).unwrap();
+    b.log().reset_to(20, start_epoch).unwrap();
     b.store().save(&known_voters(1, 0, "dirb")).unwrap();
     net.start("b");
     net.start("c");
@@ -436,4 +498,115 @@ fn a_follower_whose_emptied_log_starts_past_the_new_leaders_start_rejoins() {
     let end = net.replica("c").log().end_offset();
     let rejoined = net.run_until(5_000, |net| net.replica("b").log().end_offset() >= end);
     assert!(rejoined, "b never caught up with c");
+    assert_eq!(
+        net.replica("b").counters().resets,
+        0,
+        "b emptied its log again"
+    );
+    assert_eq!(net.replica("b").log().start_offset(), 20);
+}
+
+#[test]
+fn an_answer_naming_another_node_than_the_one_asked_counts_for_nothing() {
+    let ids = ["a", "b", "c", "d", "e"];
+    let mut net = Net::new(&ids, &ids);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 2);
+    let follower = others(&leader, &ids)[0].clone();
+    net.isolate(&follower);
+    let prospective = net.run_until(5_000, |net| {
+        net.replica(&follower).role() == RoleKind::Prospective
+    });
+    assert!(prospective, "{follower} never asked for pre-votes");
+    let epoch = net.replica(&follower).epoch();
+    let voters: Vec<String> = others(&follower, &ids).into_iter().take(2).collect();
+    // Two grants, each carrying the directory of the node it is delivered as from, but the
+    // first names the second node as the one answering: only the second counts.
+    let now = net.now;
+    for (from, named) in [(&voters[0], &voters[1]), (&voters[1], &voters[1])] {
+        let directory = net.replica(from).directory_id().to_owned();
+        let answer = Message::VoteResponse(VoteResponse {
+            pre_vote: true,
+            candidate_epoch: epoch + 1,
+            epoch,
+            leader_id: None,
+            granted: true,
+            voter_id: named.clone(),
+            voter_directory_id: directory,
+        });
+        net.replica(&follower).step(now, from, answer).unwrap();
+    }
+    assert_eq!(
+        net.replica(&follower).role(),
+        RoleKind::Prospective,
+        "one vote counted twice made a majority of five"
+    );
+}
+
+#[test]
+fn a_vote_request_meant_for_another_node_is_refused() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 2);
+    let epoch = net.replica(&leader).epoch();
+    let followers = others(&leader, &ABC);
+    let (reached, meant) = (followers[0].clone(), followers[1].clone());
+    let mut request = vote_request(&mut net, &leader, &reached, epoch + 1, &leader);
+    if let Message::VoteRequest(request) = &mut request {
+        request.voter_id.clone_from(&meant);
+        request.voter_directory_id.clear();
+    }
+    let now = net.now;
+    net.replica(&reached).step(now, &leader, request).unwrap();
+    assert_eq!(granted_votes(&mut net, &reached), 0);
+}
+
+#[test]
+fn a_node_that_has_not_learned_the_voter_set_votes_only_for_a_candidate_naming_its_directory() {
+    let mut net = Net::new(&ABC, &ABC);
+    // Nothing ran: every node is in a new data directory and knows no voter set.
+    let directory = net.replica("b").directory_id().to_owned();
+    let now = net.now;
+    let request = |voter_directory_id: String| {
+        Message::VoteRequest(VoteRequest {
+            pre_vote: false,
+            candidate_epoch: 1,
+            candidate_id: "a".into(),
+            last_offset_epoch: 0,
+            end_offset: 0,
+            candidate_directory_id: "da".into(),
+            voter_id: "b".into(),
+            voter_directory_id,
+            bootstrap: false,
+        })
+    };
+    net.replica("b")
+        .step(now, "a", request(String::new()))
+        .unwrap();
+    assert_eq!(
+        granted_votes(&mut net, "b"),
+        0,
+        "voted without knowing the voters"
+    );
+    net.replica("b").step(now, "a", request(directory)).unwrap();
+    assert_eq!(granted_votes(&mut net, "b"), 1);
+}
+
+#[test]
+fn a_voter_change_that_leaves_no_live_bound_majority_is_refused() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 2);
+    let followers = others(&leader, &ABC);
+    net.crash(&followers[0]);
+    // Long enough for the leader to see the crashed voter as gone, not for it to step down.
+    net.run(320);
+    let now = net.now;
+    let refused =
+        net.replica(&leader)
+            .change_voters(now, VoterChange::Remove(followers[1].clone()), 1_000);
+    assert!(
+        matches!(refused, Err(ReplicationError::VoterChangeRefused { .. })),
+        "removing the live voter left the leader and a dead one: {refused:?}"
+    );
 }
