@@ -296,3 +296,13 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The node's volume is lost: it is killed, its data directory emptied, and it comes back
+/// under the same id with an empty directory.
+pub async fn wipe_and_restart(node: &mut NodeProcess) {
+    node.kill().await.unwrap();
+    let dir = node.data_dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    node.restart().await.unwrap();
+}

@@ -22,7 +22,7 @@ use proglog_proto::log::v1::{
 use proglog_tests::loopback::{
     CONTROL_TYPES, IDS, change_voters, committed_records, consume_at, leader_counts_as_voter,
     metrics, node_options, offsets, plan_ports, produce, start_cluster, start_cluster_of, status,
-    wait_for_high_watermark, wait_for_leader, wait_until,
+    wait_for_high_watermark, wait_for_leader, wait_until, wipe_and_restart,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use proglog_tests::ports::free_port;
@@ -575,11 +575,7 @@ async fn a_voter_that_lost_its_data_is_an_observer_until_added_again() {
     .await;
 
     // The volume is lost: the same id comes back with an empty data directory.
-    nodes[wiped].kill().await.unwrap();
-    let dir = nodes[wiped].data_dir().to_path_buf();
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    nodes[wiped].restart().await.unwrap();
+    wipe_and_restart(&mut nodes[wiped]).await;
 
     // Its empty log must not count: it copies the log as an observer, and the leader does not
     // count it towards the majority (nor would a candidate count its vote).

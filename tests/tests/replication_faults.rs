@@ -28,7 +28,7 @@ use proglog_proto::log::v1::{
 use proglog_tests::loopback::{
     IDS, change_voters, consume_at, leader_counts_as_voter, metrics, node_options, offsets,
     plan_ports, produce, start_cluster, status, wait_for_high_watermark, wait_for_leader,
-    wait_until,
+    wait_until, wipe_and_restart,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use rustix::process::Signal;
@@ -116,11 +116,7 @@ async fn a_follower_wiped_after_retention_removed_every_control_record_stays_an_
     produce_until_every_start_passes(&nodes, leader, last_control).await;
 
     // The volume is lost: the same id comes back with an empty data directory.
-    nodes[wiped].kill().await.unwrap();
-    let dir = nodes[wiped].data_dir().to_path_buf();
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    nodes[wiped].restart().await.unwrap();
+    wipe_and_restart(&mut nodes[wiped]).await;
     wait_until(
         "the wiped node copies from the leader's start and learns it is not the voter it was",
         || async {

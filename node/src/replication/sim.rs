@@ -631,15 +631,7 @@ impl Sim {
                 .iter()
                 .filter(|id| {
                     let other = self.index_of(id);
-                    other != index && {
-                        let directory = self.nodes[other]
-                            .disk
-                            .quorum_state()
-                            .map(|s| s.directory_id);
-                        bindings
-                            .get(*id)
-                            .is_none_or(|bound| directory.as_deref() == Some(bound.as_str()))
-                    }
+                    other != index && bound(&self.nodes[other].disk, id, bindings)
                 })
                 .count();
             bound > voters.len() / 2
@@ -663,15 +655,7 @@ impl Sim {
             });
         let bound = voters
             .iter()
-            .filter(|id| {
-                let directory = self.nodes[self.index_of(id)]
-                    .disk
-                    .quorum_state()
-                    .map(|s| s.directory_id);
-                bindings
-                    .get(*id)
-                    .is_none_or(|bound| directory.as_deref() == Some(bound.as_str()))
-            })
+            .filter(|id| bound(&self.nodes[self.index_of(id)].disk, id, &bindings))
             .count();
         bound <= voters.len() / 2
     }
@@ -680,10 +664,7 @@ impl Sim {
     /// bound).
     fn bound_as_committed(&self, index: usize) -> bool {
         let node = &self.nodes[index];
-        let directory = node.disk.quorum_state().map(|s| s.directory_id);
-        self.committed_bindings
-            .get(&node.id)
-            .is_none_or(|bound| directory.as_deref() == Some(bound.as_str()))
+        bound(&node.disk, &node.id, &self.committed_bindings)
     }
 
     /// Produces: clients ask whoever believes it leads; the node appends later, with the epoch
@@ -846,30 +827,9 @@ impl Sim {
             ),
             2 => (
                 member.clone(),
-                Message::FetchRequest(FetchRequest {
-                    epoch,
-                    replica_id: member.clone(),
-                    fetch_offset: MAX_OFFSET + 1,
-                    log_start_offset: 0,
-                    last_fetched_epoch: 0,
-                    max_bytes: 1 << 20,
-                    max_wait_ms: 0,
-                    directory_id: String::new(),
-                }),
+                hostile_fetch(epoch, &member, MAX_OFFSET + 1),
             ),
-            3 => (
-                member.clone(),
-                Message::FetchRequest(FetchRequest {
-                    epoch,
-                    replica_id: "someone else".into(),
-                    fetch_offset: 0,
-                    log_start_offset: 0,
-                    last_fetched_epoch: 0,
-                    max_bytes: 1 << 20,
-                    max_wait_ms: 0,
-                    directory_id: String::new(),
-                }),
-            ),
+            3 => (member.clone(), hostile_fetch(epoch, "someone else", 0)),
             _ => (
                 member.clone(),
                 Message::VoteResponse(VoteResponse {
@@ -1064,11 +1024,7 @@ impl Sim {
         bindings: &BTreeMap<NodeId, String>,
     ) {
         let bound_and_holds = |disk: &MemDisk, id: &str| {
-            let directory = disk.quorum_state().map(|s| s.directory_id);
-            bindings
-                .get(id)
-                .is_none_or(|bound| directory.as_deref() == Some(bound.as_str()))
-                && self.disk_holds(disk, offset, true)
+            bound(disk, id, bindings) && self.disk_holds(disk, offset, true)
         };
         let holders = voters
             .iter()
@@ -1260,6 +1216,29 @@ impl Sim {
             .entry("unsynced records lost in crashes")
             .or_default() += lost;
     }
+}
+
+/// A fetch from `replica_id` at `fetch_offset` (impossible past `MAX_OFFSET`, or sent as someone
+/// else than its sender).
+fn hostile_fetch(epoch: u64, replica_id: &str, fetch_offset: u64) -> Message {
+    Message::FetchRequest(FetchRequest {
+        epoch,
+        replica_id: replica_id.into(),
+        fetch_offset,
+        log_start_offset: 0,
+        last_fetched_epoch: 0,
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+        directory_id: String::new(),
+    })
+}
+
+/// Whether `disk`'s data directory is the one `bindings` binds `id` to (or none is bound).
+fn bound(disk: &MemDisk, id: &str, bindings: &BTreeMap<NodeId, String>) -> bool {
+    let directory = disk.quorum_state().map(|s| s.directory_id);
+    bindings
+        .get(id)
+        .is_none_or(|bound| directory.as_deref() == Some(bound.as_str()))
 }
 
 fn add_counters(total: &mut ReplicaCounters, more: &ReplicaCounters) {

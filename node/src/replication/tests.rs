@@ -248,14 +248,20 @@ fn granted_votes(net: &mut Net, id: &str) -> usize {
         .count()
 }
 
-#[test]
-fn a_vote_is_granted_only_once_it_is_saved() {
+/// A settled cluster: its leader, epoch, and the two followers as a voter and a candidate.
+fn settled_voter_and_candidate() -> (Net, String, u64, String, String) {
     let mut net = Net::new(&ABC, &ABC);
     let leader = net.elect();
     produce_and_settle(&mut net, &leader, 3);
     let epoch = net.replica(&leader).epoch();
     let followers = others(&leader, &ABC);
     let (voter, candidate) = (followers[0].clone(), followers[1].clone());
+    (net, leader, epoch, voter, candidate)
+}
+
+#[test]
+fn a_vote_is_granted_only_once_it_is_saved() {
+    let (mut net, leader, epoch, voter, candidate) = settled_voter_and_candidate();
     net.disk(&voter).fail_saves(true);
     let request = vote_request(&mut net, &candidate, &voter, epoch + 1, &leader);
     // The request, and the same again (retries, or duplicates on the wire), while saves fail.
@@ -283,12 +289,7 @@ fn a_vote_is_granted_only_once_it_is_saved() {
 
 #[test]
 fn a_vote_in_the_current_epoch_is_granted_only_once_it_is_saved() {
-    let mut net = Net::new(&ABC, &ABC);
-    let leader = net.elect();
-    produce_and_settle(&mut net, &leader, 3);
-    let epoch = net.replica(&leader).epoch();
-    let followers = others(&leader, &ABC);
-    let (voter, candidate) = (followers[0].clone(), followers[1].clone());
+    let (mut net, leader, epoch, voter, candidate) = settled_voter_and_candidate();
     // The voter moves to the next epoch (saved) on a request it refuses: the log is too short.
     let now = net.now;
     let mut short = vote_request(&mut net, &candidate, &voter, epoch + 1, &leader);
