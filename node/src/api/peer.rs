@@ -144,6 +144,7 @@ impl Peer for PeerService {
                 .max_bytes
                 .min(self.max_batch_bytes.saturating_mul(4)),
             max_wait_ms: request.max_wait_ms,
+            fetch_id: request.fetch_id,
             directory_id: request.directory_id,
         });
         match self.handle(identity, from, message).await? {
@@ -268,6 +269,7 @@ fn fetch_response_to_pb(response: msg::FetchResponse) -> pb::FetchResponse {
         responder_id: response.responder_id,
         high_watermark: response.high_watermark,
         fetch_offset: response.fetch_offset,
+        fetch_id: response.fetch_id,
         result: Some(result),
     }
 }
@@ -312,6 +314,7 @@ fn fetch_response_from_pb(
         },
         high_watermark: response.high_watermark,
         fetch_offset: response.fetch_offset,
+        fetch_id: response.fetch_id,
         result,
     })
 }
@@ -452,6 +455,7 @@ impl PeerTransport for GrpcPeerTransport {
                                 last_fetched_epoch: request.last_fetched_epoch,
                                 max_bytes: request.max_bytes,
                                 max_wait_ms: request.max_wait_ms,
+                                fetch_id: request.fetch_id,
                                 directory_id: request.directory_id,
                             })
                             .await?

@@ -22,6 +22,11 @@ pub trait ReplicaLog {
     /// resets keep it, as a KRaft snapshot keeps its epoch, so an empty log still compares in
     /// an election as where it ends, not as a log that never held anything.
     fn start_epoch(&self) -> u64;
+    /// The first offset and the start epoch, read together (retention may move the start
+    /// meanwhile).
+    fn start(&self) -> (u64, u64) {
+        (self.start_offset(), self.start_epoch())
+    }
     /// The largest epoch `<= epoch` in the log (the start epoch included) and the offset
     /// where it ends.
     fn epoch_end_offset(&self, epoch: u64) -> Option<(u64, u64)>;
@@ -71,6 +76,10 @@ impl ReplicaLog for Arc<Log> {
 
     fn start_epoch(&self) -> u64 {
         Log::start_epoch(self)
+    }
+
+    fn start(&self) -> (u64, u64) {
+        Log::start(self)
     }
 
     fn epoch_end_offset(&self, epoch: u64) -> Option<(u64, u64)> {

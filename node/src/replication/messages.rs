@@ -150,6 +150,9 @@ pub struct FetchRequest {
     pub max_bytes: u32,
     /// How long the leader may hold the request when there is nothing new (long poll).
     pub max_wait_ms: u32,
+    /// Names this fetch among the fetcher's (never 0); the answer echoes it, so an answer to an
+    /// earlier fetch at the same offset (a retry, or a duplicate on the wire) is told apart.
+    pub fetch_id: u64,
     /// The fetcher's data directory id: random, new with every empty data directory. The
     /// leader binds a voter to the directory it first fetches with and from then on counts
     /// only that directory as the voter, so a node that lost its data is not (KIP-853).
@@ -169,6 +172,8 @@ pub struct FetchResponse {
     pub high_watermark: u64,
     /// Echoes the request's `fetch_offset`, so a late answer to an older fetch is ignored.
     pub fetch_offset: u64,
+    /// Echoes the request's `fetch_id` (0 from a node of an earlier version, which does not).
+    pub fetch_id: u64,
     /// What to do.
     pub result: FetchResult,
 }

@@ -241,6 +241,7 @@ pub struct ReplicaCounters {
 struct InFlightFetch {
     to: NodeId,
     fetch_offset: u64,
+    fetch_id: u64,
     sent_at: u64,
 }
 
@@ -315,6 +316,9 @@ pub struct Replica<L, Q> {
     /// Peers an observer may ask who leads (voters, plus members gossip knows).
     known_peers: Vec<NodeId>,
     next_peer: usize,
+    /// The id of the last fetch sent (random at start, so answers to fetches of an earlier
+    /// run of the node are not taken for answers to this one's).
+    last_fetch_id: u64,
     next_history_save: u64,
     /// Set by a resignation for good (shutdown): this node never campaigns again.
     retired: bool,
@@ -403,6 +407,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             high_watermark: 0,
             known_peers: Vec::new(),
             next_peer: 0,
+            last_fetch_id: 0,
             next_history_save: now + HISTORY_SAVE_INTERVAL_MS,
             retired: false,
             counters: ReplicaCounters::default(),
@@ -411,6 +416,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             state,
         };
         replica.high_watermark = replica.log.start_offset();
+        replica.last_fetch_id = replica.config.seed.rotate_left(17) ^ 0x5851_f42d_4c95_7f2d;
         replica.recover_voter_history()?;
         let leader = replica
             .state
@@ -1194,6 +1200,8 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             return;
         };
         let fetch_offset = self.log.end_offset();
+        self.last_fetch_id = self.last_fetch_id.wrapping_add(1).max(1);
+        let fetch_id = self.last_fetch_id;
         let request = FetchRequest {
             epoch: self.state.epoch,
             replica_id: self.config.id.clone(),
@@ -1202,12 +1210,14 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
             last_fetched_epoch: self.log.last_epoch(),
             max_bytes: self.config.fetch_max_bytes,
             max_wait_ms: self.config.fetch_max_wait_ms,
+            fetch_id,
             directory_id: self.state.directory_id.clone(),
         };
         if let Role::Follower(follower) = &mut self.role {
             follower.in_flight = Some(InFlightFetch {
                 to: to.clone(),
                 fetch_offset,
+                fetch_id,
                 sent_at: now,
             });
         }
@@ -1247,6 +1257,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 responder_id: replica.config.id.clone(),
                 high_watermark: replica.high_watermark,
                 fetch_offset: request.fetch_offset,
+                fetch_id: request.fetch_id,
                 result,
             };
             replica.send(from, Message::FetchResponse(response));
@@ -1258,12 +1269,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         }
         let start = self.log.start_offset();
         let resync = |replica: &mut Self| {
-            let voters = replica.voters_before(start);
-            let start_epoch = replica.log.start_epoch();
+            let (start_offset, start_epoch) = replica.log.start();
+            let voters = replica.voters_before(start_offset);
             respond(
                 replica,
                 FetchResult::OffsetOutOfRange {
-                    start_offset: start,
+                    start_offset,
                     start_epoch,
                     voters,
                 },
@@ -1372,10 +1383,13 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let Role::Follower(follower) = &mut self.role else {
             return Ok(());
         };
-        let matches_in_flight = follower
-            .in_flight
-            .as_ref()
-            .is_some_and(|fetch| fetch.to == from && fetch.fetch_offset == response.fetch_offset);
+        // The answer to the fetch out now, not a late copy of one to an earlier fetch (a
+        // node of an earlier version echoes no id: the offset is all there is to compare).
+        let matches_in_flight = follower.in_flight.as_ref().is_some_and(|fetch| {
+            fetch.to == from
+                && fetch.fetch_offset == response.fetch_offset
+                && (response.fetch_id == 0 || fetch.fetch_id == response.fetch_id)
+        });
         if response.epoch < self.state.epoch || !matches_in_flight {
             return Ok(());
         }

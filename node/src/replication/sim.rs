@@ -1229,6 +1229,7 @@ fn hostile_fetch(epoch: u64, replica_id: &str, fetch_offset: u64) -> Message {
         last_fetched_epoch: 0,
         max_bytes: 1 << 20,
         max_wait_ms: 0,
+        fetch_id: 1,
         directory_id: String::new(),
     })
 }

@@ -337,6 +337,9 @@ fn a_later_epoch_takes_effect_only_once_it_is_saved() {
 fn an_impossible_epoch_is_refused_never_saved_and_the_cluster_still_elects() {
     let mut net = Net::new(&ABC, &ABC);
     let leader = net.elect();
+    // Every node has the first leader's record (and so knows the voter set): a new cluster
+    // whose first leader dies before that waits for it to come back.
+    produce_and_settle(&mut net, &leader, 1);
     let epoch = net.replica(&leader).epoch();
     for id in ABC {
         let now = net.now;
@@ -610,4 +613,40 @@ fn a_voter_change_that_leaves_no_live_bound_majority_is_refused() {
         matches!(refused, Err(ReplicationError::VoterChangeRefused { .. })),
         "removing the live voter left the leader and a dead one: {refused:?}"
     );
+}
+
+#[test]
+fn a_late_copy_of_an_answer_to_an_earlier_fetch_changes_nothing() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 5);
+    let follower = others(&leader, &ABC)[0].clone();
+    net.queue.clear();
+    // The follower's next fetch goes out; an answer to an earlier fetch at the same offset (a
+    // retry, or a duplicate on the wire) arrives first and says to copy from the start.
+    let now = net.now + 200;
+    net.now = now;
+    net.replica(&follower).tick(now).unwrap();
+    let end = net.replica(&follower).log().end_offset();
+    let epoch = net.replica(&leader).epoch();
+    let late = Message::FetchResponse(super::messages::FetchResponse {
+        epoch,
+        leader_id: Some(leader.clone()),
+        responder_id: leader.clone(),
+        high_watermark: end,
+        fetch_offset: end,
+        fetch_id: 1,
+        result: super::messages::FetchResult::OffsetOutOfRange {
+            start_offset: 0,
+            start_epoch: 0,
+            voters: None,
+        },
+    });
+    net.replica(&follower).step(now, &leader, late).unwrap();
+    assert_eq!(
+        net.replica(&follower).counters().resets,
+        0,
+        "a stale answer emptied the log"
+    );
+    assert_eq!(net.replica(&follower).log().end_offset(), end);
 }

@@ -474,6 +474,13 @@ impl Log {
         self.inner.start_epoch.load(Ordering::Acquire)
     }
 
+    /// The start offset and [`Log::start_epoch`] as one: read while nothing moves the start
+    /// (retention and resets hold the writer), so they never come from two different starts.
+    pub fn start(&self) -> (u64, u64) {
+        let _writer = self.inner.writer.lock();
+        (self.start_offset(), self.start_epoch())
+    }
+
     /// The latest leader epoch in the log.
     pub fn latest_epoch(&self) -> Option<u64> {
         self.inner.epochs.lock().latest()
