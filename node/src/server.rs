@@ -122,6 +122,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         tokio::spawn(follow_peer_tls(files, Arc::clone(&transport), stop.clone()));
     }
     let consensus = Consensus::new(replica, Arc::clone(&transport) as _, fatal.clone());
+    // The members known from the start (--peers, --initial-voters); gossip adds the rest.
+    consensus
+        .set_known_peers(directory.members().into_iter().map(|(id, _)| id).collect())
+        .await;
     let consensus_stop = CancellationToken::new();
     let consensus_task = tokio::spawn(Arc::clone(&consensus).run(consensus_stop.clone()));
     let membership_task = match (gossip.clone(), membership_events) {

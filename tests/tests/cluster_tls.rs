@@ -28,8 +28,8 @@ use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::peer_client::PeerClient;
 use proglog_proto::log::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, ConsumeRequest, FetchRequest, ProduceRequest,
-    Record, TransferLeadershipRequest, VoteRequest,
+    BeginQuorumEpochRequest, ClusterStatusRequest, ClusterStatusResponse, ConsumeRequest,
+    FetchRequest, ProduceRequest, Record, TransferLeadershipRequest, VoteRequest,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use proglog_tests::ports::free_port;
@@ -180,9 +180,20 @@ impl SecureCluster {
     /// Starts n0, n1 and n2, each serving mutual TLS with its own certificate and enforcing
     /// the ACL `policy`, with the others' addresses from `--peers`.
     async fn start_with_policy(policy: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some(policy)).await
+    }
+
+    /// Starts n0, n1 and n2 as [`SecureCluster::start_with_policy`] does, or with mutual TLS
+    /// and no ACL at all.
+    async fn start_with(policy: Option<&str>) -> anyhow::Result<Self> {
         let pki = Pki::new()?;
-        let model = pki.write("model.conf", MODEL)?;
-        let policy = pki.write("policy.csv", policy)?;
+        let acl = match policy {
+            Some(policy) => Some((
+                pki.write("model.conf", MODEL)?,
+                pki.write("policy.csv", policy)?,
+            )),
+            None => None,
+        };
         let ports: Vec<u16> = IDS.iter().map(|_| free_port()).collect();
         let peers = IDS
             .iter()
@@ -201,9 +212,12 @@ impl SecureCluster {
                 .flag("--tls-cert", &certificate.cert)
                 .flag("--tls-key", &certificate.key)
                 .flag("--tls-client-ca", pki.ca_path())
-                .flag("--acl-model", &model)
-                .flag("--acl-policy", &policy)
                 .flag("--tls-reload-interval-ms", "100");
+            if let Some((model, policy)) = &acl {
+                options = options
+                    .flag("--acl-model", model)
+                    .flag("--acl-policy", policy);
+            }
             options.rpc_addr = format!("127.0.0.1:{port}");
             nodes.push(NodeProcess::start(options).await?);
         }
@@ -723,5 +737,38 @@ async fn the_operators_admin_client_manages_a_mutual_tls_cluster() -> anyhow::Re
         .unwrap_or(0);
     let seen = admin.cluster_status(&target(follower)).await?;
     assert_eq!(seen.leader.as_deref(), Some(IDS[new_leader]));
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_acl_a_client_certificate_still_cannot_call_the_peer_service()
+-> anyhow::Result<()> {
+    let cluster = SecureCluster::start_with(None).await?;
+    let leader = cluster.wait_for_leader().await?;
+    // `app` holds a certificate of the cluster's CA, but is not a member of the cluster.
+    let mut peer = PeerClient::new(cluster.channel(leader, &cluster.app)?);
+    let denied = peer
+        .begin_quorum_epoch(BeginQuorumEpochRequest {
+            epoch: 1 << 10,
+            leader_id: "app".into(),
+        })
+        .await
+        .expect_err("an announcement from a client certificate must be refused");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    ensure!(
+        denied.message().contains("not a member"),
+        "{}",
+        denied.message()
+    );
+    let denied = peer
+        .fetch(FetchRequest {
+            replica_id: "app".into(),
+            max_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a fetch from a client certificate must be refused");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert_eq!(cluster.wait_for_leader().await?, leader);
     cluster.stop().await
 }

@@ -50,14 +50,26 @@ impl PeerService {
                 "the sender's node id is empty; peers must say who they are",
             ));
         }
-        // With mutual TLS a peer is who its certificate says: a node cannot vote, fetch or
-        // announce itself under another node's id.
-        if let Some(name) = identity.as_ref().and_then(PeerIdentity::common_name)
-            && name != from
-        {
-            return Err(Status::permission_denied(format!(
-                "the certificate of `{name}` cannot speak for node `{from}`"
-            )));
+        // With mutual TLS a peer is who its certificate says: a member of this cluster (a
+        // voter, or a member discovery knows), whatever the ACL says, and only for itself.
+        if let Some(identity) = identity.as_ref().filter(|id| id.certificates().is_some()) {
+            let Some(name) = identity.common_name() else {
+                return Err(Status::unauthenticated(
+                    "the client certificate has no common name: peers are named by it",
+                ));
+            };
+            if !self.consensus.is_member(name) {
+                tracing::info!(subject = name, remote_addr = %identity.remote_addr(), "peer call refused: not a member");
+                return Err(Status::permission_denied(format!(
+                    "`{name}` is not a member of this cluster: only its voters and the members \
+                     discovery knows may call the peer service"
+                )));
+            }
+            if name != from {
+                return Err(Status::permission_denied(format!(
+                    "the certificate of `{name}` cannot speak for node `{from}`"
+                )));
+            }
         }
         self.consensus
             .handle(from, message)
@@ -67,6 +79,7 @@ impl PeerService {
                 ReplicationError::InvalidMessage { .. } => {
                     Status::invalid_argument(err.to_string())
                 }
+                ReplicationError::UnknownPeer { .. } => Status::permission_denied(err.to_string()),
                 other => Status::internal(other.to_string()),
             })
     }

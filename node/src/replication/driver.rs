@@ -108,6 +108,8 @@ pub struct Consensus {
     fatal: CancellationToken,
     /// The replica's counters as of its last step, for metrics (read without its lock).
     counters: Mutex<ReplicaCounters>,
+    /// The members the replica knows as of its last step (see [`Consensus::is_member`]).
+    members: Mutex<Vec<NodeId>>,
 }
 
 impl std::fmt::Debug for Consensus {
@@ -138,6 +140,7 @@ impl Consensus {
             calls: Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             fatal,
             counters: Mutex::new(ReplicaCounters::default()),
+            members: Mutex::new(Vec::new()),
         });
         // A sole voter elected itself while starting: announce nothing, but publish.
         consensus.publish();
@@ -181,8 +184,12 @@ impl Consensus {
     /// Peers an observer may ask who leads (from gossip).
     pub async fn set_known_peers(self: &Arc<Self>, peers: Vec<NodeId>) {
         let this = Arc::clone(self);
-        let _ =
-            tokio::task::spawn_blocking(move || this.replica.lock().set_known_peers(peers)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut replica = this.replica.lock();
+            replica.set_known_peers(peers);
+            this.publish_locked(&replica);
+        })
+        .await;
     }
 
     /// Tells the leader its log grew (records appended outside the replica, so concurrent
@@ -547,8 +554,23 @@ impl Consensus {
         *self.counters.lock()
     }
 
+    /// Whether `id` is a member of this cluster as this node knows it: a voter, or a peer
+    /// discovery knows (an observer). Peer calls over TLS come only from members.
+    pub fn is_member(&self, id: &str) -> bool {
+        self.members
+            .lock()
+            .binary_search_by(|member| member.as_str().cmp(id))
+            .is_ok()
+    }
+
     fn publish_locked(&self, replica: &NodeReplica) {
         *self.counters.lock() = *replica.counters();
+        let members = replica.members();
+        let mut known = self.members.lock();
+        if *known != members {
+            *known = members;
+        }
+        drop(known);
         let next = view_of(replica);
         self.view.send_if_modified(|view| {
             if *view == next {

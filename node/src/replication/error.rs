@@ -42,6 +42,18 @@ pub enum ReplicationError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A peer message from a node this one does not know as a member: an announcement from a
+    /// node that is not a voter, or a fetch from one that is neither a voter nor a member
+    /// discovery knows. Ignored (its view may just be older), never acted on.
+    #[error("refused a {kind} message from {id}: {reason}")]
+    UnknownPeer {
+        /// The message's kind.
+        kind: &'static str,
+        /// Who sent it.
+        id: NodeId,
+        /// Why it is not taken.
+        reason: &'static str,
+    },
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,

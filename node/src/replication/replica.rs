@@ -531,9 +531,23 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         std::mem::take(&mut self.outbox)
     }
 
-    /// Peers an observer (a node outside the voter set) may ask who leads.
+    /// Peers an observer (a node outside the voter set) may ask who leads, and that may fetch
+    /// from this node (members discovery knows).
     pub fn set_known_peers(&mut self, peers: Vec<NodeId>) {
         self.known_peers = peers;
+    }
+
+    /// The members this node knows: the voters and the peers discovery knows, sorted.
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut members: Vec<NodeId> = self
+            .voters()
+            .iter()
+            .chain(&self.known_peers)
+            .cloned()
+            .collect();
+        members.sort();
+        members.dedup();
+        members
     }
 
     /// Appends `records` as the leader. The caller waits for the high watermark to pass the
@@ -930,6 +944,9 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         if request.voter_id != self.config.id {
             return Some("the request is for another node (a stale address?)");
         }
+        if !self.is_voter(&request.candidate_id) {
+            return Some("the candidate is not a voter");
+        }
         if !request.voter_directory_id.is_empty()
             && request.voter_directory_id != self.state.directory_id
         {
@@ -1014,7 +1031,15 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                 leader_id: self.leader_id().map(str::to_owned),
                 granted,
                 voter_id: self.config.id.clone(),
-                voter_directory_id: self.state.directory_id.clone(),
+                // Never handed to whoever asks: only to a candidate that names it already, or
+                // that this node votes for in a first election (which binds it).
+                voter_directory_id: if request.voter_directory_id == self.state.directory_id
+                    || (request.bootstrap && granted)
+                {
+                    self.state.directory_id.clone()
+                } else {
+                    String::new()
+                },
             }),
         );
         Ok(())
@@ -1092,6 +1117,16 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
     ) -> Result<(), ReplicationError> {
         if begin.epoch < self.state.epoch || begin.leader_id == self.config.id {
             return Ok(());
+        }
+        if !self.is_voter(&begin.leader_id) {
+            // Only a voter can lead. A leader this node's voter set does not know yet (it was
+            // added after what this node has) is found by asking peers instead.
+            self.counters.refused_messages += 1;
+            return Err(ReplicationError::UnknownPeer {
+                kind: "begin_quorum_epoch",
+                id: begin.leader_id,
+                reason: "only a voter can lead, and it is not one in this node's voter set",
+            });
         }
         if begin.epoch > self.state.epoch {
             return self.observe_epoch(now, begin.epoch, Some(begin.leader_id));
@@ -1247,6 +1282,16 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         from: &str,
         request: FetchRequest,
     ) -> Result<(), ReplicationError> {
+        if !self.is_member(from) {
+            // A replica that is neither a voter nor a member discovery knows: not served, and
+            // never counted or listed.
+            self.counters.refused_messages += 1;
+            return Err(ReplicationError::UnknownPeer {
+                kind: "fetch_request",
+                id: from.to_owned(),
+                reason: "it is neither a voter nor a member discovery knows",
+            });
+        }
         if request.epoch > self.state.epoch {
             self.observe_epoch(now, request.epoch, None)?;
         }
@@ -1849,6 +1894,12 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
 
     fn is_voter(&self, id: &str) -> bool {
         self.voters().iter().any(|voter| voter == id)
+    }
+
+    /// Whether `id` is a member this node knows: a voter, or a peer discovery knows (an
+    /// observer, or a voter this node's voter set does not have yet).
+    pub fn is_member(&self, id: &str) -> bool {
+        self.is_voter(id) || self.known_peers.iter().any(|peer| peer == id)
     }
 
     /// Whether this node knows the voter set: it learned one from the log (or the leader's

@@ -414,6 +414,12 @@ impl Sim {
             // Stopping after a failed save; what it does meanwhile fails the same way.
             return;
         }
+        if matches!(err, ReplicationError::UnknownPeer { .. }) {
+            // Views of the membership differ for a while (a voter added after what this node
+            // has); the message is refused and its sender tries again.
+            self.count("messages refused from nodes not known as members");
+            return;
+        }
         if matches!(err, ReplicationError::SaveQuorumState(_)) {
             self.count("quorum-state saves that failed (the node stops)");
             self.nodes[index].doomed_until = Some(self.now + 1 + self.rng.below(30));

@@ -550,6 +550,8 @@ impl Net {
                     starts: 0,
                 },
             );
+        }
+        for id in ids {
             net.start(id);
         }
         net

@@ -650,3 +650,87 @@ fn a_late_copy_of_an_answer_to_an_earlier_fetch_changes_nothing() {
     );
     assert_eq!(net.replica(&follower).log().end_offset(), end);
 }
+
+#[test]
+fn messages_from_outside_the_membership_are_refused_and_change_nothing() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 3);
+    let epoch = net.replica(&leader).epoch();
+    let follower = others(&leader, &ABC)[0].clone();
+    let now = net.now;
+    // An announcement from a node that is not a voter.
+    let begin = Message::BeginQuorumEpoch(BeginQuorumEpoch {
+        epoch: epoch + 1,
+        leader_id: "evil".into(),
+    });
+    let refused = net.replica(&follower).step(now, "evil", begin);
+    assert!(
+        matches!(refused, Err(ReplicationError::UnknownPeer { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(net.replica(&follower).epoch(), epoch);
+    assert_eq!(net.replica(&follower).leader_id(), Some(leader.as_str()));
+    // A vote for a candidate that is not a voter, even one with a better log.
+    let mut request = vote_request(&mut net, &leader, &follower, epoch + 1, &leader);
+    if let Message::VoteRequest(request) = &mut request {
+        request.candidate_id = "evil".into();
+        request.candidate_directory_id = "devil".into();
+        request.end_offset += 1000;
+    }
+    net.replica(&follower).step(now, "evil", request).unwrap();
+    assert_eq!(granted_votes(&mut net, &follower), 0);
+    // A fetch from a made-up replica reads nothing and is never listed.
+    let fetch = Message::FetchRequest(super::messages::FetchRequest {
+        epoch,
+        replica_id: "evil".into(),
+        fetch_offset: 0,
+        log_start_offset: 0,
+        last_fetched_epoch: 0,
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+        fetch_id: 1,
+        directory_id: "devil".into(),
+    });
+    let refused = net.replica(&leader).step(now, "evil", fetch);
+    assert!(
+        matches!(refused, Err(ReplicationError::UnknownPeer { .. })),
+        "{refused:?}"
+    );
+    assert!(net.replica(&leader).take_outbox().is_empty());
+    assert!(
+        net.replica(&leader)
+            .status()
+            .replicas
+            .iter()
+            .all(|replica| replica.id != "evil")
+    );
+}
+
+#[test]
+fn a_vote_answer_names_the_voters_directory_only_to_a_candidate_that_knows_it() {
+    let (mut net, leader, epoch, voter, candidate) = settled_voter_and_candidate();
+    let now = net.now;
+    let directory = net.replica(&voter).directory_id().to_owned();
+    for (named, expected) in [
+        (String::new(), String::new()),
+        (directory.clone(), directory),
+    ] {
+        let mut request = vote_request(&mut net, &candidate, &voter, epoch + 1, &leader);
+        if let Message::VoteRequest(request) = &mut request {
+            request.pre_vote = true;
+            request.voter_directory_id = named;
+        }
+        net.replica(&voter).step(now, &candidate, request).unwrap();
+        let answers: Vec<String> = net
+            .replica(&voter)
+            .take_outbox()
+            .into_iter()
+            .filter_map(|envelope| match envelope.message {
+                Message::VoteResponse(response) => Some(response.voter_directory_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answers, [expected]);
+    }
+}
