@@ -53,6 +53,19 @@ pub struct NodeConfig {
     /// ACL authorization (`--acl-model`, `--acl-policy`); needs mutual TLS, since the subject is
     /// the client certificate's common name. Default `None`: no authorization.
     pub acl: Option<AclConfig>,
+    /// Where the peer and admin services listen (`--peer-addr`), apart from the clients'
+    /// services, so a network policy can fence them off. `None`, the default: on `rpc_addr`.
+    /// Every node of a cluster listens for peers on the same port (as a StatefulSet's pods do);
+    /// a node calls a peer at its RPC host and that port.
+    pub peer_addr: Option<SocketAddr>,
+    /// TLS of the peer listener and of this node's calls to its peers (`--peer-tls-cert`,
+    /// `--peer-tls-key`, `--peer-tls-ca`: mutual TLS with the cluster's own CA). `None`: the
+    /// client TLS (`tls`) serves peers too.
+    pub peer_tls: Option<TlsConfig>,
+    /// Common names of the client certificates that may call the admin service when no ACL
+    /// decides it (`--admin-subjects`). With neither, the admin service answers over loopback
+    /// only.
+    pub admin_subjects: Vec<String>,
     /// Replication: the first quorum, known peer addresses, timing.
     pub replication: ReplicationConfig,
     /// Worker threads of the async runtime (`--worker-threads`, 1 to 256). `None`, the
@@ -134,6 +147,10 @@ pub struct ReplicationConfig {
     pub initial_voters: Vec<String>,
     /// Peer RPC addresses known up front (`--peers id=host:port,...`).
     pub peers: std::collections::BTreeMap<String, String>,
+    /// Peer listener addresses known up front, for nodes whose peer port differs from this
+    /// node's (`proglog-node dev`, where every node shares one host). Others are called at
+    /// their RPC host and this node's peer port.
+    pub peer_addrs: std::collections::BTreeMap<String, String>,
     /// Lower bound of the randomized election timeout (`--election-timeout-ms`).
     pub election_timeout: Duration,
     /// Gossip discovery; `None` turns it off (`--gossip-addr off`): peers then come only from
@@ -173,6 +190,7 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             initial_voters: Vec::new(),
             peers: std::collections::BTreeMap::new(),
+            peer_addrs: std::collections::BTreeMap::new(),
             election_timeout: Duration::from_secs(1),
             gossip: Some(GossipConfig::default()),
         }
@@ -207,6 +225,9 @@ impl NodeConfig {
             log_format: LogFormat::Json,
             tls: None,
             acl: None,
+            peer_addr: None,
+            peer_tls: None,
+            admin_subjects: Vec::new(),
             replication: ReplicationConfig::default(),
             worker_threads: None,
             traces: TraceConfig::default(),
@@ -246,6 +267,44 @@ impl NodeConfig {
                 _ => "log",
             };
             return invalid(key, err.to_string());
+        }
+        if self.peer_tls.is_some() && self.peer_addr.is_none() {
+            return invalid(
+                "peer-tls-cert",
+                "TLS of its own is for a peer listener of its own: give --peer-addr too".into(),
+            );
+        }
+        if !self.admin_subjects.is_empty() {
+            let mutual =
+                |tls: &Option<TlsConfig>| tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            let admin_mutual = if self.peer_addr.is_some() {
+                mutual(&self.peer_tls) || (self.peer_tls.is_none() && mutual(&self.tls))
+            } else {
+                mutual(&self.tls)
+            };
+            if !admin_mutual {
+                return invalid(
+                    "admin-subjects",
+                    "names certificates, so the listener of the admin service needs mutual TLS \
+                     (--tls-client-ca, or --peer-tls-ca with --peer-addr)"
+                        .into(),
+                );
+            }
+            if self.admin_subjects.iter().any(String::is_empty) {
+                return invalid("admin-subjects", "names must not be empty".into());
+            }
+        }
+        if self.peer_addr.is_some()
+            && self.peer_addr.map(|a| a.port()) == Some(self.rpc_addr.port())
+            && self.rpc_addr.port() != 0
+        {
+            return invalid(
+                "peer-addr",
+                format!(
+                    "uses --rpc-addr's port {}: give the peer listener a port of its own",
+                    self.rpc_addr.port()
+                ),
+            );
         }
         let replication = &self.replication;
         if replication.initial_voters.iter().any(String::is_empty) {

@@ -1,10 +1,14 @@
 //! `proglog-node dev`: a local cluster in one command, for trying proglog out.
 //!
 //! Starts this same binary several times on 127.0.0.1 (node `i` on RPC port `base + 10 i`,
-//! gossip `base + 10 i + 1`, HTTP `base + 1000 + 10 i`), with the first node's gossip address as
-//! the seed and every node as an initial voter, waits for a leader, prints the addresses, and
-//! stops the nodes with SIGTERM on Ctrl-C. Data stays in the directory, so running it again
-//! resumes the same cluster. Segments are 64 MiB (preallocated) unless `PROGLOG_SEGMENT_BYTES`
+//! gossip `base + 10 i + 1`, peer and admin services `base + 10 i + 2`, HTTP
+//! `base + 1000 + 10 i`), with the first node's gossip address as the seed and every node as an
+//! initial voter, waits for a leader, prints the addresses, and stops the nodes with SIGTERM
+//! on Ctrl-C. Data stays in the directory, so running it again resumes the same cluster.
+//!
+//! The nodes talk to each other over mutual TLS, as a production cluster should: the first run
+//! makes a CA and a certificate for each node (and one, `admin`, for calling the admin service)
+//! under `<dir>/tls`, and later runs reuse them. Clients use the RPC ports in plaintext. Segments are 64 MiB (preallocated) unless `PROGLOG_SEGMENT_BYTES`
 //! says otherwise, and the nodes split the machine's cores between their async runtimes
 //! (`--worker-threads`) unless `PROGLOG_WORKER_THREADS` says otherwise.
 
@@ -16,8 +20,9 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use proglog_proto::log::v1::ClusterStatusRequest;
-use proglog_proto::log::v1::admin_client::AdminClient;
+use proglog_proto::log::v1::GetServersRequest;
+use proglog_proto::log::v1::log_client::LogClient;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 /// What `dev` starts.
 #[derive(Debug, Clone)]
@@ -53,6 +58,12 @@ pub async fn run(cluster: DevCluster, shutdown: CancellationToken) -> anyhow::Re
         .with_context(|| format!("create {}", cluster.dir.display()))?;
     let ids: Vec<String> = (0..cluster.nodes).map(|i| format!("node-{i}")).collect();
     let port = |i: u16, offset: u16| cluster.base_port + 10 * i + offset;
+    let tls = DevTls::load_or_make(&cluster.dir.join("tls"), &ids)?;
+    let peer_listeners = (0..cluster.nodes)
+        .zip(&ids)
+        .map(|(i, id)| format!("{id}=127.0.0.1:{}", port(i, 2)))
+        .collect::<Vec<_>>()
+        .join(",");
     let seed = format!("127.0.0.1:{}", port(0, 1));
     let threads_each = std::thread::available_parallelism()
         .map_or(1, usize::from)
@@ -87,6 +98,16 @@ pub async fn run(cluster: DevCluster, shutdown: CancellationToken) -> anyhow::Re
             .arg(&http_addr)
             .arg("--gossip-addr")
             .arg(format!("127.0.0.1:{}", port(i, 1)))
+            .arg("--peer-addr")
+            .arg(format!("127.0.0.1:{}", port(i, 2)))
+            .arg("--peer-listeners")
+            .arg(&peer_listeners)
+            .arg("--peer-tls-cert")
+            .arg(tls.cert(id))
+            .arg("--peer-tls-key")
+            .arg(tls.key(id))
+            .arg("--peer-tls-ca")
+            .arg(tls.ca())
             .arg("--join")
             .arg(&seed)
             .arg("--initial-voters")
@@ -108,7 +129,7 @@ pub async fn run(cluster: DevCluster, shutdown: CancellationToken) -> anyhow::Re
         });
     }
     let outcome = tokio::select! {
-        leader = wait_for_leader(&mut nodes) => leader.map(|leader| print_cluster(&cluster.dir, &nodes, &leader)),
+        leader = wait_for_leader(&mut nodes) => leader.map(|leader| print_cluster(&cluster.dir, &nodes, &leader, &tls)),
         _ = shutdown.cancelled() => Ok(()),
     };
     if outcome.is_ok() {
@@ -133,11 +154,11 @@ async fn wait_for_leader(nodes: &mut [DevNode]) -> anyhow::Result<String> {
                 );
             }
         }
-        if let Ok(mut admin) = AdminClient::connect(format!("http://{}", nodes[0].rpc_addr)).await
-            && let Ok(status) = admin.cluster_status(ClusterStatusRequest {}).await
-            && !status.get_ref().leader_id.is_empty()
+        if let Ok(mut client) = LogClient::connect(format!("http://{}", nodes[0].rpc_addr)).await
+            && let Ok(servers) = client.get_servers(GetServersRequest {}).await
+            && let Some(leader) = servers.get_ref().servers.iter().find(|s| s.is_leader)
         {
-            return Ok(status.into_inner().leader_id);
+            return Ok(leader.id.clone());
         }
         if tokio::time::Instant::now() > deadline {
             bail!("no leader after 60 s; see the logs in the data directory");
@@ -146,7 +167,7 @@ async fn wait_for_leader(nodes: &mut [DevNode]) -> anyhow::Result<String> {
     }
 }
 
-fn print_cluster(dir: &Path, nodes: &[DevNode], leader: &str) {
+fn print_cluster(dir: &Path, nodes: &[DevNode], leader: &str, tls: &DevTls) {
     println!(
         "proglog dev: {} nodes on 127.0.0.1, data in {}",
         nodes.len(),
@@ -166,7 +187,99 @@ fn print_cluster(dir: &Path, nodes: &[DevNode], leader: &str) {
     println!("Produce and consume through any node (followers forward produces to the leader):");
     println!("  proglog --addr {any} produce hello world");
     println!("  proglog --addr {any} consume --from 0");
+    println!(
+        "The nodes talk to each other over mutual TLS (CA and certificates in {}); the admin \
+         service is on each node's peer port, for the `admin` certificate:",
+        tls.dir.display()
+    );
+    println!(
+        "  grpcurl -cacert {} -cert {} -key {} 127.0.0.1:{} log.v1.Admin/ClusterStatus",
+        tls.ca().display(),
+        tls.cert("admin").display(),
+        tls.key("admin").display(),
+        nodes[0]
+            .rpc_addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .map_or(0, |port| port + 2)
+    );
     println!("Ctrl-C stops the cluster; run the same command again to resume it.");
+}
+
+/// The dev cluster's CA and certificates, PEM files under one directory.
+struct DevTls {
+    dir: PathBuf,
+}
+
+impl DevTls {
+    /// The files in `dir`, made (with a new CA) when any is missing: a certificate for each of
+    /// `ids` and for `admin`, valid for 127.0.0.1 and localhost.
+    fn load_or_make(dir: &Path, ids: &[String]) -> anyhow::Result<DevTls> {
+        let tls = DevTls {
+            dir: dir.to_path_buf(),
+        };
+        let names: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once("admin"))
+            .collect();
+        let complete = tls.ca().exists()
+            && names
+                .iter()
+                .all(|name| tls.cert(name).exists() && tls.key(name).exists());
+        if complete {
+            return Ok(tls);
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let ca_key = KeyPair::generate().context("make the dev CA's key")?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).context("dev CA")?;
+        ca.distinguished_name
+            .push(DnType::CommonName, "proglog dev CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).context("sign the dev CA")?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        write_private(&tls.ca(), ca_pem.as_bytes())?;
+        for name in names {
+            let key = KeyPair::generate().context("make a certificate key")?;
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                    .context("dev certificate")?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params
+                .signed_by(&key, &issuer)
+                .with_context(|| format!("sign the certificate of {name}"))?;
+            write_private(&tls.cert(name), cert.pem().as_bytes())?;
+            write_private(&tls.key(name), key.serialize_pem().as_bytes())?;
+        }
+        Ok(tls)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
+}
+
+/// Writes `bytes` to `path`, readable by the owner only (private keys among them).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("write {}", path.display()))
 }
 
 async fn first_exit(nodes: &mut [DevNode]) -> String {

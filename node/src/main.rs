@@ -88,6 +88,29 @@ struct Cli {
     /// Casbin policy of the ACL (proglog's policy.csv: `p, <client CN>, *, produce|consume`).
     #[arg(long, env = "PROGLOG_ACL_POLICY", requires = "acl_model")]
     acl_policy: Option<PathBuf>,
+    /// Serve the peer and admin services on this address instead of --rpc-addr, so a network
+    /// policy can fence them off. Every node of a cluster uses the same port.
+    #[arg(long, env = "PROGLOG_PEER_ADDR")]
+    peer_addr: Option<SocketAddr>,
+    /// The certificate chain (PEM) of the peer listener, also presented to peers when this node
+    /// calls them; reloaded when the file changes. Default: --tls-cert.
+    #[arg(long, env = "PROGLOG_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca", "peer_addr"])]
+    peer_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long, env = "PROGLOG_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    peer_tls_key: Option<PathBuf>,
+    /// The CA (PEM) peers' certificates must chain to: mutual TLS between the nodes.
+    #[arg(long, env = "PROGLOG_PEER_TLS_CA", requires = "peer_tls_cert")]
+    peer_tls_ca: Option<PathBuf>,
+    /// Peer listener addresses of other nodes whose peer port differs from this node's, as
+    /// `id=host:port` (comma separated). Others are called at their RPC host and this node's
+    /// --peer-addr port.
+    #[arg(long, env = "PROGLOG_PEER_LISTENERS", value_delimiter = ',', value_parser = parse_peer, requires = "peer_addr")]
+    peer_listeners: Vec<(String, String)>,
+    /// Common names of client certificates that may call the admin service when no ACL decides
+    /// (comma separated). With neither, the admin service answers over loopback only.
+    #[arg(long, env = "PROGLOG_ADMIN_SUBJECTS", value_delimiter = ',')]
+    admin_subjects: Vec<String>,
     /// The ids of the first quorum, the same list on every node of a new cluster (comma
     /// separated). Ignored once the node has quorum state on disk. Default: this node alone.
     #[arg(long, env = "PROGLOG_INITIAL_VOTERS", value_delimiter = ',')]
@@ -214,6 +237,17 @@ impl Cli {
         if let (Some(model), Some(policy)) = (self.acl_model, self.acl_policy) {
             config.acl = Some(AclConfig { model, policy });
         }
+        config.peer_addr = self.peer_addr;
+        if let (Some(cert), Some(key), Some(ca)) =
+            (self.peer_tls_cert, self.peer_tls_key, self.peer_tls_ca)
+        {
+            let mut tls = TlsConfig::new(cert, key);
+            tls.client_ca = Some(ca);
+            tls.reload_interval = Duration::from_millis(self.tls_reload_interval_ms);
+            config.peer_tls = Some(tls);
+        }
+        config.admin_subjects = self.admin_subjects;
+        config.replication.peer_addrs = self.peer_listeners.into_iter().collect();
         config.replication.initial_voters = self.initial_voters;
         config.replication.peers = self.peers.into_iter().collect();
         config.replication.election_timeout = Duration::from_millis(self.election_timeout_ms);

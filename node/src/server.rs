@@ -7,7 +7,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    AdminService, GrpcPeerTransport, LogService, LogStore, MessageLimitLayer, PeerService,
+    AdminAccess, AdminService, GrpcPeerTransport, LogService, LogStore, MessageLimitLayer,
+    PeerService,
 };
 use crate::api::{ServiceSettings, health_service};
 use crate::config::NodeConfig;
@@ -15,7 +16,9 @@ use crate::discovery::{ClusterDirectory, Discovery, DiscoveryConfig, MembershipE
 use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{FileQuorumStore, Replica, ReplicaConfig};
 use crate::security::TlsFiles;
-use crate::security::{DEFAULT_MAX_CONNECTIONS, ServerSecurity, plain_incoming, tls_incoming};
+use crate::security::{
+    DEFAULT_MAX_CONNECTIONS, ServerSecurity, load_tls, plain_incoming, tls_incoming,
+};
 use crate::storage::Log;
 use crate::telemetry::{Health, HttpServer, Metrics, RpcMetricsLayer};
 use proglog_proto::log::v1::admin_server::AdminServer;
@@ -92,16 +95,44 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         None => (None, None),
     };
     let gossip_addr = gossip.as_ref().map(|gossip| gossip.local_gossip_addr());
-    let directory: Arc<dyn PeerDirectory> = Arc::new(ClusterDirectory::new(peers, gossip.clone()));
-    // Peers are called with the node's own certificate, the one the server presents; when a
-    // reload swaps in new files, peer calls switch to them too.
-    let peer_tls_files = security.tls.as_ref().map(|tls| tls.subscribe_files());
-    let peer_tls = peer_tls_files
+    // The peer and admin services: on a listener of their own (--peer-addr), with its own
+    // TLS when given, or on the RPC port.
+    let peer_listener = match config.peer_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr} (--peer-addr)"))?,
+        ),
+        None => None,
+    };
+    let peer_tls = match &config.peer_tls {
+        Some(tls) => Some(load_tls(tls, config.acl.is_some())?),
+        None => security.tls.clone(),
+    };
+    let peer_addr = peer_listener
         .as_ref()
-        .map(|files| files.borrow().peer_client_config());
+        .map(TcpListener::local_addr)
+        .transpose()
+        .context("read the bound peer address")?;
+    let mut cluster_directory = ClusterDirectory::new(peers, gossip.clone());
+    if let Some(addr) = peer_addr {
+        cluster_directory = cluster_directory
+            .with_peer_listeners(addr.port(), config.replication.peer_addrs.clone());
+    }
+    let directory: Arc<dyn PeerDirectory> = Arc::new(cluster_directory);
+    // Peers are called with the node's own certificate, the one its peer listener presents
+    // (its client service's, for forwarded produces); when a reload swaps in new files, calls
+    // switch to them too.
+    let rpc_tls_files = security.tls.as_ref().map(|tls| tls.subscribe_files());
+    let peer_tls_files = peer_tls.as_ref().map(|tls| tls.subscribe_files());
     let transport: Arc<GrpcPeerTransport> = Arc::new(GrpcPeerTransport::new(
         Arc::clone(&directory),
-        peer_tls,
+        rpc_tls_files
+            .as_ref()
+            .map(|files| files.borrow().peer_client_config()),
+        peer_tls_files
+            .as_ref()
+            .map(|files| files.borrow().peer_client_config()),
         config.log.max_batch_bytes,
     ));
     let mut replica_config = ReplicaConfig::new(config.id.clone());
@@ -118,8 +149,21 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     .await
     .context("replica start task failed")?
     .context("start replication")?;
+    if let Some(files) = rpc_tls_files {
+        tokio::spawn(follow_tls(
+            files,
+            Arc::clone(&transport),
+            TlsUse::Rpc,
+            stop.clone(),
+        ));
+    }
     if let Some(files) = peer_tls_files {
-        tokio::spawn(follow_peer_tls(files, Arc::clone(&transport), stop.clone()));
+        tokio::spawn(follow_tls(
+            files,
+            Arc::clone(&transport),
+            TlsUse::Peer,
+            stop.clone(),
+        ));
     }
     let consensus = Consensus::new(replica, Arc::clone(&transport) as _, fatal.clone());
     // The members known from the start (--peers, --initial-voters); gossip adds the rest.
@@ -171,53 +215,83 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         stop.clone(),
     ));
 
-    let serve_stop = stop.clone();
-    let router = tonic::transport::Server::builder()
-        // Bounds per connection: streams open at once, and calls in flight (more wait).
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        // First, so it is the outermost layer and counts what later layers reject too.
-        .layer(
-            RpcMetricsLayer::new(metrics.rpc().clone()).with_trace_spans(config.traces.enabled()),
-        )
-        // Inside the metrics layer, so an oversize request is counted as InvalidArgument.
-        .layer(MessageLimitLayer::new(config.log.max_record_bytes as usize))
-        // Every call is authorized here (a pass-through without an ACL).
-        .layer(security.acl_layer())
+    let peer_service = PeerServer::new(PeerService::new(
+        Arc::clone(&consensus),
+        config.log.max_batch_bytes,
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message * 4);
+    let admin_service = AdminServer::new(AdminService::new(
+        Arc::clone(&store),
+        AdminAccess::new(security.authorizer.is_some(), &config.admin_subjects),
+    ));
+    // Bounds per connection: streams open at once, and calls in flight (more wait). The
+    // metrics layer is the outermost, so it counts what later layers reject too; the size
+    // limit inside it, so an oversize request is counted as InvalidArgument; every call is
+    // authorized by the ACL layer (a pass-through without an ACL).
+    macro_rules! builder {
+        () => {
+            tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+                .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                .layer(
+                    RpcMetricsLayer::new(metrics.rpc().clone())
+                        .with_trace_spans(config.traces.enabled()),
+                )
+                .layer(MessageLimitLayer::new(config.log.max_record_bytes as usize))
+                .layer(security.acl_layer())
+        };
+    }
+    // Serves `router` on `listener` until `stop`: TLS with the files' current certificate for
+    // each new connection (open ones keep theirs), or plaintext connections, bounded in number,
+    // TCP_NODELAY set (measured: streaming produce 8x slower without it).
+    macro_rules! serve {
+        ($router:expr, $listener:expr, $tls:expr) => {{
+            let server: futures_util::future::BoxFuture<
+                'static,
+                Result<(), tonic::transport::Error>,
+            > = match $tls {
+                Some(tls) => {
+                    tokio::spawn(Arc::clone(tls).watch(stop.clone()));
+                    Box::pin($router.serve_with_incoming_shutdown(
+                        tls_incoming($listener, Arc::clone(tls), stop.clone()),
+                        stop.clone().cancelled_owned(),
+                    ))
+                }
+                None => Box::pin($router.serve_with_incoming_shutdown(
+                    plain_incoming($listener, DEFAULT_MAX_CONNECTIONS, stop.clone()),
+                    stop.clone().cancelled_owned(),
+                )),
+            };
+            server
+        }};
+    }
+    let client_router = builder!()
         .add_service(health_server)
-        .add_service(
-            PeerServer::new(PeerService::new(
-                Arc::clone(&consensus),
-                config.log.max_batch_bytes,
-            ))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message * 4),
-        )
-        .add_service(AdminServer::new(AdminService::new(Arc::clone(&store))))
         .add_service(reflection)
         .add_service(
             LogServer::new(service)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         );
-    let server: futures_util::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
-        match &security.tls {
-            Some(tls) => {
-                // New connections get the files' current certificate; open ones keep theirs.
-                tokio::spawn(Arc::clone(tls).watch(stop.clone()));
-                Box::pin(router.serve_with_incoming_shutdown(
-                    tls_incoming(listener, Arc::clone(tls), stop.clone()),
-                    serve_stop.cancelled_owned(),
-                ))
-            }
-            // Bounded in number, TCP_NODELAY set (measured: streaming produce 8x slower
-            // without it).
-            None => Box::pin(router.serve_with_incoming_shutdown(
-                plain_incoming(listener, DEFAULT_MAX_CONNECTIONS, stop.clone()),
-                serve_stop.cancelled_owned(),
-            )),
-        };
+    let (server, peer_server) = match peer_listener {
+        Some(peer_listener) => {
+            let peer_router = builder!()
+                .add_service(peer_service)
+                .add_service(admin_service);
+            (
+                serve!(client_router, listener, &security.tls),
+                Some(serve!(peer_router, peer_listener, &peer_tls)),
+            )
+        }
+        None => {
+            let router = client_router
+                .add_service(peer_service)
+                .add_service(admin_service);
+            (serve!(router, listener, &security.tls), None)
+        }
+    };
     if let Some(authorizer) = &security.authorizer {
         // The policy (and model) reload when they change, like the certificates.
         let every = config
@@ -226,8 +300,17 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
             .map_or(std::time::Duration::from_secs(5), |tls| tls.reload_interval);
         tokio::spawn(Arc::clone(authorizer).watch(every, stop.clone()));
     }
-    tracing::info!(id = %config.id, rpc_addr = %local_addr, http_addr = %http_addr, advertise_addr = %advertise, gossip_addr = gossip_addr.map(|addr| addr.to_string()), tls = security.tls.is_some(), acl = security.authorizer.is_some(), "serving");
+    tracing::info!(id = %config.id, rpc_addr = %local_addr, http_addr = %http_addr, peer_addr = peer_addr.map(|addr| addr.to_string()), advertise_addr = %advertise, gossip_addr = gossip_addr.map(|addr| addr.to_string()), tls = security.tls.is_some(), acl = security.authorizer.is_some(), "serving");
 
+    let server: futures_util::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+        match peer_server {
+            Some(peer_server) => Box::pin(async move {
+                futures_util::future::try_join(server, peer_server)
+                    .await
+                    .map(|_| ())
+            }),
+            None => server,
+        };
     let mut server = tokio::spawn(server);
     readiness.set_ready();
     // From here on every path closes the log: errors are collected, not returned early.
@@ -346,11 +429,21 @@ async fn follow_membership(
     }
 }
 
-/// Switches peer calls to the node's certificate whenever the server's files are reloaded,
-/// until `stop`.
-async fn follow_peer_tls(
+/// Which of this node's calls a set of TLS files is for.
+#[derive(Debug, Clone, Copy)]
+enum TlsUse {
+    /// Calls to peers' client service (forwarded produces).
+    Rpc,
+    /// Calls to peers' peer service.
+    Peer,
+}
+
+/// Switches this node's calls (`used_for`) to its certificate whenever the server's files are
+/// reloaded, until `stop`.
+async fn follow_tls(
     mut files: tokio::sync::watch::Receiver<Arc<TlsFiles>>,
     transport: Arc<GrpcPeerTransport>,
+    used_for: TlsUse,
     stop: CancellationToken,
 ) {
     loop {
@@ -359,8 +452,11 @@ async fn follow_peer_tls(
             changed = files.changed() => if changed.is_err() { return },
         }
         let config = files.borrow_and_update().peer_client_config();
-        transport.set_tls(config);
-        tracing::info!("peer calls now use the reloaded certificate");
+        match used_for {
+            TlsUse::Rpc => transport.set_rpc_tls(config),
+            TlsUse::Peer => transport.set_peer_tls(config),
+        }
+        tracing::info!(?used_for, "calls to peers now use the reloaded certificate");
     }
 }
 

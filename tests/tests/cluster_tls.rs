@@ -29,7 +29,8 @@ use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::peer_client::PeerClient;
 use proglog_proto::log::v1::{
     BeginQuorumEpochRequest, ClusterStatusRequest, ClusterStatusResponse, ConsumeRequest,
-    FetchRequest, ProduceRequest, Record, TransferLeadershipRequest, VoteRequest,
+    FetchRequest, ProduceRequest, Record, RemoveVoterRequest, TransferLeadershipRequest,
+    VoteRequest,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use proglog_tests::ports::free_port;
@@ -183,8 +184,8 @@ impl SecureCluster {
         Self::start_with(Some(policy)).await
     }
 
-    /// Starts n0, n1 and n2 as [`SecureCluster::start_with_policy`] does, or with mutual TLS
-    /// and no ACL at all.
+    /// Starts n0, n1 and n2 as [`SecureCluster::start_with_policy`] does, or with mutual TLS,
+    /// no ACL, and `operator` as the one admin subject.
     async fn start_with(policy: Option<&str>) -> anyhow::Result<Self> {
         let pki = Pki::new()?;
         let acl = match policy {
@@ -217,6 +218,9 @@ impl SecureCluster {
                 options = options
                     .flag("--acl-model", model)
                     .flag("--acl-policy", policy);
+            } else {
+                // Without an ACL, the operator's certificate may administer the cluster.
+                options = options.flag("--admin-subjects", "operator");
             }
             options.rpc_addr = format!("127.0.0.1:{port}");
             nodes.push(NodeProcess::start(options).await?);
@@ -768,6 +772,14 @@ async fn without_an_acl_a_client_certificate_still_cannot_call_the_peer_service(
         })
         .await
         .expect_err("a fetch from a client certificate must be refused");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    // Nor may it administer the cluster, though it calls over loopback: only `operator` may.
+    let denied = AdminClient::new(cluster.channel(leader, &cluster.app)?)
+        .remove_voter(RemoveVoterRequest {
+            node_id: IDS[(leader + 1) % 3].into(),
+        })
+        .await
+        .expect_err("an admin call from a certificate not in --admin-subjects must be refused");
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert_eq!(cluster.wait_for_leader().await?, leader);
     cluster.stop().await

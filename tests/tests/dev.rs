@@ -1,5 +1,6 @@
 //! `proglog-node dev`, the README's main command: a local 3-node cluster in one command that
-//! prints where to connect, replicates, and stops cleanly on Ctrl-C.
+//! prints where to connect, replicates, keeps its peer and admin services on their own
+//! mutual-TLS ports, and stops cleanly on Ctrl-C.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,16 +8,28 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
-use proglog_proto::log::v1::{ConsumeRequest, ProduceRequest, Record};
+use proglog_proto::log::v1::peer_client::PeerClient;
+use proglog_proto::log::v1::{
+    BeginQuorumEpochRequest, ClusterStatusRequest, ConsumeRequest, ProduceRequest, Record,
+};
 use proglog_tests::node_process::node_binary;
 use proglog_tests::ports::is_free;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-/// A base port whose nine ports (3 nodes x RPC, gossip, HTTP) are free now, all below the
-/// kernel's ephemeral range (see `proglog_tests::ports`).
+/// A base port whose twelve ports (3 nodes x RPC, gossip, peer, HTTP) are free now, all below
+/// the kernel's ephemeral range (see `proglog_tests::ports`).
 fn free_base_port() -> u16 {
     for base in (20_000..31_000).step_by(557) {
-        let ports = (0..3).flat_map(|i| [base + 10 * i, base + 10 * i + 1, base + 1000 + 10 * i]);
+        let ports = (0..3).flat_map(|i| {
+            [
+                base + 10 * i,
+                base + 10 * i + 1,
+                base + 10 * i + 2,
+                base + 1000 + 10 * i,
+            ]
+        });
         let free = ports.clone().all(is_free);
         if free {
             return base;
@@ -97,6 +110,49 @@ async fn dev_starts_a_replicating_cluster_and_stops_on_ctrl_c() {
         }
     };
     assert_eq!(record.value, "hello".as_bytes());
+
+    // The peer and admin services are not on the clients' port, but on the peer port, for
+    // certificates of the dev CA only.
+    let mut peer = PeerClient::connect(addr(0)).await.unwrap();
+    let missing = peer
+        .begin_quorum_epoch(BeginQuorumEpochRequest {
+            epoch: 1,
+            leader_id: "node-1".into(),
+        })
+        .await
+        .expect_err("the peer service is not on the RPC port");
+    assert_eq!(missing.code(), tonic::Code::Unimplemented, "{missing:?}");
+    let tls_dir = dir.path().join("tls");
+    let read = |name: &str| std::fs::read(tls_dir.join(name)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("admin.pem"), read("admin-key.pem")))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", base + 2))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = AdminClient::new(channel)
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.leader_id.is_empty(), "{status:?}");
+    let plaintext = Endpoint::from_shared(format!("http://127.0.0.1:{}", base + 2))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert!(
+        AdminClient::new(plaintext)
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .is_err(),
+        "the peer port answered plaintext"
+    );
 
     // Ctrl-C: every node stops, and so does dev, successfully.
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();

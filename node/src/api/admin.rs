@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use std::collections::BTreeSet;
+
 use super::status::to_replication_status;
 use super::store::LogStore;
 use crate::replication::{ReplicationError, VoterChange};
+use crate::security::PeerIdentity;
 use proglog_proto::log::v1 as pb;
 use proglog_proto::log::v1::admin_server::Admin;
 
@@ -23,16 +26,69 @@ fn node_id(id: String) -> Result<String, Status> {
     Ok(id)
 }
 
+/// Who may call the admin service, which changes the voter set and moves leadership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAccess {
+    /// The ACL decides (its `admin` action), before a call reaches the service.
+    Acl,
+    /// Callers presenting a certificate with one of these common names (`--admin-subjects`).
+    Subjects(BTreeSet<String>),
+    /// With neither an ACL nor admin subjects: calls over loopback only.
+    Loopback,
+}
+
+impl AdminAccess {
+    /// What a node configured with an ACL (or not) and `subjects` allows.
+    pub fn new(acl: bool, subjects: &[String]) -> Self {
+        if acl {
+            AdminAccess::Acl
+        } else if subjects.is_empty() {
+            AdminAccess::Loopback
+        } else {
+            AdminAccess::Subjects(subjects.iter().cloned().collect())
+        }
+    }
+
+    /// Whether the caller `peer` may call the admin service.
+    pub fn check(&self, peer: Option<&PeerIdentity>) -> Result<(), Status> {
+        match self {
+            AdminAccess::Acl => Ok(()),
+            AdminAccess::Subjects(subjects) => {
+                let name = peer
+                    .filter(|peer| peer.certificates().is_some())
+                    .and_then(PeerIdentity::common_name);
+                match name {
+                    Some(name) if subjects.contains(name) => Ok(()),
+                    Some(name) => Err(Status::permission_denied(format!(
+                        "`{name}` may not call the admin service: it is not in --admin-subjects"
+                    ))),
+                    None => Err(Status::unauthenticated(
+                        "the admin service takes a client certificate named in --admin-subjects",
+                    )),
+                }
+            }
+            AdminAccess::Loopback => match peer.map(PeerIdentity::remote_addr) {
+                Some(addr) if addr.ip().is_loopback() => Ok(()),
+                _ => Err(Status::permission_denied(
+                    "the admin service answers only over loopback on this node: give \
+                     --admin-subjects (with mutual TLS), or an ACL that grants `admin`",
+                )),
+            },
+        }
+    }
+}
+
 /// The admin service over a node's log and consensus.
 #[derive(Debug, Clone)]
 pub struct AdminService {
     store: Arc<LogStore>,
+    access: AdminAccess,
 }
 
 impl AdminService {
-    /// A service over `store`.
-    pub fn new(store: Arc<LogStore>) -> Self {
-        AdminService { store }
+    /// A service over `store`, answering whom `access` allows.
+    pub fn new(store: Arc<LogStore>, access: AdminAccess) -> Self {
+        AdminService { store, access }
     }
 
     async fn change(
@@ -57,8 +113,9 @@ impl AdminService {
 impl Admin for AdminService {
     async fn cluster_status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.access.check(PeerIdentity::of(&request))?;
         let consensus = self.store.consensus();
         let status = consensus
             .status()
@@ -114,6 +171,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AddVoterRequest>,
     ) -> Result<Response<pb::VoterChangeResponse>, Status> {
+        self.access.check(PeerIdentity::of(&request))?;
         let id = node_id(request.into_inner().node_id)?;
         self.change(VoterChange::Add(id)).await
     }
@@ -122,14 +180,16 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RemoveVoterRequest>,
     ) -> Result<Response<pb::VoterChangeResponse>, Status> {
+        self.access.check(PeerIdentity::of(&request))?;
         let id = node_id(request.into_inner().node_id)?;
         self.change(VoterChange::Remove(id)).await
     }
 
     async fn transfer_leadership(
         &self,
-        _request: Request<pb::TransferLeadershipRequest>,
+        request: Request<pb::TransferLeadershipRequest>,
     ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        self.access.check(PeerIdentity::of(&request))?;
         let view = self.store.consensus().view();
         if view.leader_epoch.is_none() {
             return Err(self.store.not_leader(view.leader_id));
@@ -138,5 +198,64 @@ impl Admin for AdminService {
             Some(epoch) => Ok(Response::new(pb::TransferLeadershipResponse { epoch })),
             None => Err(self.store.not_leader(None)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use tonic::Code;
+
+    use super::*;
+    use crate::security::test_pki::TestCa;
+
+    fn caller(addr: &str, certificate: Option<&str>) -> PeerIdentity {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let ca = TestCa::new();
+        let chain: Option<Vec<CertificateDer<'static>>> = certificate.map(|name| {
+            let issued = ca.issue(name, 1);
+            vec![CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()]
+        });
+        PeerIdentity::new(addr, chain.as_deref())
+    }
+
+    #[test]
+    fn with_neither_an_acl_nor_subjects_admin_answers_over_loopback_only() {
+        let access = AdminAccess::new(false, &[]);
+        assert_eq!(access, AdminAccess::Loopback);
+        for local in ["127.0.0.1:4000", "[::1]:4000"] {
+            access.check(Some(&caller(local, None))).unwrap();
+        }
+        let refused = access
+            .check(Some(&caller("10.1.2.3:4000", Some("operator"))))
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused.message().contains("--admin-subjects"),
+            "{}",
+            refused.message()
+        );
+        assert!(access.check(None).is_err());
+    }
+
+    #[test]
+    fn admin_subjects_name_the_certificates_that_may_administer() {
+        let access = AdminAccess::new(false, &["operator".to_owned()]);
+        access
+            .check(Some(&caller("10.1.2.3:4000", Some("operator"))))
+            .unwrap();
+        let refused = access
+            .check(Some(&caller("127.0.0.1:4000", Some("app"))))
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let refused = access
+            .check(Some(&caller("127.0.0.1:4000", None)))
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        // With an ACL, the ACL decides before the call gets here.
+        assert_eq!(AdminAccess::new(true, &[]), AdminAccess::Acl);
     }
 }

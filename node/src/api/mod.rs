@@ -23,7 +23,7 @@ mod peer;
 mod status;
 mod store;
 
-pub use admin::AdminService;
+pub use admin::{AdminAccess, AdminService};
 pub use health::{EndingHealth, health_service};
 pub use limits::MessageLimitLayer;
 pub use log_service::{LogService, ServiceSettings};

@@ -333,11 +333,14 @@ fn fetch_response_from_pb(
 }
 
 /// Calls peers over gRPC, one lazily connected channel per address, with the node's own
-/// certificate when TLS is on. A renewed certificate ([`GrpcPeerTransport::set_tls`]) is used
-/// by the next call to each peer; calls already in flight finish on their connection.
+/// certificate when TLS is on: the peer service at each peer's peer address, and (to forward a
+/// client's produce) the client service at its RPC address, each with its own TLS. A renewed
+/// certificate ([`GrpcPeerTransport::set_peer_tls`], [`GrpcPeerTransport::set_rpc_tls`]) is
+/// used by the next call to each peer; calls already in flight finish on their connection.
 pub struct GrpcPeerTransport {
     directory: Arc<dyn PeerDirectory>,
-    channels: Mutex<Channels>,
+    peer: Mutex<Channels>,
+    rpc: Mutex<Channels>,
     max_batch_bytes: u32,
 }
 
@@ -347,75 +350,105 @@ struct Channels {
     by_addr: HashMap<String, Channel>,
 }
 
-impl std::fmt::Debug for GrpcPeerTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcPeerTransport")
-            .field("tls", &self.channels.lock().tls.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl GrpcPeerTransport {
-    /// A transport that finds peers in `directory`.
-    pub fn new(
-        directory: Arc<dyn PeerDirectory>,
-        tls: Option<ClientTlsConfig>,
-        max_batch_bytes: u32,
-    ) -> Self {
-        GrpcPeerTransport {
-            directory,
-            channels: Mutex::new(Channels {
-                tls,
-                by_addr: HashMap::new(),
-            }),
-            max_batch_bytes,
-        }
+impl Channels {
+    fn new(tls: Option<ClientTlsConfig>) -> Mutex<Channels> {
+        Mutex::new(Channels {
+            tls,
+            by_addr: HashMap::new(),
+        })
     }
 
-    /// Calls peers with `tls` from now on (the node's certificate was renewed): the channels
-    /// made with the old one are dropped from the cache, so each peer's next call connects
-    /// anew and presents the new certificate.
-    pub fn set_tls(&self, tls: ClientTlsConfig) {
-        let mut channels = self.channels.lock();
-        channels.tls = Some(tls);
-        channels.by_addr.clear();
-    }
-
-    /// A channel to node `to` (shared with replication's calls), for forwarding a client's
-    /// produce to the leader.
-    pub fn channel_to(&self, to: &str) -> Result<Channel, String> {
-        self.channel(to)
-    }
-
-    fn channel(&self, to: &str) -> Result<Channel, String> {
-        let addr = self
-            .directory
-            .rpc_addr(to)
-            .ok_or_else(|| format!("no address known for node {to} yet"))?;
-        let mut channels = self.channels.lock();
-        if let Some(channel) = channels.by_addr.get(&addr) {
+    /// The channel to `addr` (node `to`), made lazily.
+    fn to(&mut self, to: &str, addr: String) -> Result<Channel, String> {
+        if let Some(channel) = self.by_addr.get(&addr) {
             return Ok(channel.clone());
         }
-        let scheme = if channels.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|err| format!("bad address {addr} for node {to}: {err}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        if let Some(tls) = &channels.tls {
+        if let Some(tls) = &self.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
                 .map_err(|err| format!("TLS for node {to}: {err}"))?;
         }
         // Lazy: no I/O here, so making it under the lock is cheap.
         let channel = endpoint.connect_lazy();
-        channels.by_addr.insert(addr, channel.clone());
+        self.by_addr.insert(addr, channel.clone());
         Ok(channel)
+    }
+
+    fn set_tls(&mut self, tls: ClientTlsConfig) {
+        self.tls = Some(tls);
+        self.by_addr.clear();
+    }
+}
+
+impl std::fmt::Debug for GrpcPeerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcPeerTransport")
+            .field("peer_tls", &self.peer.lock().tls.is_some())
+            .field("rpc_tls", &self.rpc.lock().tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcPeerTransport {
+    /// A transport that finds peers in `directory`, calling their peer service with
+    /// `peer_tls` and their client service with `rpc_tls`.
+    pub fn new(
+        directory: Arc<dyn PeerDirectory>,
+        rpc_tls: Option<ClientTlsConfig>,
+        peer_tls: Option<ClientTlsConfig>,
+        max_batch_bytes: u32,
+    ) -> Self {
+        GrpcPeerTransport {
+            directory,
+            peer: Channels::new(peer_tls),
+            rpc: Channels::new(rpc_tls),
+            max_batch_bytes,
+        }
+    }
+
+    /// Calls peers' peer service with `tls` from now on (the node's certificate was renewed):
+    /// the channels made with the old one are dropped from the cache, so each peer's next call
+    /// connects anew and presents the new certificate.
+    pub fn set_peer_tls(&self, tls: ClientTlsConfig) {
+        self.peer.lock().set_tls(tls);
+    }
+
+    /// Calls peers' client service (forwarded produces) with `tls` from now on.
+    pub fn set_rpc_tls(&self, tls: ClientTlsConfig) {
+        self.rpc.lock().set_tls(tls);
+    }
+
+    /// A channel to node `to`'s client service, for forwarding a client's produce to the
+    /// leader.
+    pub fn channel_to(&self, to: &str) -> Result<Channel, String> {
+        let addr = self
+            .directory
+            .rpc_addr(to)
+            .ok_or_else(|| format!("no address known for node {to} yet"))?;
+        self.rpc.lock().to(to, addr)
+    }
+
+    /// A channel to node `to`'s peer service, and, when that is a listener of its own, one to
+    /// its RPC address: a node of an earlier version serves the peer service there.
+    fn peer_channels(&self, to: &str) -> Result<(Channel, Option<Channel>), String> {
+        let addr = self
+            .directory
+            .peer_addr(to)
+            .ok_or_else(|| format!("no address known for node {to} yet"))?;
+        let rpc = self.directory.rpc_addr(to).filter(|rpc| *rpc != addr);
+        let peer = self.peer.lock().to(to, addr)?;
+        let fallback = match rpc {
+            Some(rpc) => Some(self.rpc.lock().to(to, rpc)?),
+            None => None,
+        };
+        Ok((peer, fallback))
     }
 }
 
@@ -426,66 +459,88 @@ impl PeerTransport for GrpcPeerTransport {
         message: Message,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Option<Message>, String>> {
-        let channel = self.channel(&to);
+        let channels = self.peer_channels(&to);
         let max_batch_bytes = self.max_batch_bytes;
         Box::pin(async move {
-            let mut client = PeerClient::new(channel?)
-                .max_decoding_message_size(max_batch_bytes as usize * 4 + (1 << 16));
-            let call = async {
-                match message {
-                    Message::VoteRequest(request) => {
-                        let response = client.vote(vote_request_to_pb(request)).await?.into_inner();
-                        Ok(Some(Message::VoteResponse(vote_response_from_pb(
-                            response, &to,
-                        ))))
-                    }
-                    Message::BeginQuorumEpoch(begin) => {
-                        client
-                            .begin_quorum_epoch(pb::BeginQuorumEpochRequest {
-                                epoch: begin.epoch,
-                                leader_id: begin.leader_id,
-                            })
-                            .await?;
-                        Ok(None)
-                    }
-                    Message::EndQuorumEpoch(end) => {
-                        client
-                            .end_quorum_epoch(pb::EndQuorumEpochRequest {
-                                epoch: end.epoch,
-                                leader_id: end.leader_id,
-                                preferred_successors: end.preferred_successors,
-                            })
-                            .await?;
-                        Ok(None)
-                    }
-                    Message::FetchRequest(request) => {
-                        let response = client
-                            .fetch(pb::FetchRequest {
-                                epoch: request.epoch,
-                                replica_id: request.replica_id,
-                                fetch_offset: request.fetch_offset,
-                                log_start_offset: request.log_start_offset,
-                                last_fetched_epoch: request.last_fetched_epoch,
-                                max_bytes: request.max_bytes,
-                                max_wait_ms: request.max_wait_ms,
-                                fetch_id: request.fetch_id,
-                                directory_id: request.directory_id,
-                            })
-                            .await?
-                            .into_inner();
-                        Ok(Some(Message::FetchResponse(
-                            fetch_response_from_pb(response, &to, max_batch_bytes)
-                                .map_err(Status::data_loss)?,
-                        )))
-                    }
-                    Message::VoteResponse(_) | Message::FetchResponse(_) => Ok(None),
+            let (channel, fallback) = channels?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let result = call_peer(channel, &to, message.clone(), max_batch_bytes, deadline).await;
+            match (result, fallback) {
+                // Nothing listens there: a node of an earlier version, on its RPC port.
+                (Err(status), Some(fallback)) if status.code() == tonic::Code::Unavailable => {
+                    call_peer(fallback, &to, message, max_batch_bytes, deadline).await
                 }
-            };
-            match tokio::time::timeout(timeout, call).await {
-                Ok(result) => result
-                    .map_err(|status: Status| format!("{}: {}", status.code(), status.message())),
-                Err(_) => Err(format!("no answer from {to} within {timeout:?}")),
+                (result, _) => result,
             }
+            .map_err(|status: Status| format!("{}: {}", status.code(), status.message()))
         })
+    }
+}
+
+/// One call of `message` to node `to` over `channel`, until `deadline`.
+async fn call_peer(
+    channel: Channel,
+    to: &str,
+    message: Message,
+    max_batch_bytes: u32,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Message>, Status> {
+    let mut client = PeerClient::new(channel)
+        .max_decoding_message_size(max_batch_bytes as usize * 4 + (1 << 16));
+    let call = async {
+        match message {
+            Message::VoteRequest(request) => {
+                let response = client.vote(vote_request_to_pb(request)).await?.into_inner();
+                Ok(Some(Message::VoteResponse(vote_response_from_pb(
+                    response, to,
+                ))))
+            }
+            Message::BeginQuorumEpoch(begin) => {
+                client
+                    .begin_quorum_epoch(pb::BeginQuorumEpochRequest {
+                        epoch: begin.epoch,
+                        leader_id: begin.leader_id,
+                    })
+                    .await?;
+                Ok(None)
+            }
+            Message::EndQuorumEpoch(end) => {
+                client
+                    .end_quorum_epoch(pb::EndQuorumEpochRequest {
+                        epoch: end.epoch,
+                        leader_id: end.leader_id,
+                        preferred_successors: end.preferred_successors,
+                    })
+                    .await?;
+                Ok(None)
+            }
+            Message::FetchRequest(request) => {
+                let response = client
+                    .fetch(pb::FetchRequest {
+                        epoch: request.epoch,
+                        replica_id: request.replica_id,
+                        fetch_offset: request.fetch_offset,
+                        log_start_offset: request.log_start_offset,
+                        last_fetched_epoch: request.last_fetched_epoch,
+                        max_bytes: request.max_bytes,
+                        max_wait_ms: request.max_wait_ms,
+                        fetch_id: request.fetch_id,
+                        directory_id: request.directory_id,
+                    })
+                    .await?
+                    .into_inner();
+                Ok(Some(Message::FetchResponse(
+                    fetch_response_from_pb(response, to, max_batch_bytes)
+                        .map_err(Status::data_loss)?,
+                )))
+            }
+            Message::VoteResponse(_) | Message::FetchResponse(_) => Ok(None),
+        }
+    };
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(result) => result,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no answer from {to} in time"
+        ))),
     }
 }

@@ -11,6 +11,10 @@ use crate::replication::driver::PeerDirectory;
 pub struct ClusterDirectory {
     static_peers: BTreeMap<NodeId, String>,
     gossip: Option<Discovery>,
+    /// Where peers' peer listeners are: their RPC host and this port (`None`: peers serve on
+    /// their RPC address), or the address given for them.
+    peer_port: Option<u16>,
+    peer_addrs: BTreeMap<NodeId, String>,
 }
 
 impl ClusterDirectory {
@@ -19,7 +23,17 @@ impl ClusterDirectory {
         ClusterDirectory {
             static_peers,
             gossip,
+            peer_port: None,
+            peer_addrs: BTreeMap::new(),
         }
+    }
+
+    /// Peers serve the peer service at their RPC host and `port`, or at the address
+    /// `peer_addrs` gives for them.
+    pub fn with_peer_listeners(mut self, port: u16, peer_addrs: BTreeMap<NodeId, String>) -> Self {
+        self.peer_port = Some(port);
+        self.peer_addrs = peer_addrs;
+        self
     }
 }
 
@@ -30,6 +44,19 @@ impl PeerDirectory for ClusterDirectory {
                 .as_ref()
                 .and_then(|gossip| gossip.rpc_addr_of(id))
         })
+    }
+
+    fn peer_addr(&self, id: &str) -> Option<String> {
+        if let Some(addr) = self.peer_addrs.get(id) {
+            return Some(addr.clone());
+        }
+        let rpc = self.rpc_addr(id)?;
+        let Some(port) = self.peer_port else {
+            return Some(rpc);
+        };
+        // host:port, [v6]:port: the host is everything before the last colon.
+        let host = rpc.rsplit_once(':').map_or(rpc.as_str(), |(host, _)| host);
+        Some(format!("{host}:{port}"))
     }
 
     /// The live members as gossip sees them; the static list when gossip is off or knows

@@ -54,8 +54,13 @@ pub trait PeerTransport: Send + Sync + 'static {
 /// Where peers are: the replication layer asks, discovery (gossip) or static configuration
 /// answers.
 pub trait PeerDirectory: Send + Sync + std::fmt::Debug + 'static {
-    /// The RPC address of node `id`, if known.
+    /// The RPC address of node `id` (its client services), if known.
     fn rpc_addr(&self, id: &str) -> Option<String>;
+    /// Where node `id` serves the peer service, if known: its RPC address unless peers have a
+    /// listener of their own.
+    fn peer_addr(&self, id: &str) -> Option<String> {
+        self.rpc_addr(id)
+    }
     /// Every known member's id and RPC address, this node included.
     fn members(&self) -> Vec<(NodeId, String)>;
 }

@@ -18,7 +18,7 @@ pub mod acl;
 mod identity;
 mod layer;
 #[cfg(test)]
-mod test_pki;
+pub(crate) mod test_pki;
 mod tls;
 
 use std::path::PathBuf;
@@ -111,21 +111,22 @@ pub struct ServerSecurity {
     pub authorizer: Option<Arc<Authorizer>>,
 }
 
+/// Loads a listener's TLS files. With an ACL (`acl`), a client certificate is optional at the
+/// handshake: the ACL answers `UNAUTHENTICATED` per call instead, and health and reflection
+/// stay open to clients without one (probes).
+pub fn load_tls(tls: &TlsConfig, acl: bool) -> Result<Arc<ReloadableTlsConfig>, SecurityError> {
+    let mut tls = tls.clone();
+    tls.client_cert_optional |= acl;
+    ReloadableTlsConfig::load(tls)
+}
+
 impl ServerSecurity {
-    /// Loads the TLS files and the ACL. With an ACL, a client certificate becomes optional at
-    /// the handshake: the ACL answers `UNAUTHENTICATED` per call instead, and health and
-    /// reflection stay open to clients without one (probes).
+    /// Loads the TLS files (see [`load_tls`]) and the ACL.
     pub async fn load(
         tls: Option<&TlsConfig>,
         acl: Option<&AclConfig>,
     ) -> Result<Self, SecurityError> {
-        let tls = tls
-            .map(|tls| {
-                let mut tls = tls.clone();
-                tls.client_cert_optional |= acl.is_some();
-                ReloadableTlsConfig::load(tls)
-            })
-            .transpose()?;
+        let tls = tls.map(|tls| load_tls(tls, acl.is_some())).transpose()?;
         let authorizer = match acl {
             Some(acl) => Some(Arc::new(Authorizer::load(acl).await?)),
             None => None,
