@@ -429,14 +429,19 @@ impl Default for AclSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.rpc != self.gossip && self.rpc != self.metrics && self.gossip != self.metrics").message("ports.rpc, ports.gossip and ports.metrics must differ"),
+    validation = Rule::new("self.rpc != self.gossip && self.rpc != self.metrics && self.gossip != self.metrics && self.peer != self.rpc && self.peer != self.gossip && self.peer != self.metrics").message("ports.rpc, ports.gossip, ports.peer and ports.metrics must differ"),
     validation = Rule::new("self.gossip == oldSelf.gossip").message("ports.gossip cannot change: restarted nodes could not find the others"),
 )]
 pub struct PortsSpec {
-    /// gRPC: the client, peer and admin services.
+    /// gRPC: the client services.
     #[serde(default = "default_rpc_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub rpc: i32,
+    /// gRPC: the peer and admin services (node to node, and the operator), always over mutual
+    /// TLS with the cluster's CA, whatever `tls.enabled` says of the clients' port.
+    #[serde(default = "default_peer_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub peer: i32,
     /// Gossip (member discovery), TCP and UDP.
     #[serde(default = "default_gossip_port")]
     #[schemars(range(min = 1, max = 65535))]
@@ -455,6 +460,10 @@ fn default_gossip_port() -> i32 {
     8401
 }
 
+fn default_peer_port() -> i32 {
+    8402
+}
+
 fn default_metrics_port() -> i32 {
     9400
 }
@@ -463,6 +472,7 @@ impl Default for PortsSpec {
     fn default() -> Self {
         PortsSpec {
             rpc: default_rpc_port(),
+            peer: default_peer_port(),
             gossip: default_gossip_port(),
             metrics: default_metrics_port(),
         }

@@ -222,9 +222,9 @@ pub fn render(
     let spec = view.spec();
     let node_count = view.replicas();
     let mut objects = Vec::new();
-    let mut issued = Vec::new();
 
-    if spec.tls.enabled {
+    // The certificates: always, since the nodes' peer listener is always mutual TLS.
+    let issued = {
         let tls_error = |source| RenderError::Tls {
             name: view.name().to_owned(),
             source,
@@ -269,8 +269,8 @@ pub fn render(
         }
         objects.push(Object::Secret(resources::nodes_secret(&view, &pki)?));
         objects.push(Object::Secret(resources::operator_secret(&view, &pki)?));
-        issued = pki.issued;
-    }
+        pki.issued
+    };
 
     let config = resources::config_map(&view)?;
     let hash = resources::config_hash(&config);
@@ -354,7 +354,7 @@ spec:
 ";
 
     #[test]
-    fn a_minimal_cluster_renders_its_plaintext_objects_in_order() {
+    fn a_minimal_cluster_renders_its_objects_in_order_with_the_peer_certificates() {
         let (clusters, inputs) = parse_stream(MINIMAL).unwrap();
         let rendered = render(&clusters[0], &inputs, &options()).unwrap();
         let kinds: Vec<_> = rendered
@@ -368,9 +368,13 @@ spec:
                 Object::PodDisruptionBudget(_) => "PodDisruptionBudget",
             })
             .collect();
+        // Plaintext for clients, but the peers' certificates all the same.
         assert_eq!(
             kinds,
             [
+                "Secret",
+                "Secret",
+                "Secret",
                 "ConfigMap",
                 "Service",
                 "Service",

@@ -175,9 +175,13 @@ async fn a_second_pass_over_a_steady_cluster_writes_nothing() {
         writes(&requests)
     );
     assert!(event_reasons(&requests).is_empty());
-    // The nodes were asked through the client Service, and the leader answered.
+    // A ready pod was asked on its peer port (the client Service does not expose it), and the
+    // leader answered.
     let calls = env.admin.status_calls.lock().unwrap().clone();
-    assert_eq!(calls.last().unwrap(), "events.prod.svc.cluster.local:8400");
+    assert_eq!(
+        calls.last().unwrap(),
+        "events-0.events-headless.prod.svc.cluster.local:8402"
+    );
 }
 
 #[tokio::test]
@@ -345,9 +349,11 @@ async fn scale_up_promotes_each_new_pod_only_once_it_has_caught_up() {
     env.change_spec(json!({"replicas": 5}));
     let (result, requests) = env.pass().await;
     result.unwrap();
+    // The new pods' certificates (the peers always speak mutual TLS), then the pods.
     assert_eq!(
         actions(&env),
         [
+            format!("PATCH {SECRETS}/events-tls"),
             format!("PATCH {CONFIGMAPS}/events-config"),
             format!("PATCH {STS_PATH}")
         ]

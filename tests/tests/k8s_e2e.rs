@@ -140,7 +140,7 @@ const CLIENT_BINARY: &str = "proglog";
 /// binary from there) and not under `/tmp`, which the pods mount over.
 const SANDBOX_PARENT: &str = "/var/tmp";
 /// What a node logs when its peer calls switch to a reloaded certificate.
-const PEER_TLS_SWITCHED: &str = "peer calls now use the reloaded certificate";
+const PEER_TLS_SWITCHED: &str = "calls to peers now use the reloaded certificate";
 /// Hostname of the client pod's namespace.
 const CLIENT_POD: &str = "e2e-client";
 
@@ -218,6 +218,8 @@ struct ClientFiles {
 /// the client pod (a host of the lab).
 struct Access {
     port: u16,
+    /// The pods' peer and admin port (mutual TLS with the cluster's CA).
+    peer_port: u16,
     files: ClientFiles,
     ca_pem: Vec<u8>,
     app: Credentials,
@@ -292,16 +294,16 @@ fn services(objects: &Objects, stateful_set: &Value) -> (Value, Value) {
     (headless, (*client).clone())
 }
 
-/// The Service port named `rpc`, checked to reach the same port on the pods (hosts entries
+/// The Service port named `name`, checked to reach the same port on the pods (hosts entries
 /// cannot translate ports as kube-proxy does).
-fn rpc_port(service: &Value, stateful_set: &Value) -> u16 {
+fn service_port(service: &Value, name: &str, stateful_set: &Value) -> u16 {
     let port = service
         .pointer("/spec/ports")
         .and_then(Value::as_array)
         .unwrap()
         .iter()
-        .find(|port| port.get("name").and_then(Value::as_str) == Some("rpc"))
-        .unwrap_or_else(|| panic!("no rpc port on {service}"));
+        .find(|port| port.get("name").and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("no {name} port on {service}"));
     let number = u16::try_from(port.get("port").and_then(Value::as_u64).unwrap()).unwrap();
     let container_port = match port.get("targetPort") {
         Some(Value::String(name)) => stateful_set
@@ -472,7 +474,7 @@ async fn cluster_status(
     access: &Access,
     client: &Credentials,
 ) -> anyhow::Result<proglog_proto::log::v1::ClusterStatusResponse> {
-    let (port, ca_pem) = (access.port, &access.ca_pem);
+    let (port, ca_pem) = (access.peer_port, &access.ca_pem);
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .identity(Identity::from_pem(&client.cert, &client.key))
@@ -762,7 +764,9 @@ async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
     assert_eq!(replicas, REPLICAS as u64);
     let (headless, client_service) = services(&first, &stateful_set);
     let subdomain = object_name(&headless).unwrap();
-    let port = rpc_port(&client_service, &stateful_set);
+    let port = service_port(&client_service, "rpc", &stateful_set);
+    // The peer and admin services: on the headless Service (pod to pod), not the client one.
+    let peer_port = service_port(&headless, "peer", &stateful_set);
     let service_names = service_dns_names(
         object_name(&client_service).unwrap(),
         &namespace,
@@ -849,6 +853,7 @@ async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
     std::fs::write(&files.app_key, &app.key).unwrap();
     let access = Access {
         port,
+        peer_port,
         files,
         ca_pem,
         app,

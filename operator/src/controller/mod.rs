@@ -552,8 +552,8 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
     let node_count = view.replicas().max(current_replicas.unwrap_or(0));
     let mut progress = Progress::default();
 
-    // Certificates.
-    let (certificates, certificates_error) = if view.spec().tls.enabled {
+    // Certificates: always, since the nodes' peer listener is always mutual TLS.
+    let (certificates, certificates_error) =
         match certificates::reconcile(ctx, &view, node_count, paused, now).await {
             Ok(report) => (Some(report), None),
             Err(error) => {
@@ -564,10 +564,7 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
                 });
                 (Some(CertificateReport::default()), Some(message))
             }
-        }
-    } else {
-        (None, None)
-    };
+        };
     // Reported as progress only when nothing else is (scaling and rolls say more).
     let mut rotating = None;
     if let Some(report) = certificates
@@ -621,7 +618,7 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
 
     // The quorum, from the nodes, once any pod is ready.
     let quorum = if statefulset.is_some() && pods.iter().any(|pod| pod.ready) {
-        if view.spec().tls.enabled && credentials.is_none() {
+        if credentials.is_none() {
             failures.push(PartFailure {
                 part: Part::ClusterStatus,
                 error: PartError::Blocked(
@@ -630,7 +627,12 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
             });
             None
         } else {
-            match quorum::observe(ctx, &view, credentials.as_ref()).await {
+            let ready: Vec<String> = pods
+                .iter()
+                .filter(|pod| pod.ready)
+                .map(|pod| pod.name.clone())
+                .collect();
+            match quorum::observe(ctx, &view, &ready, credentials.as_ref()).await {
                 Ok(quorum) => Some(quorum),
                 Err(error) => {
                     failures.push(PartFailure {

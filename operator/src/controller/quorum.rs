@@ -10,7 +10,7 @@ use crate::admin::{AdminTarget, ClientCredentials};
 use crate::plan::{Quorum, RollStep, ScaleStep};
 use crate::resources::ClusterView;
 
-/// The admin address of node `id`: its DNS name under the headless Service.
+/// The admin address of node `id`: its DNS name under the headless Service, peer port.
 pub fn node_target(
     view: &ClusterView<'_>,
     id: &str,
@@ -18,40 +18,32 @@ pub fn node_target(
 ) -> AdminTarget {
     AdminTarget {
         host: format!("{id}.{}", view.headless_fqdn()),
-        port: view.spec().ports.rpc,
+        port: view.spec().ports.peer,
         tls: tls.cloned(),
     }
 }
 
-/// The client Service as an admin address: any ready node answers.
-pub fn service_target(
-    view: &ClusterView<'_>,
-    tls: Option<&std::sync::Arc<ClientCredentials>>,
-) -> AdminTarget {
-    AdminTarget {
-        host: format!(
-            "{}.{}.svc.{}",
-            view.client_service_name(),
-            view.namespace(),
-            view.cluster_domain()
-        ),
-        port: view.spec().ports.rpc,
-        tls: tls.cloned(),
-    }
-}
-
-/// Asks the client Service for the cluster's status, then the leader itself when another node
-/// answered (only the leader knows each replica's progress).
+/// Asks the ready pods in turn for the cluster's status (on their peer port, which the client
+/// Service does not expose), then the leader itself when another node answered (only the
+/// leader knows each replica's progress).
 pub async fn observe(
     ctx: &Context,
     view: &ClusterView<'_>,
+    ready: &[String],
     tls: Option<&std::sync::Arc<ClientCredentials>>,
 ) -> Result<Quorum, PartError> {
-    let any = ctx
-        .admin
-        .cluster_status(&service_target(view, tls))
-        .await
-        .map_err(PartError::Admin)?;
+    let mut answer = Err(PartError::Blocked("no pod is ready".to_owned()));
+    for id in ready {
+        answer = ctx
+            .admin
+            .cluster_status(&node_target(view, id, tls))
+            .await
+            .map_err(PartError::Admin);
+        if answer.is_ok() {
+            break;
+        }
+    }
+    let any = answer?;
     match any.leader.clone() {
         Some(leader) if any.node_id != leader => ctx
             .admin

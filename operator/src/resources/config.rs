@@ -76,6 +76,11 @@ pub fn config_map(view: &ClusterView<'_>) -> Result<ConfigMap, SpecError> {
             data.insert(key, value.to_string());
         }
     }
+    // The peer and admin services on their own port, always mutual TLS with the cluster's CA;
+    // the operator's certificate may administer (an ACL, when on, decides instead).
+    data.insert("PROGLOG_PEER_ADDR", format!("0.0.0.0:{}", spec.ports.peer));
+    data.insert("PROGLOG_PEER_TLS_CA", format!("{TLS_MOUNT}/{CA_CERT}"));
+    data.insert("PROGLOG_ADMIN_SUBJECTS", OPERATOR_COMMON_NAME.to_owned());
     if spec.tls.enabled {
         data.insert("PROGLOG_TLS_CLIENT_CA", format!("{TLS_MOUNT}/{CA_CERT}"));
     }
@@ -226,6 +231,10 @@ mod tests {
         assert!(!data.contains_key("PROGLOG_RETENTION_BYTES"));
         assert!(!data.contains_key("PROGLOG_TLS_CLIENT_CA"));
         assert!(!data.contains_key("PROGLOG_ACL_MODEL"));
+        // Clients in plaintext, peers over mutual TLS on their own port, the operator admin.
+        assert_eq!(data["PROGLOG_PEER_ADDR"], "0.0.0.0:8402");
+        assert_eq!(data["PROGLOG_PEER_TLS_CA"], "/etc/proglog/tls/ca.crt");
+        assert_eq!(data["PROGLOG_ADMIN_SUBJECTS"], "proglog-operator");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{ClusterView, SpecError};
 
-/// `NAME-headless`: DNS for each pod, with the gRPC, gossip (TCP and UDP) and metrics ports.
+/// `NAME-headless`: DNS for each pod, with the gRPC, peer, gossip (TCP and UDP) and metrics
+/// ports.
 pub fn headless_service(view: &ClusterView<'_>) -> Result<Service, SpecError> {
     let ports = &view.spec().ports;
     Ok(Service {
@@ -20,6 +21,7 @@ pub fn headless_service(view: &ClusterView<'_>) -> Result<Service, SpecError> {
             selector: Some(view.selector_labels()),
             ports: Some(vec![
                 port("rpc", ports.rpc, "TCP"),
+                port("peer", ports.peer, "TCP"),
                 port("gossip-tcp", ports.gossip, "TCP"),
                 port("gossip-udp", ports.gossip, "UDP"),
                 port("metrics", ports.metrics, "TCP"),
@@ -86,6 +88,7 @@ mod tests {
             ports,
             [
                 ("rpc".into(), 8400, "TCP".into()),
+                ("peer".into(), 8402, "TCP".into()),
                 ("gossip-tcp".into(), 8401, "TCP".into()),
                 ("gossip-udp".into(), 8401, "UDP".into()),
                 ("metrics".into(), 9400, "TCP".into()),

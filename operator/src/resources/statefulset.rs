@@ -73,7 +73,8 @@ pub fn stateful_set(view: &ClusterView<'_>, config_hash: &str) -> Result<Statefu
         mount(DATA_VOLUME, DATA_MOUNT, false),
         mount("tmp", "/tmp", false),
     ];
-    if spec.tls.enabled {
+    // The node certificates: always, since the peer listener is always mutual TLS.
+    {
         volumes.push(Volume {
             name: "tls".to_owned(),
             secret: Some(SecretVolumeSource {
@@ -210,15 +211,13 @@ fn node_container(view: &ClusterView<'_>, mounts: Vec<VolumeMount>) -> Container
             format!("$(POD_IP):{}", ports.gossip),
         ),
     ];
+    let cert = format!("{TLS_MOUNT}/$(PROGLOG_ID).crt");
+    let key = format!("{TLS_MOUNT}/$(PROGLOG_ID).key");
+    env.push(value_env("PROGLOG_PEER_TLS_CERT", cert.clone()));
+    env.push(value_env("PROGLOG_PEER_TLS_KEY", key.clone()));
     if spec.tls.enabled {
-        env.push(value_env(
-            "PROGLOG_TLS_CERT",
-            format!("{TLS_MOUNT}/$(PROGLOG_ID).crt"),
-        ));
-        env.push(value_env(
-            "PROGLOG_TLS_KEY",
-            format!("{TLS_MOUNT}/$(PROGLOG_ID).key"),
-        ));
+        env.push(value_env("PROGLOG_TLS_CERT", cert));
+        env.push(value_env("PROGLOG_TLS_KEY", key));
     }
     let readiness = if spec.tls.enabled {
         http_probe("/readyz", ports.metrics, 5, 3)
@@ -248,6 +247,7 @@ fn node_container(view: &ClusterView<'_>, mounts: Vec<VolumeMount>) -> Container
         env: Some(env),
         ports: Some(vec![
             container_port("rpc", ports.rpc, "TCP"),
+            container_port("peer", ports.peer, "TCP"),
             container_port("gossip-tcp", ports.gossip, "TCP"),
             container_port("gossip-udp", ports.gossip, "UDP"),
             container_port("metrics", ports.metrics, "TCP"),
