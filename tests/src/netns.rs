@@ -47,12 +47,20 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::future::Future;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpSocket, TcpStream};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Most hosts in one lab: addresses run from `.2` to `.201` of the lab's /24.
 pub const MAX_HOSTS: usize = 200;
@@ -65,6 +73,9 @@ const SUBNET_SLOTS: usize = 50;
 
 /// Where `ip netns exec` looks for files to bind-mount over `/etc`.
 const NETNS_ETC_DIR: &str = "/etc/netns";
+
+/// Where `ip netns add` keeps a handle on each named namespace.
+const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Capability bits (see capabilities(7)) that creating namespaces and links needs.
 const CAP_NET_ADMIN: u32 = 12;
@@ -321,6 +332,20 @@ impl NetLab {
         (ip.as_os_str().to_owned(), args)
     }
 
+    /// A gRPC channel to `port` at host `i`'s own address, whose connections are made inside
+    /// that host's namespace from `127.0.0.1`: the node sees a loopback caller, as it would a
+    /// tool run beside it on the same machine (the admin service answers only those on a node
+    /// without mutual TLS). Local delivery needs no carrier, so the channel keeps working while
+    /// the host is partitioned.
+    pub fn loopback_channel(&self, i: usize, port: u16) -> Channel {
+        let connector = LoopbackConnector {
+            namespace: Path::new(NETNS_RUN_DIR).join(self.ns_name(i)),
+            target: SocketAddr::from((self.ip(i), port)),
+        };
+        // The URI only names the authority for HTTP/2; the connector decides where to connect.
+        Endpoint::from_static("http://loopback.invalid").connect_with_connector_lazy(connector)
+    }
+
     /// Cuts host `i` off from every other host, by setting its bridge port down. Takes effect
     /// when this returns. Partitioning a partitioned host is a no-op.
     pub fn partition(&self, i: usize) -> Result<(), NetLabError> {
@@ -541,4 +566,53 @@ fn ip_output(args: &[&str]) -> Result<String, NetLabError> {
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
     }
+}
+
+/// Connects to `target` from `127.0.0.1`, with a socket made inside the network namespace at
+/// `namespace` (a socket belongs to the namespace it was created in).
+#[derive(Debug, Clone)]
+struct LoopbackConnector {
+    namespace: PathBuf,
+    target: SocketAddr,
+}
+
+impl tower_service::Service<Uri> for LoopbackConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let LoopbackConnector { namespace, target } = self.clone();
+        Box::pin(async move {
+            // A thread of its own enters the namespace: a runtime thread must stay where it is.
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = sender.send(loopback_socket_in(&namespace));
+            });
+            let socket = receiver
+                .await
+                .map_err(|_| io::Error::other("the namespace thread ended without a socket"))??;
+            Ok(TokioIo::new(socket.connect(target).await?))
+        })
+    }
+}
+
+/// A TCP socket bound to `127.0.0.1` inside the namespace at `namespace`. Moves the calling
+/// thread into that namespace for good: call it on a thread that ends afterwards.
+fn loopback_socket_in(namespace: &Path) -> io::Result<TcpSocket> {
+    let handle = fs::File::open(namespace)?;
+    // SAFETY: setns(2) takes a valid descriptor, which `handle` holds open for the call, and
+    // changes only this thread's network namespace.
+    #[allow(unsafe_code)]
+    let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+    if entered != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    Ok(socket)
 }

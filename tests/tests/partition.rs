@@ -112,9 +112,9 @@ struct Status {
 }
 
 /// The node's cluster status, or `None` when it cannot be had within [`CALL_TIMEOUT`].
-async fn status(node: &NodeProcess) -> Option<Status> {
+async fn status(lab: &NetLab, index: usize) -> Option<Status> {
     let call = async {
-        let mut admin = AdminClient::new(node.channel().await.ok()?);
+        let mut admin = AdminClient::new(lab.loopback_channel(index, RPC_PORT));
         let status = admin
             .cluster_status(ClusterStatusRequest {})
             .await
@@ -136,14 +136,14 @@ async fn status(node: &NodeProcess) -> Option<Status> {
 
 /// Polls until exactly one of `live` leads and the others name it leader; returns its index and
 /// epoch.
-async fn wait_for_leader(nodes: &[NodeProcess], live: &[usize]) -> (usize, u64) {
+async fn wait_for_leader(lab: &NetLab, live: &[usize]) -> (usize, u64) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let mut leaders = Vec::new();
         let mut named = HashSet::new();
         let mut all_answered = true;
         for &index in live {
-            match status(&nodes[index]).await {
+            match status(lab, index).await {
                 Some(status) if status.role == "leader" => leaders.push((index, status.epoch)),
                 Some(status) => {
                     named.insert(status.leader);
@@ -356,8 +356,13 @@ fn uncommitted_offset(error: &str) -> Option<u64> {
 }
 
 /// Every record below the node's high watermark, by offset.
-async fn committed_records(node: &NodeProcess) -> BTreeMap<u64, Record> {
-    let high_watermark = status(node).await.unwrap().high_watermark;
+async fn committed_records(
+    lab: &NetLab,
+    nodes: &[NodeProcess],
+    index: usize,
+) -> BTreeMap<u64, Record> {
+    let node = &nodes[index];
+    let high_watermark = status(lab, index).await.unwrap().high_watermark;
     let mut client = node.log_client().await.unwrap();
     let mut records = BTreeMap::new();
     for offset in 0..high_watermark {
@@ -379,12 +384,17 @@ async fn committed_records(node: &NodeProcess) -> BTreeMap<u64, Record> {
 
 /// Polls until every node follows `leader` (which leads), has the same end offset and high
 /// watermark as the others, and that high watermark is at least `target`; returns it.
-async fn wait_for_convergence(nodes: &[NodeProcess], leader: usize, target: u64) -> u64 {
+async fn wait_for_convergence(
+    lab: &NetLab,
+    nodes: &[NodeProcess],
+    leader: usize,
+    target: u64,
+) -> u64 {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let mut statuses = Vec::new();
-        for node in nodes {
-            statuses.push(status(node).await);
+        for index in 0..nodes.len() {
+            statuses.push(status(lab, index).await);
         }
         let converged = statuses.iter().enumerate().all(|(index, status)| {
             status.as_ref().is_some_and(|status| {
@@ -429,7 +439,7 @@ async fn an_isolated_leader_stops_acknowledging_and_truncates_its_tail_after_hea
     // Declared after the lab, so they are dropped (killed) before it, however the test ends.
     let mut nodes = start_cluster(&lab).await;
     let all = [0, 1, 2];
-    let (old_leader, old_epoch) = wait_for_leader(&nodes, &all).await;
+    let (old_leader, old_epoch) = wait_for_leader(&lab, &all).await;
     println!("{} leads epoch {old_epoch}", IDS[old_leader]);
 
     let mut ledger = Ledger::default();
@@ -453,7 +463,7 @@ async fn an_isolated_leader_stops_acknowledging_and_truncates_its_tail_after_hea
 
     // The majority elects a new leader in a later epoch and acknowledges writes.
     let majority: Vec<usize> = all.into_iter().filter(|&i| i != old_leader).collect();
-    let (new_leader, new_epoch) = wait_for_leader(&nodes, &majority).await;
+    let (new_leader, new_epoch) = wait_for_leader(&lab, &majority).await;
     assert!(
         new_epoch > old_epoch,
         "{} leads epoch {new_epoch}, not after {old_epoch}",
@@ -486,7 +496,8 @@ async fn an_isolated_leader_stops_acknowledging_and_truncates_its_tail_after_hea
     // Healed, the old leader follows the new one and drops its tail.
     lab.heal(old_leader).unwrap();
     let last_acknowledged = *ledger.acknowledged.keys().last().unwrap();
-    let high_watermark = wait_for_convergence(&nodes, new_leader, last_acknowledged + 1).await;
+    let high_watermark =
+        wait_for_convergence(&lab, &nodes, new_leader, last_acknowledged + 1).await;
     assert!(
         tail_offset < high_watermark,
         "the isolated leader's tail (offset {tail_offset}) is beyond the committed log ({high_watermark}), so its truncation is not checked"
@@ -499,9 +510,9 @@ async fn an_isolated_leader_stops_acknowledging_and_truncates_its_tail_after_hea
     println!("{} after healing: {truncations:?}", IDS[old_leader]);
 
     let logs = [
-        committed_records(&nodes[0]).await,
-        committed_records(&nodes[1]).await,
-        committed_records(&nodes[2]).await,
+        committed_records(&lab, &nodes, 0).await,
+        committed_records(&lab, &nodes, 1).await,
+        committed_records(&lab, &nodes, 2).await,
     ];
     for (offset, value) in &ledger.acknowledged {
         for (index, log) in logs.iter().enumerate() {
