@@ -43,6 +43,17 @@ pub struct NodeConfig {
     /// Produce requests of one `ProduceStream` appended as one batch, at most (whatever arrived
     /// while the previous batch was syncing).
     pub produce_pipeline: usize,
+    /// `ConsumeStream` and `ProduceStream` calls open at once on this node, at most
+    /// (`--max-streams`); more are refused with `RESOURCE_EXHAUSTED`. Default 4096.
+    pub max_streams: usize,
+    /// Bytes of records all consume streams together may hold read ahead of their clients
+    /// (`--stream-memory-bytes`). `None`, the default: 32 MiB, or four of the largest batches
+    /// if that is more.
+    pub stream_memory_bytes: Option<usize>,
+    /// How long a consume stream holding more than its share of the stream memory may go
+    /// without its client taking anything while other streams wait, before it is cut off
+    /// (`--slow-consumer-timeout-ms`). Default 10 s.
+    pub slow_consumer_timeout: Duration,
     /// How long shutdown waits for calls in flight before closing the log.
     pub shutdown_grace: Duration,
     /// Format of the node's log lines.
@@ -208,6 +219,12 @@ pub struct ConfigError {
 }
 
 impl NodeConfig {
+    /// The stream memory budget in force: `stream_memory_bytes`, or its default.
+    pub fn stream_budget_bytes(&self) -> usize {
+        self.stream_memory_bytes
+            .unwrap_or_else(|| (32usize << 20).max(4 * self.log.max_batch_bytes as usize))
+    }
+
     /// A configuration with every default, for the given id and data directory.
     pub fn new(id: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
         NodeConfig {
@@ -221,6 +238,9 @@ impl NodeConfig {
             consume_read_bytes: 1 << 20,
             stream_buffer: 64,
             produce_pipeline: 64,
+            max_streams: 4096,
+            stream_memory_bytes: None,
+            slow_consumer_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Json,
             tls: None,
@@ -321,6 +341,30 @@ impl NodeConfig {
             return invalid(
                 "stream limits",
                 "buffers and pipelines must be at least 1".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.max_streams) {
+            return invalid(
+                "max-streams",
+                format!("{} is outside 1..=1000000", self.max_streams),
+            );
+        }
+        let max_batch = self.log.max_batch_bytes as usize;
+        if let Some(bytes) = self.stream_memory_bytes
+            && !(max_batch..=(16usize << 30)).contains(&bytes)
+        {
+            return invalid(
+                "stream-memory-bytes",
+                format!(
+                    "{bytes} is outside {max_batch}..=17179869184: it must hold at least the largest batch"
+                ),
+            );
+        }
+        let slow_ms = self.slow_consumer_timeout.as_millis();
+        if !(100..=3_600_000).contains(&slow_ms) {
+            return invalid(
+                "slow-consumer-timeout-ms",
+                format!("{slow_ms} is outside 100..=3600000"),
             );
         }
         if let Some(threads) = self.worker_threads

@@ -67,6 +67,23 @@ struct Cli {
         default_value_t = 60_000
     )]
     retention_check_interval_ms: u64,
+    /// `ConsumeStream` and `ProduceStream` calls open at once, at most; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PROGLOG_MAX_STREAMS", default_value_t = 4096)]
+    max_streams: usize,
+    /// Bytes of records all consume streams together may hold read ahead of their clients
+    /// (default: 32 MiB, or four of the largest batches if more).
+    #[arg(long, env = "PROGLOG_STREAM_MEMORY_BYTES")]
+    stream_memory_bytes: Option<usize>,
+    /// How long a consume stream over its share of the stream memory may go without its client
+    /// taking anything while others wait, before it is cut off (RESOURCE_EXHAUSTED), in
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "PROGLOG_SLOW_CONSUMER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    slow_consumer_timeout_ms: u64,
     /// Format of the node's own log lines.
     #[arg(long, env = "PROGLOG_LOG_FORMAT", value_enum, default_value_t = FormatArg::Json)]
     log_format: FormatArg,
@@ -228,6 +245,9 @@ impl Cli {
             .retention_hours
             .map(|hours| Duration::from_secs(hours.saturating_mul(3600)));
         config.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
+        config.max_streams = self.max_streams;
+        config.stream_memory_bytes = self.stream_memory_bytes;
+        config.slow_consumer_timeout = Duration::from_millis(self.slow_consumer_timeout_ms);
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             let mut tls = TlsConfig::new(cert, key);
             tls.client_ca = self.tls_client_ca;
@@ -323,13 +343,21 @@ fn run_dev(cluster: proglog_node::dev::DevCluster) -> ExitCode {
     }
 }
 
+/// Threads for blocking work (log reads, appends, fsyncs), at most. Reads and appends from
+/// the page cache take microseconds, so a few dozen keep up with any load; more would only
+/// cost memory (each thread has its stack and its allocator arena).
+const MAX_BLOCKING_THREADS: usize = 64;
+
 /// The async runtime, with `worker_threads` workers (default: one per available CPU).
 fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = worker_threads {
         builder.worker_threads(threads);
     }
-    builder.enable_all().build()
+    builder
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .enable_all()
+        .build()
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

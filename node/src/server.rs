@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{
     AdminAccess, AdminService, GrpcPeerTransport, LogService, LogStore, MessageLimitLayer,
-    PeerService,
+    PeerService, StreamBudget, StreamLimits,
 };
 use crate::api::{ServiceSettings, health_service};
 use crate::config::NodeConfig;
@@ -198,6 +198,17 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         },
         stop.clone(),
         Arc::clone(&transport),
+        StreamBudget::new(
+            StreamLimits {
+                max_streams: config.max_streams,
+                budget_bytes: config.stream_budget_bytes(),
+                // Two reads in flight per stream, so a client that keeps up never waits for one.
+                per_stream_bytes: 2 * config.consume_read_bytes,
+                max_batch_bytes: config.log.max_batch_bytes as usize,
+                slow_consumer_after: config.slow_consumer_timeout,
+            },
+            Arc::clone(metrics.load()),
+        ),
     );
     let max_message = config.log.max_batch_bytes as usize + MESSAGE_OVERHEAD;
     let health = tonic_health::server::HealthReporter::new();

@@ -16,7 +16,10 @@ use super::limits::oversize_status;
 use super::peer::GrpcPeerTransport;
 use super::status::to_status;
 use super::store::{LogStore, NewRecord};
-use crate::storage::{BATCH_HEADER_LEN, RECORD_HEADER_LEN, StorageError, StoredRecord};
+use super::streams::{QueueStream, StreamBudget, WaitEnd};
+use crate::storage::{
+    BATCH_HEADER_LEN, BoundedRead, RECORD_HEADER_LEN, StorageError, StoredRecord,
+};
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::log_server::Log as LogApi;
 use proglog_proto::log::v1::{
@@ -53,6 +56,8 @@ pub struct LogService {
     shutdown: CancellationToken,
     /// Channels to peers, to forward produces to the leader.
     peers: Arc<GrpcPeerTransport>,
+    /// The node's bounds on streams and the memory they hold.
+    budget: Arc<StreamBudget>,
 }
 
 impl LogService {
@@ -62,12 +67,14 @@ impl LogService {
         settings: ServiceSettings,
         shutdown: CancellationToken,
         peers: Arc<GrpcPeerTransport>,
+        budget: Arc<StreamBudget>,
     ) -> Self {
         LogService {
             store,
             settings: Arc::new(settings),
             shutdown,
             peers,
+            budget,
         }
     }
 
@@ -79,6 +86,7 @@ impl LogService {
         leader: &str,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<ReceiverStream<Result<ProduceResponse, Status>>>, Status> {
+        let slot = self.budget.open()?;
         let mut client = self.leader_client(leader)?;
         let (requests_tx, requests_rx) = mpsc::channel(self.settings.stream_buffer);
         let mut inbound = request.into_inner();
@@ -110,6 +118,7 @@ impl LogService {
         let mut answers = client.produce_stream(outbound).await?.into_inner();
         // Leader -> client.
         tokio::spawn(async move {
+            let _slot = slot;
             while let Some(answer) = answers.next().await {
                 let end = answer.is_err();
                 if tx.send(answer).await.is_err() || end {
@@ -187,18 +196,12 @@ fn out_of_range(requested: u64, start: u64, end: u64) -> Status {
     })
 }
 
-/// How long a stream that is ending at shutdown waits for room in its buffer for the status.
-const SHUTDOWN_STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Ends a stream because the node is stopping: `UNAVAILABLE`, with where to resume, so a
-/// client can tell it from the end of a stream it asked for. The buffer may be full (the
-/// client is reading behind), so the status waits for room, briefly: a client that reads
-/// nothing more does not hold the shutdown up.
-async fn shutting_down(tx: &mpsc::Sender<Result<ConsumeResponse, Status>>, resume_from: u64) {
-    let status = Status::unavailable(format!(
+/// Why a stream ends because the node is stopping: `UNAVAILABLE`, with where to resume, so a
+/// client can tell it from the end of a stream it asked for.
+fn shutting_down(resume_from: u64) -> Status {
+    Status::unavailable(format!(
         "the node is shutting down; resume from offset {resume_from} on a running node"
-    ));
-    let _ = tokio::time::timeout(SHUTDOWN_STATUS_WAIT, tx.send(Err(status))).await;
+    ))
 }
 
 /// Rejects a record over the size limit before it reaches a batch (where it would fail the
@@ -274,7 +277,7 @@ impl LogApi for LogService {
         }))
     }
 
-    type ConsumeStreamStream = ReceiverStream<Result<ConsumeResponse, Status>>;
+    type ConsumeStreamStream = QueueStream<ConsumeResponse>;
 
     async fn consume_stream(
         &self,
@@ -290,7 +293,8 @@ impl LogApi for LogService {
                 status.message()
             )));
         }
-        let (tx, rx) = mpsc::channel(self.settings.stream_buffer);
+        let slot = self.budget.open()?;
+        let (queue, stream) = super::streams::queue(&self.budget, slot);
         let store = Arc::clone(&self.store);
         let shutdown = self.shutdown.clone();
         let read_bytes = self.settings.consume_read_bytes;
@@ -298,34 +302,56 @@ impl LogApi for LogService {
             let mut visible = store.subscribe();
             loop {
                 if shutdown.is_cancelled() {
-                    // A client that keeps up never waits below, so look once per read.
-                    return shutting_down(&tx, next).await;
+                    return queue.finish(Some(shutting_down(next)));
                 }
                 let end = *visible.borrow_and_update();
                 if next >= end {
                     tokio::select! {
-                        _ = shutdown.cancelled() => return shutting_down(&tx, next).await,
-                        _ = tx.closed() => return,
+                        _ = shutdown.cancelled() => return queue.finish(Some(shutting_down(next))),
+                        _ = queue.gone() => return,
                         changed = visible.changed() => if changed.is_err() { return },
                     }
                     continue;
                 }
-                let before = next;
-                let batches = match store.read(next, read_bytes).await {
-                    Ok(batches) => batches,
-                    Err(status) => {
-                        // The client learns why its stream ended (retention, corruption).
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
+                // What the read holds comes from the node's stream budget, and only while this
+                // stream's client keeps taking what it holds.
+                let permit = match queue.reserve(read_bytes, next, &shutdown).await {
+                    Ok(permit) => permit,
+                    Err(WaitEnd::Stopped) => return queue.finish(Some(shutting_down(next))),
+                    Err(WaitEnd::Gone | WaitEnd::CutOff) => return,
                 };
+                let before = next;
+                let want = permit.num_permits();
+                let (permit, batches, oversized) = match store.read_within(next, want).await {
+                    Ok(BoundedRead::Batches(batches)) => (permit, batches, false),
+                    // One batch larger than this stream may hold: take its size for as long as
+                    // it takes to copy out what the stream may hold.
+                    Ok(BoundedRead::FirstBatchNeeds(bytes)) => {
+                        drop(permit);
+                        let permit = match queue.reserve_batch(bytes, next, &shutdown).await {
+                            Ok(permit) => permit,
+                            Err(WaitEnd::Stopped) => {
+                                return queue.finish(Some(shutting_down(next)));
+                            }
+                            Err(WaitEnd::Gone | WaitEnd::CutOff) => return,
+                        };
+                        match store.read(next, permit.num_permits()).await {
+                            Ok(batches) => (permit, batches, true),
+                            Err(status) => return queue.finish(Some(status)),
+                        }
+                    }
+                    // The client learns why its stream ended (retention, corruption).
+                    Err(status) => return queue.finish(Some(status)),
+                };
+                let mut responses = Vec::new();
+                let mut bytes = 0;
                 // Leader-change markers are the log's, not the producers': streams skip them
                 // (their offsets are gaps, as in Kafka).
                 let records = batches.iter().flat_map(|batch| {
                     let skip = batch.is_control().then(|| batch.next_offset());
                     batch.records().map(move |record| (skip, record))
                 });
-                for (skip, record) in records {
+                for (skip, mut record) in records {
                     if let Some(skip_to) = skip {
                         if record.offset >= next && record.offset < end {
                             next = skip_to.min(end);
@@ -335,34 +361,40 @@ impl LogApi for LogService {
                     if record.offset < next || record.offset >= end {
                         continue;
                     }
-                    next = record.offset + 1;
-                    let response = ConsumeResponse {
-                        record: Some(to_proto(record)),
-                    };
-                    // While the client keeps up the buffer has room: no wait to set up per
-                    // record. Shutdown is watched where the stream waits (here, or for records).
-                    let response = match tx.try_send(Ok(response)) {
-                        Ok(()) => continue,
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                        Err(mpsc::error::TrySendError::Full(response)) => response,
-                    };
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return shutting_down(&tx, next - 1).await,
-                        sent = tx.send(response) => if sent.is_err() { return },
+                    if oversized {
+                        // Copied, so the large batch is not held; as many as the stream may
+                        // hold, and at least one.
+                        let size = record.value.len() + RECORD_HEADER_LEN;
+                        if bytes + size > want && !responses.is_empty() {
+                            break;
+                        }
+                        record.value = bytes::Bytes::copy_from_slice(&record.value);
+                        bytes += size;
                     }
+                    next = record.offset + 1;
+                    responses.push(ConsumeResponse {
+                        record: Some(to_proto(record)),
+                    });
                 }
+                if !oversized {
+                    // The records share their batches' buffers.
+                    bytes = batches.iter().map(|batch| batch.as_bytes().len()).sum();
+                }
+                drop(batches);
+                let held = queue.settle(permit, bytes);
+                for response in responses {
+                    queue.push(response, Some(Arc::clone(&held)));
+                }
+                drop(held);
                 if next == before {
                     // A read that yields nothing new would repeat forever.
-                    let _ = tx
-                        .send(Err(Status::data_loss(format!(
-                            "the batch read for offset {next} holds no readable record at or after it"
-                        ))))
-                        .await;
-                    return;
+                    return queue.finish(Some(Status::data_loss(format!(
+                        "the batch read for offset {next} holds no readable record at or after it"
+                    ))));
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 
     type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
@@ -375,6 +407,7 @@ impl LogApi for LogService {
         if let Some(leader) = self.store.produce_route(forwarded).await? {
             return self.forward_produce_stream(&leader, request).await;
         }
+        let slot = self.budget.open()?;
         // Requests are appended in the order they arrive, so offsets follow request order.
         // Whatever has arrived while the previous append synced (up to `produce_pipeline`
         // requests) goes into the next batch: one append and one fsync for many records. The
@@ -387,6 +420,7 @@ impl LogApi for LogService {
         let settings = Arc::clone(&self.settings);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let chunk = tokio::select! {
                     _ = shutdown.cancelled() => {

@@ -13,6 +13,8 @@
 //!   calls it.
 //! - `admin`: the `log.v1.Admin` service: cluster status, leadership transfer.
 //! - `health`: `grpc.health.v1`, with watches that end at shutdown.
+//! - `streams`: the node's bounds on open streams and on the bytes they read ahead of their
+//!   clients, and the slow-consumer rule.
 //! - `status`: the one place storage errors become gRPC statuses.
 
 mod admin;
@@ -22,6 +24,7 @@ mod log_service;
 mod peer;
 mod status;
 mod store;
+mod streams;
 
 pub use admin::{AdminAccess, AdminService};
 pub use health::{EndingHealth, health_service};
@@ -30,3 +33,4 @@ pub use log_service::{LogService, ServiceSettings};
 pub use peer::{GrpcPeerTransport, PeerService};
 pub use status::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, to_replication_status, to_status};
 pub use store::{LogStore, NewRecord};
+pub use streams::{StreamBudget, StreamLimits};

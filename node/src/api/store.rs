@@ -23,7 +23,8 @@ use super::status::{to_replication_status, to_status};
 use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{NodeId, ReplicationError};
 use crate::storage::{
-    AppendInfo, Batch, Durability, Log, Record, StorageError, encoded_batch_len, now_ms,
+    AppendInfo, Batch, BoundedRead, Durability, Log, Record, StorageError, encoded_batch_len,
+    now_ms,
 };
 
 /// How long a produce waits for a leader to be elected before giving up.
@@ -248,6 +249,31 @@ impl LogStore {
             .map_err(|err| self.fail(err))?;
         batches.retain(|batch| batch.base_offset() < visible);
         Ok(batches)
+    }
+
+    /// Reads committed batches from `offset`, never more than `max_bytes` (see
+    /// [`crate::storage::Log::read_within`]).
+    pub async fn read_within(&self, offset: u64, max_bytes: usize) -> Result<BoundedRead, Status> {
+        let visible = self.visible_end();
+        if offset > visible {
+            return Err(to_status(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start: self.start_offset(),
+                end: visible,
+            }));
+        }
+        let log = Arc::clone(&self.log);
+        let read = tokio::task::spawn_blocking(move || log.read_within(offset, max_bytes))
+            .await
+            .map_err(|err| Status::internal(format!("read task failed: {err}")))?
+            .map_err(|err| self.fail(err))?;
+        Ok(match read {
+            BoundedRead::Batches(mut batches) => {
+                batches.retain(|batch| batch.base_offset() < visible);
+                BoundedRead::Batches(batches)
+            }
+            needs => needs,
+        })
     }
 
     /// The first offset at or after a time, or the visible end when there is none.

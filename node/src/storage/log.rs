@@ -33,6 +33,16 @@ pub const EPOCHS_FILE: &str = "leader-epochs";
 /// one directory holds everything a node must not lose.
 pub const QUORUM_STATE_FILE: &str = "quorum-state";
 
+/// What [`Log::read_within`] found.
+#[derive(Debug)]
+pub enum BoundedRead {
+    /// Whole batches in offset order, the first holding the offset asked for (none at the
+    /// end of the log).
+    Batches(Vec<Batch>),
+    /// The batch holding the offset is this many bytes, more than the read allowed.
+    FirstBatchNeeds(usize),
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -556,7 +566,18 @@ impl Log {
     /// returned as soon as they are written; callers that must only expose durable or committed
     /// data bound what they serve by `durable_offset()` or their high watermark.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
-        self.inner.read(offset, max_bytes)
+        match self.inner.read(offset, max_bytes, true)? {
+            BoundedRead::Batches(batches) => Ok(batches),
+            // Not returned when at least one batch is asked for.
+            BoundedRead::FirstBatchNeeds(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Like [`Log::read`], but never more than `max_bytes`: when the batch holding `offset`
+    /// alone is larger, nothing is read and its size is returned instead, so a caller that
+    /// budgets its memory can take that much first.
+    pub fn read_within(&self, offset: u64, max_bytes: usize) -> Result<BoundedRead> {
+        self.inner.read(offset, max_bytes, false)
     }
 
     /// The offset of the first record with a timestamp at or after `timestamp_ms`, or `None`
@@ -1060,13 +1081,13 @@ impl Inner {
             .map_err(|err| self.stop(err))
     }
 
-    fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+    fn read(&self, offset: u64, max_bytes: usize, at_least_one: bool) -> Result<BoundedRead> {
         // A concurrent suffix truncation can cut a segment under a reader; the read is then
         // retried against the new end instead of reporting the vanished bytes as corruption.
         let mut attempts = 0;
         loop {
             let truncations = self.sync.lock().truncations;
-            match self.read_once(offset, max_bytes) {
+            match self.read_once(offset, max_bytes, at_least_one) {
                 Err(StorageError::Corruption { .. })
                     if attempts == 0 && self.sync.lock().truncations != truncations =>
                 {
@@ -1077,7 +1098,7 @@ impl Inner {
         }
     }
 
-    fn read_once(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+    fn read_once(&self, offset: u64, max_bytes: usize, at_least_one: bool) -> Result<BoundedRead> {
         let start = self.start_offset.load(Ordering::Acquire);
         let end = self.end_offset.load(Ordering::Acquire);
         if offset < start || offset > end {
@@ -1109,8 +1130,13 @@ impl Inner {
                 next,
                 max_bytes.saturating_sub(bytes),
                 self.options.max_batch_bytes,
-                batches.is_empty(),
+                at_least_one && batches.is_empty(),
             )?;
+            if read.batches.is_empty() && batches.is_empty() {
+                // The first batch alone is over `max_bytes`.
+                let (_, first) = seg.locate(next, self.options.max_batch_bytes)?;
+                return Ok(BoundedRead::FirstBatchNeeds(first.total_len()));
+            }
             bytes += read.bytes;
             if let Some(last) = read.batches.last() {
                 next = last.next_offset();
@@ -1123,7 +1149,7 @@ impl Inner {
         }
         // Batches written after `end` was read are left for the next call.
         batches.retain(|batch| batch.base_offset() < end);
-        Ok(batches)
+        Ok(BoundedRead::Batches(batches))
     }
 
     fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<u64>> {

@@ -44,8 +44,8 @@ pub use batch::{
 };
 pub use error::{Result, StorageError};
 pub use log::{
-    AppendInfo, Log, QUORUM_STATE_FILE, RecoveryReport, RetentionOutcome, START_OFFSET_FILE,
-    SyncStats, now_ms,
+    AppendInfo, BoundedRead, Log, QUORUM_STATE_FILE, RecoveryReport, RetentionOutcome,
+    START_OFFSET_FILE, SyncStats, now_ms,
 };
 pub use options::{Durability, LogOptions};
 pub use recovery::{TORN_SEARCH_WINDOW, TornTail};

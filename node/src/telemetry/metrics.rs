@@ -114,6 +114,7 @@ pub struct Metrics {
     registry: Registry,
     rpc: RpcMetrics,
     log: Arc<LogCollector>,
+    load: Arc<super::LoadCounters>,
 }
 
 impl Metrics {
@@ -140,7 +141,19 @@ impl Metrics {
         );
         let log = Arc::new(LogCollector::default());
         registry.register_collector(Box::new(Arc::clone(&log)));
-        Arc::new(Metrics { registry, rpc, log })
+        let load = Arc::new(super::LoadCounters::default());
+        registry.register_collector(Box::new(super::load::LoadCollector(Arc::clone(&load))));
+        Arc::new(Metrics {
+            registry,
+            rpc,
+            log,
+            load,
+        })
+    }
+
+    /// The counters of the node's bounds on load (streams, connections, a full disk).
+    pub fn load(&self) -> &Arc<super::LoadCounters> {
+        &self.load
     }
 
     /// The RPC metrics, for [`super::RpcMetricsLayer`].

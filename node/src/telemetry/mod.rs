@@ -92,6 +92,7 @@
 
 mod health;
 mod http;
+mod load;
 mod metrics;
 mod rpc_layer;
 mod rpc_span;
@@ -99,6 +100,7 @@ mod trace_export;
 
 pub use health::Health;
 pub use http::{HttpServer, MAX_HTTP_CONNECTIONS};
+pub use load::{ConnectionCounters, Listener, LoadCounters};
 pub use metrics::{LogSnapshot, LogStats, Metrics, RpcMetrics};
 pub(crate) use rpc_layer::percent_decode;
 pub use rpc_layer::{RpcMetricsLayer, RpcMetricsService};
