@@ -54,6 +54,14 @@ pub struct NodeConfig {
     /// without its client taking anything while other streams wait, before it is cut off
     /// (`--slow-consumer-timeout-ms`). Default 10 s.
     pub slow_consumer_timeout: Duration,
+    /// Connections open at once on the client listener, and on the peer listener, at most
+    /// (`--max-connections`); within the process's descriptor limit less what the log needs.
+    /// At the cap, the oldest connection that has sent no request is closed to make room, or
+    /// the new one is refused. Default 10,000.
+    pub max_connections: usize,
+    /// How long a new connection may take to send the start of its first request, TLS
+    /// handshake included, before it is closed (`--first-request-timeout-ms`). Default 10 s.
+    pub first_request_timeout: Duration,
     /// How long shutdown waits for calls in flight before closing the log.
     pub shutdown_grace: Duration,
     /// Format of the node's log lines.
@@ -241,6 +249,8 @@ impl NodeConfig {
             max_streams: 4096,
             stream_memory_bytes: None,
             slow_consumer_timeout: Duration::from_secs(10),
+            max_connections: crate::security::DEFAULT_MAX_CONNECTIONS,
+            first_request_timeout: crate::security::DEFAULT_FIRST_REQUEST_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Json,
             tls: None,
@@ -365,6 +375,19 @@ impl NodeConfig {
             return invalid(
                 "slow-consumer-timeout-ms",
                 format!("{slow_ms} is outside 100..=3600000"),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return invalid(
+                "max-connections",
+                format!("{} is outside 1..=1000000", self.max_connections),
+            );
+        }
+        let first_ms = self.first_request_timeout.as_millis();
+        if !(100..=600_000).contains(&first_ms) {
+            return invalid(
+                "first-request-timeout-ms",
+                format!("{first_ms} is outside 100..=600000"),
             );
         }
         if let Some(threads) = self.worker_threads

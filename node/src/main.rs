@@ -84,6 +84,20 @@ struct Cli {
         default_value_t = 10_000
     )]
     slow_consumer_timeout_ms: u64,
+    /// Connections open at once on the client listener (and on the peer listener), at most;
+    /// within the process's descriptor limit, less what the log needs. At the cap, the oldest
+    /// connection that has sent no request yet is closed to make room, else the new one is
+    /// refused.
+    #[arg(long, env = "PROGLOG_MAX_CONNECTIONS", default_value_t = proglog_node::security::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// How long a new connection may take to send its first request (TLS handshake included)
+    /// before it is closed, in milliseconds.
+    #[arg(
+        long,
+        env = "PROGLOG_FIRST_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    first_request_timeout_ms: u64,
     /// Format of the node's own log lines.
     #[arg(long, env = "PROGLOG_LOG_FORMAT", value_enum, default_value_t = FormatArg::Json)]
     log_format: FormatArg,
@@ -248,6 +262,8 @@ impl Cli {
         config.max_streams = self.max_streams;
         config.stream_memory_bytes = self.stream_memory_bytes;
         config.slow_consumer_timeout = Duration::from_millis(self.slow_consumer_timeout_ms);
+        config.max_connections = self.max_connections;
+        config.first_request_timeout = Duration::from_millis(self.first_request_timeout_ms);
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             let mut tls = TlsConfig::new(cert, key);
             tls.client_ca = self.tls_client_ca;
@@ -329,6 +345,7 @@ fn run_dev(cluster: proglog_node::dev::DevCluster) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    proglog_node::security::raise_descriptor_limit();
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));

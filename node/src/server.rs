@@ -17,10 +17,10 @@ use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{FileQuorumStore, Replica, ReplicaConfig};
 use crate::security::TlsFiles;
 use crate::security::{
-    DEFAULT_MAX_CONNECTIONS, ServerSecurity, load_tls, plain_incoming, tls_incoming,
+    ConnectionGate, DescriptorBudget, ServerSecurity, load_tls, plain_incoming, tls_incoming,
 };
-use crate::storage::Log;
-use crate::telemetry::{Health, HttpServer, Metrics, RpcMetricsLayer};
+use crate::storage::{Log, Shortage};
+use crate::telemetry::{Health, HttpServer, Listener, Metrics, RpcMetricsLayer};
 use proglog_proto::log::v1::admin_server::AdminServer;
 use proglog_proto::log::v1::log_server::LogServer;
 use proglog_proto::log::v1::peer_server::PeerServer;
@@ -185,6 +185,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     let _stop_consensus_on_return = consensus_stop.clone().drop_guard();
     let store = LogStore::new(log, Arc::clone(&consensus), directory, fatal.clone());
     metrics.watch_log(Arc::clone(&store) as _);
+    readiness.watch_disk({
+        let store = Arc::clone(&store);
+        move || store.log().shortage() == Some(Shortage::Disk)
+    });
     let service = LogService::new(
         Arc::clone(&store),
         ServiceSettings {
@@ -254,11 +258,26 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
                 .layer(security.acl_layer())
         };
     }
+    // Connections: each listener has its cap, and all share the descriptors the log leaves.
+    let descriptors = DescriptorBudget::of_process();
+    descriptors.watch_log({
+        let store = Arc::clone(&store);
+        move || store.log().segment_count()
+    });
+    let gate = |listener| {
+        ConnectionGate::new(
+            listener,
+            config.max_connections,
+            config.first_request_timeout,
+            Arc::clone(&descriptors),
+            Arc::clone(metrics.load()),
+        )
+    };
     // Serves `router` on `listener` until `stop`: TLS with the files' current certificate for
     // each new connection (open ones keep theirs), or plaintext connections, bounded in number,
     // TCP_NODELAY set (measured: streaming produce 8x slower without it).
     macro_rules! serve {
-        ($router:expr, $listener:expr, $tls:expr) => {{
+        ($router:expr, $listener:expr, $tls:expr, $gate:expr) => {{
             let server: futures_util::future::BoxFuture<
                 'static,
                 Result<(), tonic::transport::Error>,
@@ -266,12 +285,12 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
                 Some(tls) => {
                     tokio::spawn(Arc::clone(tls).watch(stop.clone()));
                     Box::pin($router.serve_with_incoming_shutdown(
-                        tls_incoming($listener, Arc::clone(tls), stop.clone()),
+                        tls_incoming($listener, Arc::clone(tls), $gate, stop.clone()),
                         stop.clone().cancelled_owned(),
                     ))
                 }
                 None => Box::pin($router.serve_with_incoming_shutdown(
-                    plain_incoming($listener, DEFAULT_MAX_CONNECTIONS, stop.clone()),
+                    plain_incoming($listener, $gate, stop.clone()),
                     stop.clone().cancelled_owned(),
                 )),
             };
@@ -292,15 +311,23 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
                 .add_service(peer_service)
                 .add_service(admin_service);
             (
-                serve!(client_router, listener, &security.tls),
-                Some(serve!(peer_router, peer_listener, &peer_tls)),
+                serve!(client_router, listener, &security.tls, gate(Listener::Rpc)),
+                Some(serve!(
+                    peer_router,
+                    peer_listener,
+                    &peer_tls,
+                    gate(Listener::Peer)
+                )),
             )
         }
         None => {
             let router = client_router
                 .add_service(peer_service)
                 .add_service(admin_service);
-            (serve!(router, listener, &security.tls), None)
+            (
+                serve!(router, listener, &security.tls, gate(Listener::Rpc)),
+                None,
+            )
         }
     };
     if let Some(authorizer) = &security.authorizer {

@@ -247,14 +247,20 @@ pub async fn change_voters(
 
 /// The `/metrics` text of a node.
 pub async fn metrics(node: &NodeProcess) -> String {
+    http_get(node, "/metrics").await
+}
+
+/// The whole HTTP/1.1 response (status line, headers, body) to a GET of `path` on the node's
+/// HTTP listener.
+pub async fn http_get(node: &NodeProcess, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = node.http_addr().unwrap();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
 
 /// The log's `(start, end)` on `node`.

@@ -139,3 +139,127 @@ async fn streams_that_never_read_leave_memory_bounded() {
     );
     drop(streams);
 }
+
+/// The start of the HTTP/2 client preface: what a half-open client sends before it stalls.
+const HALF_PREFACE: &[u8] = b"PRI * HTTP/2";
+
+/// Raises this process's soft descriptor limit to its hard limit; `false` if that leaves less
+/// than `needed`.
+fn descriptors_for_test(needed: u64) -> bool {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limits = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limits.maximum,
+        maximum: limits.maximum,
+    };
+    setrlimit(Resource::Nofile, raised).is_ok() && limits.maximum.is_none_or(|max| max >= needed)
+}
+
+/// Whether the node closed `stream` (EOF or reset) within the deadline, reading past what it
+/// sent first (its HTTP/2 settings).
+async fn closed_by_node(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .is_ok()
+}
+
+/// A node under a descriptor limit of 1,024 (a container's usual soft limit), with 64 KiB
+/// segments, meets 2,000 connections that never send a request (half of them stall inside the
+/// HTTP/2 preface). It keeps within its descriptors (closing the oldest silent connections to
+/// make room, then each at its first-request deadline), so the segment rolls of a producer's
+/// 300 records all succeed and the node never stops; every silent connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_under_a_low_descriptor_limit_never_stop_the_log() {
+    use tokio::io::AsyncWriteExt;
+    const SILENT: usize = 2000;
+    let Some(prlimit) = ["/usr/bin/prlimit", "/bin/prlimit"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+    else {
+        println!("skipped: prlimit (util-linux) is not installed");
+        return;
+    };
+    if !descriptors_for_test(SILENT as u64 + 512) {
+        println!("skipped: this process may not open {SILENT} sockets");
+        return;
+    }
+    let node = NodeProcess::start(
+        NodeOptions::default()
+            .wrapper(prlimit, ["--nofile=1024:1024"])
+            .flag("--segment-bytes", "65536")
+            .flag("--max-record-bytes", "16384")
+            .env("PROGLOG_FIRST_REQUEST_TIMEOUT_MS", "3000"),
+    )
+    .await
+    .unwrap();
+    let addr = node.rpc_addr();
+    let mut silent = Vec::with_capacity(SILENT);
+    for i in 0..SILENT {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 1 {
+            // The node may already have closed it to make room.
+            let _ = stream.write_all(HALF_PREFACE).await;
+        }
+        silent.push(stream);
+    }
+
+    // 300 records of 4 KiB: a segment roll every 15 or so.
+    let mut producer = node.log_client().await.unwrap();
+    let value = Bytes::from(vec![3u8; 4 << 10]);
+    for i in 0..300u64 {
+        let offset = producer
+            .produce(ProduceRequest {
+                record: Some(Record {
+                    value: value.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("produce {i} failed: {status}"))
+            .into_inner()
+            .offset;
+        assert_eq!(offset, i);
+    }
+    let segments = metric(&node, "proglog_log_segments").await.unwrap();
+    assert!(segments >= 10.0, "only {segments} segments: too few rolls");
+    let consumed = producer
+        .consume(ConsumeRequest {
+            offset: 299,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(consumed.value, value);
+
+    // Every silent connection is closed by the node: to make room, or at its deadline.
+    for (i, stream) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_by_node(stream).await,
+            "silent connection {i} is still open"
+        );
+    }
+    let mut closed = 0.0;
+    for reason in ["evicted", "timed_out", "refused"] {
+        let series =
+            format!("proglog_connections_closed_total{{listener=\"rpc\",reason=\"{reason}\"}}");
+        closed += metric(&node, &series).await.unwrap_or(0.0);
+    }
+    assert!(
+        closed >= SILENT as f64,
+        "the node counted {closed} closed connections"
+    );
+}

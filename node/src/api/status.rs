@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::replication::ReplicationError;
-use crate::storage::StorageError;
+use crate::storage::{Shortage, StorageError};
 
 /// Metadata key naming the leader's id on a `NOT_LEADER`-style answer.
 pub const LEADER_ID_METADATA: &str = "proglog-leader-id";
@@ -40,6 +40,22 @@ pub fn to_replication_status(err: ReplicationError, leader_addr: Option<String>)
 
 /// Maps a storage error to the status a client sees.
 pub fn to_status(err: StorageError) -> Status {
+    match err.shortage() {
+        Some(Shortage::Disk) => {
+            return Status::resource_exhausted(format!(
+                "the disk is full, so this node takes no writes; it still serves reads, and \
+                 takes writes again by itself once space is freed ({err}: {})",
+                source_of(&err)
+            ));
+        }
+        Some(Shortage::Descriptors) => {
+            return Status::resource_exhausted(format!(
+                "this node has no file descriptor left for the write; retry shortly ({err}: {})",
+                source_of(&err)
+            ));
+        }
+        None => {}
+    }
     let code = match &err {
         StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
         StorageError::RecordTooLarge { .. }
@@ -60,6 +76,11 @@ pub fn to_status(err: StorageError) -> Status {
         | StorageError::Io { .. } => Code::Internal,
     };
     Status::new(code, err.to_string())
+}
+
+/// The OS error under an I/O error, which its own message leaves out.
+fn source_of(err: &StorageError) -> String {
+    std::error::Error::source(err).map_or_else(String::new, ToString::to_string)
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use acceptor::{
-    Connection, DEFAULT_MAX_CONNECTIONS, TlsConnection, plain_incoming, tls_incoming,
+    Connection, ConnectionGate, DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DescriptorBudget, RESERVED_DESCRIPTORS, TlsConnection, plain_incoming, raise_descriptor_limit,
+    tls_incoming,
 };
 pub use acl::{AclConfig, Action, Authorizer, MethodAccess, method_access};
 pub use identity::{PeerIdentity, serial_number, subject_common_name};

@@ -38,6 +38,11 @@ impl EpochCache {
         }
     }
 
+    /// Takes back the latest [`Epochs::assign`] (its persistence failed).
+    pub fn unassign_latest(&mut self) {
+        self.entries.pop();
+    }
+
     /// The largest epoch `<= epoch` in the log and the offset where it ends (the start of the
     /// next epoch, or `log_end`). `None` when the log holds no such epoch.
     pub fn end_offset_for(&self, epoch: u64, log_end: u64) -> Option<(u64, u64)> {

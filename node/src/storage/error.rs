@@ -173,6 +173,21 @@ impl StorageError {
         move |source| StorageError::Io { op, path, source }
     }
 
+    /// What the system ran out of, when this error is a failed write or file creation for
+    /// lack of room (`ENOSPC`, `EDQUOT`) or of file descriptors (`EMFILE`, `ENFILE`). Such a
+    /// write leaves the log as it was: the caller may retry once the resource is back.
+    pub fn shortage(&self) -> Option<Shortage> {
+        let StorageError::Io { source, .. } = self else {
+            return None;
+        };
+        use rustix::io::Errno;
+        match Errno::from_io_error(source)? {
+            Errno::NOSPC | Errno::DQUOT => Some(Shortage::Disk),
+            Errno::MFILE | Errno::NFILE => Some(Shortage::Descriptors),
+            _ => None,
+        }
+    }
+
     /// True for errors after which the log accepts no more writes and the node must stop.
     pub fn is_fatal(&self) -> bool {
         matches!(
@@ -180,4 +195,13 @@ impl StorageError {
             StorageError::SyncFailed { .. } | StorageError::Stopped
         )
     }
+}
+
+/// A resource whose lack fails a write without harming the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortage {
+    /// The file system is full (or the quota is used up).
+    Disk,
+    /// The process or the system has no file descriptor left.
+    Descriptors,
 }

@@ -186,10 +186,15 @@ pub fn write(
 /// rebuilds the index from the log.
 pub fn load(path: &Path, base_offset: u64) -> Result<(Entries, IndexFooter), String> {
     let file = File::open(path).map_err(|err| format!("cannot open: {err}"))?;
+    load_file(&file, base_offset)
+}
+
+/// [`load`] of an index file already open.
+pub fn load_file(file: &File, base_offset: u64) -> Result<(Entries, IndexFooter), String> {
     // SAFETY: index files are only ever replaced by rename, never modified in place, and the
     // data directory is locked against other processes, so the mapped bytes cannot change.
     #[allow(unsafe_code)]
-    let map = unsafe { Mmap::map(&file) }.map_err(|err| format!("cannot map: {err}"))?;
+    let map = unsafe { Mmap::map(file) }.map_err(|err| format!("cannot map: {err}"))?;
     if map.len() < FOOTER_LEN || !(map.len() - FOOTER_LEN).is_multiple_of(ENTRY_LEN) {
         return Err(format!("size {} is not entries plus a footer", map.len()));
     }

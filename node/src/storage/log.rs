@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,13 +20,18 @@ use super::batch::{self, ATTR_CONTROL, Batch, Record, StoredRecord};
 use super::checkpoint::{self, TEMP_SUFFIX};
 use super::dir_lock::{DirLock, LOCK_FILE};
 use super::epochs::EpochCache;
-use super::error::{Result, StorageError};
+use super::error::{Result, Shortage, StorageError};
 use super::options::{Durability, LogOptions};
 use super::recovery::{self, TornTail};
 use super::segment::{self, Segment};
 
 /// Checkpoint file holding the log start offset (moved by `truncate_prefix` and retention).
 pub const START_OFFSET_FILE: &str = "log-start-offset";
+
+/// [`Inner::shortage`] after a write failed for lack of disk space.
+const SHORT_OF_DISK: u8 = 1;
+/// [`Inner::shortage`] after a write failed for lack of file descriptors.
+const SHORT_OF_DESCRIPTORS: u8 = 2;
 /// Checkpoint file holding the leader-epoch cache.
 pub const EPOCHS_FILE: &str = "leader-epochs";
 /// The replication layer's quorum state (epoch, vote, leader, voters), kept beside the log so
@@ -127,6 +132,9 @@ struct Inner {
     sync: Mutex<SyncState>,
     synced: Condvar,
     stopped: AtomicBool,
+    /// What the last write failed for lack of ([`SHORT_OF_DISK`], [`SHORT_OF_DESCRIPTORS`]), or
+    /// 0 once a write succeeded.
+    shortage: AtomicU8,
     /// Set by a clean `close()`: no more writes.
     closed: AtomicBool,
     syncs: AtomicU64,
@@ -413,6 +421,7 @@ impl Log {
             }),
             synced: Condvar::new(),
             stopped: AtomicBool::new(false),
+            shortage: AtomicU8::new(0),
             closed: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             sync_nanos: AtomicU64::new(0),
@@ -513,6 +522,16 @@ impl Log {
     /// Bytes of data in all segments (not counting preallocated space).
     pub fn size_bytes(&self) -> u64 {
         self.inner.segment_list().iter().map(|seg| seg.size()).sum()
+    }
+
+    /// What the last write failed for lack of, until a write succeeds again: while the disk is
+    /// full the log refuses writes (each one tried again) and serves reads.
+    pub fn shortage(&self) -> Option<Shortage> {
+        match self.inner.shortage.load(Ordering::Acquire) {
+            SHORT_OF_DISK => Some(Shortage::Disk),
+            SHORT_OF_DESCRIPTORS => Some(Shortage::Descriptors),
+            _ => None,
+        }
     }
 
     /// fsync counters, for metrics.
@@ -777,6 +796,25 @@ impl Inner {
         Ok(())
     }
 
+    /// After a write or roll failed: for lack of disk space or descriptors the log stays as it
+    /// was and takes writes again once the resource is back (the failure is remembered for
+    /// [`Log::shortage`]); any other failure stops the log.
+    fn write_failed(&self, err: StorageError) -> StorageError {
+        match err.shortage() {
+            Some(shortage) => {
+                let code = match shortage {
+                    Shortage::Disk => SHORT_OF_DISK,
+                    Shortage::Descriptors => SHORT_OF_DESCRIPTORS,
+                };
+                if self.shortage.swap(code, Ordering::AcqRel) != code {
+                    tracing::warn!(error = %err, "a write failed for lack of a resource; the log refuses writes until it is back and serves reads meanwhile");
+                }
+                err
+            }
+            None => self.stop(err),
+        }
+    }
+
     /// Marks the log stopped after a failed write or sync and wakes every waiter.
     fn stop(&self, err: StorageError) -> StorageError {
         self.stopped.store(true, Ordering::Release);
@@ -925,27 +963,38 @@ impl Inner {
                     if epochs.assign(header.leader_epoch, header.base_offset) {
                         // Persisted before the batch is written; a crash in between leaves an
                         // epoch past the end, which open clamps away.
-                        checkpoint::write(&self.dir, EPOCHS_FILE, &epochs.encode())
-                            .map_err(|err| self.stop(err))?;
+                        if let Err(err) =
+                            checkpoint::write(&self.dir, EPOCHS_FILE, &epochs.encode())
+                        {
+                            epochs.unassign_latest();
+                            return Err(self.write_failed(err));
+                        }
                     }
                 }
             }
         }
         let active = self.active();
-        let roll = self.roll_due(
-            &active,
-            Some(writer.segment_started_ms),
-            bytes.len() as u64,
-            header.next_offset(),
-        );
+        // A sealed active segment is a roll that failed for lack of room or descriptors: it
+        // is done again before anything is written.
+        let roll = active.is_sealed()
+            || self.roll_due(
+                &active,
+                Some(writer.segment_started_ms),
+                bytes.len() as u64,
+                header.next_offset(),
+            );
         let active = if roll {
-            self.roll(writer).map_err(|err| self.stop(err))?
+            self.roll(writer).map_err(|err| self.write_failed(err))?
         } else {
             active
         };
+        // Written at the segment's logical end, which moves only once the write succeeded: a
+        // write cut short leaves bytes past the end that the next write overwrites (and that
+        // recovery, checking every batch, never reads as data).
         active
             .append(bytes, header, self.options.index_interval_bytes)
-            .map_err(|err| self.stop(err))?;
+            .map_err(|err| self.write_failed(err))?;
+        self.shortage.store(0, Ordering::Release);
         self.end_offset
             .store(header.next_offset(), Ordering::Release);
         writer.bytes_since_checkpoint += bytes.len() as u64;

@@ -42,7 +42,7 @@ pub use batch::{
     ATTR_CONTROL, BATCH_HEADER_LEN, Batch, BatchError, BatchHeader, RECORD_HEADER_LEN, Record,
     StoredRecord, encode as encode_batch, encoded_batch_len, validate as validate_batch,
 };
-pub use error::{Result, StorageError};
+pub use error::{Result, Shortage, StorageError};
 pub use log::{
     AppendInfo, BoundedRead, Log, QUORUM_STATE_FILE, RecoveryReport, RetentionOutcome,
     START_OFFSET_FILE, SyncStats, now_ms,

@@ -314,7 +314,13 @@ impl Segment {
         Some((state.entries.to_vec(), state.builder.clone()))
     }
 
-    /// Seals the segment: fsync, trim the preallocated tail, write the index, map it.
+    /// Whether the segment is sealed (it takes no appends).
+    pub fn is_sealed(&self) -> bool {
+        self.state.read().sealed
+    }
+
+    /// Seals the segment: fsync, trim the preallocated tail, write the index, map it. Sealing
+    /// a sealed segment writes and maps its index again.
     pub fn seal(&self) -> Result<()> {
         let (entries, builder) = {
             let state = self.state.read();
@@ -339,7 +345,10 @@ impl Segment {
         let index_name = index_file_name(self.base_offset);
         index::write(&self.dir, &index_name, &entries, &footer)?;
         let index_path = self.dir.join(&index_name);
-        let (mapped, _) = index::load(&index_path, self.base_offset).map_err(|reason| {
+        // Opened here, so that a lack of descriptors is told apart from a damaged file.
+        let index_file =
+            File::open(&index_path).map_err(StorageError::io("open index", &index_path))?;
+        let (mapped, _) = index::load_file(&index_file, self.base_offset).map_err(|reason| {
             StorageError::Corruption {
                 path: index_path.clone(),
                 position: 0,

@@ -179,6 +179,10 @@ impl Routes {
                 }
             },
             "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if self.health.is_ready() && self.health.disk_full() => text(
+                StatusCode::OK,
+                "ready, read-only: the disk is full; writes are refused until space is freed\n",
+            ),
             "/readyz" if self.health.is_ready() => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             _ => text(

@@ -41,9 +41,10 @@ pub struct ConnectionCounters {
     pub open: AtomicU64,
     /// Closed at once because the listener had as many as it may.
     pub refused: AtomicU64,
-    /// Closed because the client did not finish its handshake or send a request in time, or
-    /// stayed idle too long.
+    /// Closed because the client did not finish its handshake or send a request in time.
     pub timed_out: AtomicU64,
+    /// Closed to make room for a new connection while they had sent no request.
+    pub evicted: AtomicU64,
 }
 
 /// The counters. Cheap to update: relaxed atomics.
@@ -57,8 +58,6 @@ pub struct LoadCounters {
     pub slow_consumers: AtomicU64,
     /// Bytes streams hold read ahead of their clients.
     pub stream_bytes: AtomicU64,
-    /// 1 while the disk is full and the node refuses writes.
-    pub disk_full: AtomicU64,
     /// Failed RPCs whose log line was left out by the rate limit.
     pub failures_not_logged: AtomicU64,
     rpc: ConnectionCounters,
@@ -100,12 +99,6 @@ impl Collector for LoadCollector {
                 "Bytes of records streams have read ahead of their clients (bounded by --stream-memory-bytes)",
                 Some(Unit::Bytes),
                 &load.stream_bytes,
-            ),
-            (
-                "disk_full",
-                "1 while the disk is full: produces are refused, reads are served",
-                None,
-                &load.disk_full,
             ),
         ] {
             let gauge = ConstGauge::new(read(value));
@@ -154,7 +147,8 @@ impl Collector for LoadCollector {
         let mut closed = encoder.encode_descriptor(
             "connections_closed",
             "Connections the node closed to stay within its bounds, by listener and reason: \
-             refused (the listener was full), timed_out (no handshake or request in time, or idle)",
+             refused (the listener was full), timed_out (no handshake or request in time), \
+             evicted (closed to make room while it had sent no request)",
             None,
             MetricType::Counter,
         )?;
@@ -163,6 +157,7 @@ impl Collector for LoadCollector {
             for (reason, value) in [
                 ("refused", &counters.refused),
                 ("timed_out", &counters.timed_out),
+                ("evicted", &counters.evicted),
             ] {
                 ConstCounter::new(read(value)).encode(
                     closed.encode_family(&[("listener", listener.name()), ("reason", reason)])?,

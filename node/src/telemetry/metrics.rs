@@ -43,6 +43,8 @@ pub struct LogSnapshot {
     pub is_leader: u64,
     /// Voters in force.
     pub voters: u64,
+    /// 1 while the log refuses writes because the disk is full.
+    pub disk_full: u64,
 }
 
 /// Where the log gauges come from. Called on every scrape, on a runtime thread: it must be cheap
@@ -69,6 +71,7 @@ impl LogStats for crate::api::LogStore {
             epoch: view.epoch,
             is_leader: u64::from(view.leader_epoch.is_some()),
             voters: view.voters as u64,
+            disk_full: u64::from(log.shortage() == Some(crate::storage::Shortage::Disk)),
         }
     }
 }
@@ -229,6 +232,11 @@ impl Collector for LogCollector {
                 "Voters in the quorum, as this node knows it",
                 log.voters,
             ),
+            (
+                "disk_full",
+                "1 while the disk is full: writes are refused (and retried), reads are served",
+                log.disk_full,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
@@ -293,6 +301,7 @@ mod tests {
             epoch: 4,
             is_leader: 1,
             voters: 3,
+            disk_full: 1,
             replication: crate::replication::replica::ReplicaCounters {
                 refused_messages: 2,
                 ..Default::default()
@@ -305,6 +314,7 @@ mod tests {
             "proglog_leader_epoch 4\n",
             "proglog_is_leader 1\n",
             "proglog_voters 3\n",
+            "proglog_disk_full 1\n",
             "proglog_log_end_offset 7\n",
             "proglog_log_size_bytes 4096\n",
             "proglog_log_segments 3\n",

@@ -1,0 +1,202 @@
+//! A node whose disk fills up under produce load: it refuses writes with `RESOURCE_EXHAUSTED`
+//! saying the disk is full, keeps serving reads, says so in `/readyz` and `proglog_disk_full`,
+//! and takes writes again by itself once space is freed. Nothing acknowledged is lost, before
+//! or after a crash.
+//!
+//! The disk is a real file system of its own: a 6 MiB tmpfs mounted for the test (which needs
+//! root and `mount`; the test says why it skipped otherwise).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proglog_proto::log::v1::{ConsumeRequest, ProduceRequest, Record};
+use proglog_tests::loopback::{http_get, metrics};
+use proglog_tests::node_process::{NodeOptions, NodeProcess};
+use tonic::Code;
+
+/// A tmpfs mounted on a temporary directory, unmounted when dropped.
+struct SmallDisk {
+    mount_point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes`, or says why it cannot.
+    fn mount(bytes: u64) -> Result<SmallDisk, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("proglog-small-disk-")
+            .tempdir()
+            .map_err(|err| format!("cannot create a mount point: {err}"))?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|err| format!("cannot run mount: {err}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed (root is needed): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk {
+            mount_point: dir.path().to_path_buf(),
+            _dir: dir,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.mount_point
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .status();
+    }
+}
+
+async fn produce(node: &NodeProcess, value: &Bytes) -> Result<u64, tonic::Status> {
+    let mut client = node
+        .log_client()
+        .await
+        .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+    let response = client
+        .produce(ProduceRequest {
+            record: Some(Record {
+                value: value.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    Ok(response.into_inner().offset)
+}
+
+/// Reads every acknowledged record back and compares it with what was acknowledged.
+async fn assert_intact(node: &NodeProcess, acknowledged: &BTreeMap<u64, Bytes>) {
+    let mut client = node.log_client().await.unwrap();
+    for (offset, value) in acknowledged {
+        let record = client
+            .consume(ConsumeRequest {
+                offset: *offset,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("acknowledged offset {offset} unreadable: {status}"))
+            .into_inner()
+            .record
+            .unwrap();
+        assert_eq!(&record.value, value, "offset {offset} changed");
+    }
+}
+
+async fn gauge(node: &NodeProcess, name: &str) -> Option<f64> {
+    metrics(node)
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_makes_the_node_read_only_until_space_returns() {
+    let disk = match SmallDisk::mount(6 << 20) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    let data_dir = disk.path().join("data");
+    let options = NodeOptions::default()
+        .data_dir(&data_dir)
+        .flag("--durability", "always")
+        .flag("--segment-bytes", "1048576")
+        .flag("--max-record-bytes", "65536");
+    let mut node = NodeProcess::start(options).await.unwrap();
+    // A file to free later: it leaves about 3 MiB for the log.
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 3 << 20]).unwrap();
+
+    // Produce 16 KiB records until the disk is full.
+    let mut acknowledged = BTreeMap::new();
+    let mut i = 0u32;
+    let refusal = loop {
+        let value = Bytes::from(format!("{i:08}").repeat(2048));
+        i += 1;
+        match produce(&node, &value).await {
+            Ok(offset) => {
+                assert!(acknowledged.insert(offset, value).is_none());
+                assert!(acknowledged.len() < 1000, "6 MiB never filled up");
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(refusal.message().contains("disk is full"), "{refusal:?}");
+    assert!(
+        acknowledged.len() > 10,
+        "only {} records fit",
+        acknowledged.len()
+    );
+
+    // Read-only, not dead: writes keep being refused the same way, reads are served, and the
+    // condition shows.
+    let value = Bytes::from_static(b"refused");
+    for _ in 0..3 {
+        let again = produce(&node, &value).await.unwrap_err();
+        assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
+    }
+    assert_intact(&node, &acknowledged).await;
+    let readyz = http_get(&node, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    assert!(readyz.contains("read-only: the disk is full"), "{readyz}");
+    assert_eq!(gauge(&node, "proglog_disk_full").await, Some(1.0));
+
+    // Space comes back: writes resume by themselves.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let value = Bytes::from_static(b"after the disk had room again");
+    let offset = loop {
+        match produce(&node, &value).await {
+            Ok(offset) => break offset,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "writes did not resume: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(acknowledged.insert(offset, value).is_none());
+    assert_eq!(gauge(&node, "proglog_disk_full").await, Some(0.0));
+    let readyz = http_get(&node, "/readyz").await;
+    assert!(
+        readyz.ends_with("ready\n") && !readyz.contains("read-only"),
+        "{readyz}"
+    );
+    assert_intact(&node, &acknowledged).await;
+
+    // And after a crash, recovery finds exactly what was acknowledged, nothing half-written.
+    node.kill().await.unwrap();
+    node.restart().await.unwrap();
+    assert_intact(&node, &acknowledged).await;
+    let mut client = node.log_client().await.unwrap();
+    let end = client
+        .get_offsets(proglog_proto::log::v1::GetOffsetsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .end_offset;
+    assert_eq!(end, acknowledged.keys().last().unwrap() + 1);
+    node.terminate().await.unwrap();
+}
