@@ -52,7 +52,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     let http_addr = http.local_addr();
     let http_stop = CancellationToken::new();
     let _stop_http_on_return = http_stop.clone().drop_guard();
-    let http_server = tokio::spawn(http.serve(http_stop.clone()));
+    let http_server = http
+        .serve_on_own_thread(http_stop.clone())
+        .context("cannot start the HTTP server's thread")?;
     let data_dir = config.data_dir.clone();
     let options = config.log.clone();
     let log = tokio::task::spawn_blocking(move || Log::open(&data_dir, options))
@@ -413,10 +415,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         Err(err) => failure = failure.or(Some(anyhow::Error::new(err).context("close the log"))),
     }
     http_stop.cancel();
-    if let Err(err) = http_server.await {
-        failure = failure.or(Some(
-            anyhow::Error::new(err).context("HTTP server task failed"),
-        ));
+    if http_server.await.is_err() {
+        failure = failure.or(Some(anyhow::anyhow!("the HTTP server's thread failed")));
     }
     if fatal_error {
         anyhow::bail!("stopped after a fatal storage error");

@@ -263,3 +263,69 @@ async fn silent_connections_under_a_low_descriptor_limit_never_stop_the_log() {
         "the node counted {closed} closed connections"
     );
 }
+
+/// A probe of `path` as the kubelet makes it: a fresh connection, one request, the response
+/// within the probe's timeout (`None` if it did not come).
+async fn probe(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let call = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    };
+    // Generous next to the kubelet's default probe timeout (1 s), as the test shares the
+    // machine with others; but without room made for it, a probe waits for half-open
+    // connections' header timeout (10 s) at least, and fails here.
+    tokio::time::timeout(Duration::from_secs(9), call)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// 200 connections that send half a request's headers and stall hold the HTTP listener's 64
+/// places; `/healthz` and `/readyz` probes still get their answers, because the oldest
+/// half-open connection makes room for each newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_get_through_half_open_http_connections() {
+    use tokio::io::AsyncWriteExt;
+    let node = NodeProcess::start_default().await.unwrap();
+    let addr = node.http_addr().unwrap();
+    let mut half_open = Vec::new();
+    for _ in 0..200 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The node may already have closed it to make room.
+        let _ = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: prober\r\n")
+            .await;
+        half_open.push(stream);
+    }
+    for round in 0..10 {
+        for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+            let response = probe(addr, path).await;
+            assert!(
+                response.as_deref().is_some_and(
+                    |response| response.starts_with("HTTP/1.1 200") && response.ends_with(body)
+                ),
+                "probe {round} of {path} failed among 200 half-open connections: {response:?}"
+            );
+        }
+        // More half-open connections arrive between probes.
+        for _ in 0..20 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\n").await;
+            half_open.push(stream);
+        }
+    }
+    let evicted = metric(
+        &node,
+        "proglog_connections_closed_total{listener=\"http\",reason=\"evicted\"}",
+    )
+    .await;
+    assert!(
+        evicted.is_some_and(|evicted| evicted >= 136.0),
+        "{evicted:?}"
+    );
+}

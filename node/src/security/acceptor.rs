@@ -24,7 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -59,6 +59,10 @@ const PREFACE_LEN: usize = 24;
 /// Connections a full listener admits beyond its cap while the ones it closed to make room
 /// finish closing.
 const EVICTION_SLACK: usize = 32;
+
+/// How long a listener over its cap waits for the connections it closed to finish closing
+/// before it refuses the next one.
+const CLOSING_WAIT: Duration = Duration::from_secs(5);
 
 /// The file descriptors the process may spend on connections, shared by all its listeners.
 pub struct DescriptorBudget {
@@ -145,6 +149,10 @@ pub struct ConnectionGate {
     /// Connections that have not sent their first request yet, oldest first (with some that
     /// have since, which eviction skips).
     unproven: Mutex<VecDeque<Arc<Pending>>>,
+    /// Signalled whenever one of its connections closes.
+    closed: Notify,
+    /// Connections closed to make room that have not finished closing.
+    closing: AtomicUsize,
     /// When a refusal was last logged, in milliseconds since `started`: one line per interval.
     last_refusal_log_ms: AtomicU64,
     started: tokio::time::Instant,
@@ -189,24 +197,38 @@ impl ConnectionGate {
             load,
             open: AtomicUsize::new(0),
             unproven: Mutex::new(VecDeque::new()),
+            closed: Notify::new(),
+            closing: AtomicUsize::new(0),
             last_refusal_log_ms: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
         })
     }
 
-    fn counters(&self) -> &ConnectionCounters {
+    pub(crate) fn counters(&self) -> &ConnectionCounters {
         self.load.connections(self.listener)
     }
 
-    /// Admits a connection just accepted, or refuses it (`None`: the caller closes it).
-    fn admit(self: &Arc<Self>, remote_addr: SocketAddr) -> Option<Ticket> {
-        let open = self.open.load(Ordering::Acquire);
-        let full = open >= self.max
-            || self.descriptors.open.load(Ordering::Acquire) >= self.descriptors.for_connections();
-        if full && (open >= self.max + EVICTION_SLACK || !self.evict_oldest_unproven()) {
-            self.counters().refused.fetch_add(1, Ordering::Relaxed);
-            self.log_refusal(remote_addr);
-            return None;
+    /// Admits a connection just accepted, or refuses it (`None`: the caller closes it). At the
+    /// cap, closes the oldest connection that has sent no request to make room; while the
+    /// ones it closed are still closing, waits (briefly) for them rather than overshoot.
+    pub(crate) async fn admit(self: &Arc<Self>, remote_addr: SocketAddr) -> Option<Ticket> {
+        let deadline = tokio::time::Instant::now() + CLOSING_WAIT;
+        loop {
+            let closed = self.closed.notified();
+            let open = self.open.load(Ordering::Acquire);
+            let full = open >= self.max
+                || self.descriptors.open.load(Ordering::Acquire)
+                    >= self.descriptors.for_connections();
+            if !full || (open < self.max + EVICTION_SLACK && self.evict_oldest_unproven()) {
+                break;
+            }
+            if self.closing.load(Ordering::Acquire) == 0
+                || tokio::time::timeout_at(deadline, closed).await.is_err()
+            {
+                self.counters().refused.fetch_add(1, Ordering::Relaxed);
+                self.log_refusal(remote_addr);
+                return None;
+            }
         }
         self.open.fetch_add(1, Ordering::AcqRel);
         self.descriptors.open.fetch_add(1, Ordering::AcqRel);
@@ -235,6 +257,7 @@ impl ConnectionGate {
         let mut unproven = self.unproven.lock();
         while let Some(pending) = unproven.pop_front() {
             if !pending.settled.swap(true, Ordering::AcqRel) {
+                self.closing.fetch_add(1, Ordering::AcqRel);
                 pending.evict.cancel();
                 self.counters().evicted.fetch_add(1, Ordering::Relaxed);
                 return true;
@@ -267,18 +290,19 @@ impl ConnectionGate {
 
 /// A connection's place under its gate, given back when dropped.
 #[derive(Debug)]
-struct Ticket {
-    gate: Arc<ConnectionGate>,
+pub(crate) struct Ticket {
+    pub(crate) gate: Arc<ConnectionGate>,
     pending: Arc<Pending>,
 }
 
 impl Ticket {
     /// The connection sent its first request: it is no longer evicted to make room.
-    fn proven(&self) {
+    pub(crate) fn proven(&self) {
         self.pending.settled.store(true, Ordering::Release);
     }
 
-    fn evicted(&self) -> WaitForCancellationFutureOwned {
+    /// Resolves when the gate closes the connection to make room.
+    pub(crate) fn evicted(&self) -> WaitForCancellationFutureOwned {
         self.pending.evict.clone().cancelled_owned()
     }
 }
@@ -289,6 +313,10 @@ impl Drop for Ticket {
         self.gate.open.fetch_sub(1, Ordering::AcqRel);
         self.gate.descriptors.open.fetch_sub(1, Ordering::AcqRel);
         self.gate.counters().open.fetch_sub(1, Ordering::Relaxed);
+        if self.pending.evict.is_cancelled() {
+            self.gate.closing.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.gate.closed.notify_waiters();
     }
 }
 
@@ -439,7 +467,7 @@ pub fn plain_incoming(
             let Some((tcp, remote_addr)) = accept(&listener, &shutdown).await else {
                 return;
             };
-            let Some(ticket) = gate.admit(remote_addr) else {
+            let Some(ticket) = gate.admit(remote_addr).await else {
                 continue;
             };
             let first_request = first_request(&gate, &ticket);
@@ -516,7 +544,7 @@ async fn accept_loop(
         let Some((tcp, remote_addr)) = accept(&listener, &shutdown).await else {
             return;
         };
-        let Some(ticket) = gate.admit(remote_addr) else {
+        let Some(ticket) = gate.admit(remote_addr).await else {
             continue;
         };
         let first_request = first_request(&gate, &ticket);

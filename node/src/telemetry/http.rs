@@ -1,15 +1,18 @@
 //! [`HttpServer`]: `/metrics`, `/healthz` and `/readyz` over HTTP/1.
 //!
 //! Three fixed routes do not need a web framework: this is hyper with a path match. The server
-//! is bounded so a misbehaving scraper cannot exhaust the node: at most
-//! [`MAX_HTTP_CONNECTIONS`] connections at once (accepting waits for one to close), request
-//! headers must arrive within [`HEADER_READ_TIMEOUT`] (an idle keep-alive connection is closed
-//! after it too), and on stop the server answers the requests in progress, closes every
-//! connection and returns within [`DRAIN_TIMEOUT`].
+//! is bounded so a misbehaving scraper cannot exhaust the node, and so that the kubelet's
+//! probes get through whatever else is connected: at most [`MAX_HTTP_CONNECTIONS`] connections
+//! at once; at the cap, the oldest connection that has not sent a whole request yet is closed
+//! to make room (with none such, the new one is refused); request headers must arrive within
+//! [`HEADER_READ_TIMEOUT`] (an idle keep-alive connection is closed after it too); and on stop
+//! the server answers the requests in progress, closes every connection and returns within
+//! [`DRAIN_TIMEOUT`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,13 +22,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Health, Metrics};
+use super::{Health, Listener, Metrics};
+use crate::security::{ConnectionGate, DescriptorBudget};
 
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once (see the module documentation for what happens at the cap).
 pub const MAX_HTTP_CONNECTIONS: usize = 64;
 
 /// How long a client may take to send a request's headers.
@@ -90,9 +93,55 @@ impl HttpServer {
         self.local_addr
     }
 
+    /// Serves as [`HttpServer::serve`] does, on a thread of its own with a single-threaded
+    /// runtime, so that probes are answered however busy the node's runtime is. The receiver
+    /// resolves when serving has stopped (an error if the thread failed).
+    pub fn serve_on_own_thread(
+        self,
+        stop: CancellationToken,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let HttpServer {
+            listener,
+            local_addr,
+            routes,
+        } = self;
+        let listener = listener.into_std()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("proglog-http".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let server = HttpServer {
+                                listener,
+                                local_addr,
+                                routes,
+                            };
+                            server.serve(stop).await;
+                            let _ = done.send(());
+                        }
+                        Err(err) => tracing::error!(error = %err, "cannot serve HTTP"),
+                    }
+                });
+            })?;
+        Ok(finished)
+    }
+
     /// Serves until `stop` is cancelled, then drains (see the module documentation).
     pub async fn serve(self, stop: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+        // The listener's descriptors are part of the node's reserve, so its gate has a budget
+        // of its own.
+        let gate = ConnectionGate::new(
+            Listener::Http,
+            MAX_HTTP_CONNECTIONS,
+            HEADER_READ_TIMEOUT,
+            DescriptorBudget::new(usize::MAX),
+            Arc::clone(self.routes.metrics.load()),
+        );
         let mut connections = JoinSet::new();
         let mut builder = http1::Builder::new();
         builder
@@ -100,16 +149,10 @@ impl HttpServer {
             .header_read_timeout(HEADER_READ_TIMEOUT);
         loop {
             while connections.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                _ = stop.cancelled() => break,
-                permit = Arc::clone(&permits).acquire_owned() => permit,
-            };
-            // The semaphore is never closed.
-            let Ok(permit) = permit else { break };
-            let stream = tokio::select! {
+            let (stream, remote_addr) = tokio::select! {
                 _ = stop.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _peer)) => stream,
+                    Ok(accepted) => accepted,
                     Err(err) => {
                         tracing::warn!(error = %err, "HTTP accept failed");
                         tokio::select! {
@@ -119,27 +162,48 @@ impl HttpServer {
                     }
                 },
             };
+            // At the cap, the oldest connection still short of a whole request makes room, so
+            // a probe gets through however many half-open connections there are.
+            let Some(ticket) = gate.admit(remote_addr).await else {
+                continue;
+            };
+            let ticket = Arc::new(ticket);
+            let evicted = ticket.evicted();
             let routes = Arc::clone(&self.routes);
             let connection = builder.serve_connection(
                 TokioIo::new(stream),
-                service_fn(move |request| {
-                    let response = routes.respond(&request);
-                    async move { Ok::<_, Infallible>(response) }
+                service_fn({
+                    let ticket = Arc::clone(&ticket);
+                    move |request| {
+                        ticket.proven();
+                        let response = routes.respond(&request);
+                        async move { Ok::<_, Infallible>(response) }
+                    }
                 }),
             );
             let stop = stop.clone();
             connections.spawn(async move {
-                let _permit = permit;
                 tokio::pin!(connection);
                 let result = tokio::select! {
                     result = connection.as_mut() => result,
+                    _ = evicted => return,
                     _ = stop.cancelled() => {
                         connection.as_mut().graceful_shutdown();
                         connection.await
                     }
                 };
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, "HTTP connection ended with an error");
+                match result {
+                    Err(err) if err.is_timeout() => {
+                        ticket
+                            .gate
+                            .counters()
+                            .timed_out
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "HTTP connection ended with an error")
+                    }
+                    Ok(()) => {}
                 }
             });
         }
