@@ -62,6 +62,8 @@ pub struct NodeConfig {
     /// How long a new connection may take to send the start of its first request, TLS
     /// handshake included, before it is closed (`--first-request-timeout-ms`). Default 10 s.
     pub first_request_timeout: Duration,
+    /// The timestamps produced records may carry, around the leader's clock.
+    pub timestamps: crate::api::TimestampWindow,
     /// How long shutdown waits for calls in flight before closing the log.
     pub shutdown_grace: Duration,
     /// Format of the node's log lines.
@@ -251,6 +253,7 @@ impl NodeConfig {
             slow_consumer_timeout: Duration::from_secs(10),
             max_connections: crate::security::DEFAULT_MAX_CONNECTIONS,
             first_request_timeout: crate::security::DEFAULT_FIRST_REQUEST_TIMEOUT,
+            timestamps: crate::api::TimestampWindow::default(),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Json,
             tls: None,
@@ -376,6 +379,18 @@ impl NodeConfig {
                 "slow-consumer-timeout-ms",
                 format!("{slow_ms} is outside 100..=3600000"),
             );
+        }
+        let max_window = Duration::from_millis(i64::MAX as u64);
+        for (flag, window) in [
+            ("timestamp-before-max-ms", self.timestamps.before),
+            ("timestamp-after-max-ms", self.timestamps.after),
+        ] {
+            if window > max_window {
+                return invalid(
+                    flag,
+                    format!("{} is more than {} ms", window.as_millis(), i64::MAX),
+                );
+            }
         }
         if !(1..=1_000_000).contains(&self.max_connections) {
             return invalid(

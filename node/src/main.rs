@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use proglog_node::api::{OutOfWindow, TimestampWindow};
 use proglog_node::config::{GossipConfig, LogFormat, NodeConfig, TraceConfig};
 use proglog_node::security::{AclConfig, TlsConfig};
 use proglog_node::storage::Durability;
@@ -98,6 +99,18 @@ struct Cli {
         default_value_t = 10_000
     )]
     first_request_timeout_ms: u64,
+    /// How far in the past a produced record's timestamp may be, in milliseconds (Kafka's
+    /// message.timestamp.before.max.ms); age retention goes by timestamps.
+    #[arg(long, env = "PROGLOG_TIMESTAMP_BEFORE_MAX_MS", default_value_t = 7 * 24 * 3600 * 1000)]
+    timestamp_before_max_ms: u64,
+    /// How far in the future a produced record's timestamp may be, in milliseconds (Kafka's
+    /// message.timestamp.after.max.ms).
+    #[arg(long, env = "PROGLOG_TIMESTAMP_AFTER_MAX_MS", default_value_t = 3600 * 1000)]
+    timestamp_after_max_ms: u64,
+    /// What happens to a record whose timestamp is outside that window: the produce is refused
+    /// (INVALID_ARGUMENT), or the record is stamped with the leader's clock instead.
+    #[arg(long, env = "PROGLOG_TIMESTAMP_OUT_OF_WINDOW", value_enum, default_value_t = OutOfWindowArg::Refuse)]
+    timestamp_out_of_window: OutOfWindowArg,
     /// Format of the node's own log lines.
     #[arg(long, env = "PROGLOG_LOG_FORMAT", value_enum, default_value_t = FormatArg::Json)]
     log_format: FormatArg,
@@ -228,6 +241,12 @@ enum Mode {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutOfWindowArg {
+    Refuse,
+    Replace,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum FormatArg {
     Json,
     Pretty,
@@ -263,6 +282,14 @@ impl Cli {
         config.stream_memory_bytes = self.stream_memory_bytes;
         config.slow_consumer_timeout = Duration::from_millis(self.slow_consumer_timeout_ms);
         config.max_connections = self.max_connections;
+        config.timestamps = TimestampWindow {
+            before: Duration::from_millis(self.timestamp_before_max_ms),
+            after: Duration::from_millis(self.timestamp_after_max_ms),
+            out_of_window: match self.timestamp_out_of_window {
+                OutOfWindowArg::Refuse => OutOfWindow::Refuse,
+                OutOfWindowArg::Replace => OutOfWindow::Replace,
+            },
+        };
         config.first_request_timeout = Duration::from_millis(self.first_request_timeout_ms);
         if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
             let mut tls = TlsConfig::new(cert, key);

@@ -185,7 +185,13 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         _ => None,
     };
     let _stop_consensus_on_return = consensus_stop.clone().drop_guard();
-    let store = LogStore::new(log, Arc::clone(&consensus), directory, fatal.clone());
+    let store = LogStore::new(
+        log,
+        Arc::clone(&consensus),
+        directory,
+        fatal.clone(),
+        config.timestamps,
+    );
     metrics.watch_log(Arc::clone(&store) as _);
     readiness.watch_disk({
         let store = Arc::clone(&store);

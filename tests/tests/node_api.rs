@@ -198,6 +198,65 @@ async fn produce_then_consume_round_trips_every_field() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Age retention goes by record timestamps, so a client's clock must not decide when records
+/// are deleted: a timestamp more than 7 days old (1970, say) or more than an hour ahead
+/// (`i64::MAX`, which would pin its segment for good) is refused, naming the flag, and nothing
+/// is appended; with `--timestamp-out-of-window replace`, such a record is stamped with the
+/// node's clock instead.
+#[tokio::test]
+async fn timestamps_far_from_the_node_s_clock_are_refused_or_replaced() -> anyhow::Result<()> {
+    let node = NodeProcess::start(NodeOptions::default().flag("--retention-hours", "1")).await?;
+    let mut client = node.log_client().await?;
+    let hour = 3_600_000;
+    for (timestamp_ms, flag) in [
+        (1, "--timestamp-before-max-ms"),
+        (now_ms()? - 8 * 24 * hour, "--timestamp-before-max-ms"),
+        (now_ms()? + 2 * hour, "--timestamp-after-max-ms"),
+        (i64::MAX, "--timestamp-after-max-ms"),
+    ] {
+        let refused = client
+            .produce(produce_request(Record {
+                timestamp_ms,
+                ..record("stamped by a client")
+            }))
+            .await;
+        let status = expect_error("a timestamp outside the window", refused)?;
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(flag), "{status:?}");
+    }
+    let accepted = now_ms()? - 24 * hour;
+    let offset = produce(
+        &mut client,
+        Record {
+            timestamp_ms: accepted,
+            ..record("yesterday")
+        },
+    )
+    .await?;
+    assert_eq!(offset, 0, "nothing refused was appended");
+    assert_eq!(consume(&mut client, 0).await?.timestamp_ms, accepted);
+
+    let node =
+        NodeProcess::start(NodeOptions::default().flag("--timestamp-out-of-window", "replace"))
+            .await?;
+    let mut client = node.log_client().await?;
+    let before = now_ms()?;
+    produce(
+        &mut client,
+        Record {
+            timestamp_ms: 1,
+            ..record("from 1970")
+        },
+    )
+    .await?;
+    let stamped = consume(&mut client, 0).await?.timestamp_ms;
+    assert!(
+        (before..=now_ms()?).contains(&stamped),
+        "the record kept the client's timestamp: {stamped}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn consume_stream_follows_the_log_and_ends_with_unavailable_on_sigterm() -> anyhow::Result<()>
 {

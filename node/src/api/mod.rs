@@ -32,5 +32,5 @@ pub use limits::MessageLimitLayer;
 pub use log_service::{LogService, ServiceSettings};
 pub use peer::{GrpcPeerTransport, PeerService};
 pub use status::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, to_replication_status, to_status};
-pub use store::{LogStore, NewRecord};
+pub use store::{LogStore, NewRecord, OutOfWindow, TimestampWindow};
 pub use streams::{StreamBudget, StreamLimits};

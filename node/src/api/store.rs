@@ -11,6 +11,7 @@
 //! polling.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -41,6 +42,85 @@ pub struct NewRecord {
     pub record_type: u32,
 }
 
+/// What to do with a record whose timestamp is outside the window around the leader's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfWindow {
+    /// Refuse the produce with `INVALID_ARGUMENT` (Kafka's `CreateTime` with its bounds).
+    Refuse,
+    /// Stamp the record with the leader's clock instead.
+    Replace,
+}
+
+/// The timestamps a leader accepts: at most `before` older and `after` newer than its clock,
+/// as Kafka's `message.timestamp.before.max.ms` and `after.max.ms`. Age retention goes by the
+/// largest timestamp a segment holds, so a record stamped far in the past would be deleted at
+/// once and one stamped far in the future would keep its segment for good; the window keeps
+/// both out. A timestamp of 0 means "now" and is always accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampWindow {
+    /// How far in the past a timestamp may be (`--timestamp-before-max-ms`). Default 7 days.
+    pub before: Duration,
+    /// How far in the future a timestamp may be (`--timestamp-after-max-ms`). Default 1 hour.
+    pub after: Duration,
+    /// What happens to one outside (`--timestamp-out-of-window`). Default: refuse.
+    pub out_of_window: OutOfWindow,
+}
+
+impl Default for TimestampWindow {
+    fn default() -> Self {
+        TimestampWindow {
+            before: Duration::from_secs(7 * 24 * 3600),
+            after: Duration::from_secs(3600),
+            out_of_window: OutOfWindow::Refuse,
+        }
+    }
+}
+
+impl TimestampWindow {
+    /// Checks (or replaces) the timestamps of `records` against `now_ms`.
+    pub fn apply(&self, records: &mut [NewRecord], now_ms: i64) -> Result<(), Status> {
+        let millis = |duration: Duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        let earliest = now_ms.saturating_sub(millis(self.before));
+        let latest = now_ms.saturating_add(millis(self.after));
+        let several = records.len() > 1;
+        for (index, record) in records.iter_mut().enumerate() {
+            let stamp = record.timestamp_ms;
+            if stamp == 0 || (earliest..=latest).contains(&stamp) {
+                continue;
+            }
+            match self.out_of_window {
+                OutOfWindow::Replace => record.timestamp_ms = 0,
+                OutOfWindow::Refuse => {
+                    let (how_far, limit, flag) = if stamp < earliest {
+                        (
+                            now_ms.saturating_sub(stamp),
+                            self.before,
+                            "timestamp-before-max-ms",
+                        )
+                    } else {
+                        (
+                            stamp.saturating_sub(now_ms),
+                            self.after,
+                            "timestamp-after-max-ms",
+                        )
+                    };
+                    let direction = if stamp < earliest { "before" } else { "after" };
+                    let which = if several {
+                        format!("record {index} of the batch: ")
+                    } else {
+                        String::new()
+                    };
+                    return Err(Status::invalid_argument(format!(
+                        "{which}timestamp_ms {stamp} is {how_far} ms {direction} the node's clock ({now_ms}); at most {} ms are accepted (--{flag}). Leave timestamp_ms 0 to have the node stamp the record",
+                        limit.as_millis()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The log, shared by every service.
 #[derive(Debug)]
 pub struct LogStore {
@@ -52,17 +132,20 @@ pub struct LogStore {
     fatal: CancellationToken,
     /// The sync task under `always` (see the module docs), stopped by `close`.
     sync_task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+    timestamps: TimestampWindow,
 }
 
 impl LogStore {
     /// Wraps an open log replicated by `consensus`. Consumers see records below the high
     /// watermark; `directory` finds the leader's address for clients sent elsewhere. `fatal`
-    /// is cancelled if the log stops on an I/O error.
+    /// is cancelled if the log stops on an I/O error. Produced records must have timestamps
+    /// within `timestamps`.
     pub fn new(
         log: Arc<Log>,
         consensus: Arc<Consensus>,
         directory: Arc<dyn PeerDirectory>,
         fatal: CancellationToken,
+        timestamps: TimestampWindow,
     ) -> Arc<Self> {
         let mut view = consensus.subscribe();
         let visible = watch::Sender::new(view.borrow_and_update().high_watermark);
@@ -83,6 +166,7 @@ impl LogStore {
             visible: visible.clone(),
             fatal,
             sync_task: Mutex::new(sync_task),
+            timestamps,
         });
         // The high watermark, as consumers' watch channel. Ends with the consensus.
         tokio::spawn(async move {
@@ -136,13 +220,15 @@ impl LogStore {
     /// `acks_leader` waits for its own fsync, on the blocking pool.
     pub async fn append(
         &self,
-        records: Vec<NewRecord>,
+        mut records: Vec<NewRecord>,
         acks_leader: bool,
     ) -> Result<AppendInfo, Status> {
         let view = self.consensus.view();
         let Some(epoch) = view.leader_epoch else {
             return Err(self.not_leader(view.leader_id));
         };
+        // The leader's clock decides, as a Kafka broker's does.
+        self.timestamps.apply(&mut records, now_ms())?;
         let syncs_now = acks_leader && self.log.options().durability == Durability::Always;
         let encoded_bytes = encoded_batch_len(records.iter().map(|record| record.value.len()));
         let in_place = !syncs_now
@@ -404,5 +490,61 @@ fn append_now(
         log.append(epoch, &batch)
     } else {
         log.append_unsynced(epoch, &batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NewRecord, OutOfWindow, TimestampWindow};
+
+    fn stamped(timestamps: &[i64]) -> Vec<NewRecord> {
+        timestamps
+            .iter()
+            .map(|&timestamp_ms| NewRecord {
+                value: bytes::Bytes::from_static(b"v"),
+                timestamp_ms,
+                record_type: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timestamps_outside_the_window_are_refused_or_replaced() {
+        let now = 1_800_000_000_000;
+        let window = TimestampWindow::default();
+        let hour = 3_600_000;
+        let mut fine = stamped(&[0, now, now - 6 * 24 * hour, now + hour]);
+        window.apply(&mut fine, now).expect("within the window");
+        assert_eq!(fine[2].timestamp_ms, now - 6 * 24 * hour, "kept as given");
+        for bad in [
+            1,
+            now - 8 * 24 * hour,
+            now + 2 * hour,
+            i64::MAX,
+            i64::MIN,
+            -1,
+        ] {
+            let status = window
+                .apply(&mut stamped(&[now, bad]), now)
+                .expect_err("outside the window");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().contains("record 1 of the batch"),
+                "{status:?}"
+            );
+            assert!(status.message().contains("--timestamp-"), "{status:?}");
+        }
+        let replace = TimestampWindow {
+            out_of_window: OutOfWindow::Replace,
+            ..window
+        };
+        let mut replaced = stamped(&[1, now, i64::MAX]);
+        replace.apply(&mut replaced, now).expect("replaced");
+        let stamps: Vec<i64> = replaced.iter().map(|record| record.timestamp_ms).collect();
+        assert_eq!(
+            stamps,
+            [0, now, 0],
+            "0 is stamped with the leader's clock on append"
+        );
     }
 }
