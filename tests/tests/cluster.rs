@@ -414,6 +414,56 @@ async fn the_cli_sends_produces_to_the_leader_itself() {
     }
 }
 
+/// A leadership change leaves a control record at the end of the log, which no stream
+/// delivers: `proglog consume` without `--follow` still stops at the end, through every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_consume_stops_at_the_end_when_a_control_record_is_last() {
+    let mut nodes = start_cluster().await;
+    let all = [0, 1, 2];
+    let leader = wait_for_leader(&nodes, &all).await;
+    let cli = proglog_tests::node_process::node_binary()
+        .unwrap()
+        .with_file_name("proglog");
+    let output = tokio::process::Command::new(&cli)
+        .arg("--addr")
+        .arg(nodes[leader].rpc_addr().to_string())
+        .args(["produce", "first", "second"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mut admin = AdminClient::new(nodes[leader].channel().await.unwrap());
+    admin
+        .transfer_leadership(TransferLeadershipRequest {})
+        .await
+        .unwrap();
+    let new_leader = wait_for_leader(&nodes, &all).await;
+    // The new leader's first record, a control record, is the last one, and committed.
+    let (_, end) = offsets(&nodes[new_leader]).await;
+    wait_for_high_watermark(&nodes, end).await;
+    for node in &nodes {
+        let consume = tokio::process::Command::new(&cli)
+            .arg("--addr")
+            .arg(node.rpc_addr().to_string())
+            .args(["consume", "--from", "0"])
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), consume)
+            .await
+            .unwrap_or_else(|_| panic!("consume through {} never stopped", node.id()))
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let values: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_once('\t').map(|(_, value)| value.to_owned()))
+            .collect();
+        assert_eq!(values, ["first", "second"], "through {}", node.id());
+    }
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_leader_answers_without_a_majority_and_quorum_acks_do_not() {
     let mut nodes = start_cluster().await;

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use futures_util::stream;
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::{
-    ConsumeRequest, GetOffsetsRequest, GetServersRequest, ProduceRequest, Record,
+    ConsumeRequest, GetOffsetsRequest, GetServersRequest, ProduceBatchRequest, ProduceRequest,
+    Record,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use tokio::sync::mpsc;
@@ -253,6 +254,53 @@ async fn timestamps_far_from_the_node_s_clock_are_refused_or_replaced() -> anyho
     assert!(
         (before..=now_ms()?).contains(&stamped),
         "the record kept the client's timestamp: {stamped}"
+    );
+    Ok(())
+}
+
+/// An `acks` value the API does not define is refused, not read as the default, on every
+/// produce call; nothing is appended.
+#[tokio::test]
+async fn an_unknown_acks_value_is_invalid_argument() -> anyhow::Result<()> {
+    let node = NodeProcess::start_default().await?;
+    let mut client = node.log_client().await?;
+    let unary = client
+        .produce(ProduceRequest {
+            acks: 7,
+            ..produce_request(record("unknown acks"))
+        })
+        .await;
+    let batch = client
+        .produce_batch(ProduceBatchRequest {
+            records: vec![record("unknown acks")],
+            acks: -1,
+        })
+        .await;
+    let stream = client
+        .produce_stream(stream::iter([ProduceRequest {
+            acks: 2,
+            ..produce_request(record("unknown acks"))
+        }]))
+        .await;
+    let stream_status = match stream {
+        Ok(response) => {
+            let mut responses = response.into_inner();
+            expect_error("ProduceStream", responses.message().await)?
+        }
+        Err(status) => status,
+    };
+    for status in [
+        expect_error("Produce", unary)?,
+        expect_error("ProduceBatch", batch)?,
+        stream_status,
+    ] {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("`acks`"), "{status:?}");
+    }
+    assert_eq!(
+        produce(&mut client, record("known")).await?,
+        0,
+        "nothing was appended"
     );
     Ok(())
 }
@@ -906,5 +954,46 @@ async fn an_open_health_watch_ends_at_shutdown_instead_of_holding_the_drain() ->
             .any(|line| line.contains("calls still running after the grace period")),
         "the drain waited for the watch"
     );
+    Ok(())
+}
+
+/// A server that accepts connections and never answers (a hung process, a wrong port): every
+/// `proglog` command gives up at its `--timeout` with an error that names the flag, instead of
+/// hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_gives_up_on_a_silent_server_at_its_timeout() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let cli = proglog_tests::node_process::node_binary()?.with_file_name("proglog");
+    for command in [
+        &["produce", "never", "acknowledged"][..],
+        &["consume", "--from", "0"],
+        &["consume", "--follow"],
+        &["servers"],
+    ] {
+        let run = tokio::process::Command::new(&cli)
+            .args(["--addr", &addr.to_string(), "--timeout", "1s"])
+            .args(command)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = within(&format!("proglog {command:?}"), run).await??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            !output.status.success(),
+            "proglog {command:?} succeeded: {output:?}"
+        );
+        ensure!(
+            stderr.contains("no answer within 1s (--timeout)"),
+            "proglog {command:?} said: {stderr}"
+        );
+    }
+    held.abort();
     Ok(())
 }

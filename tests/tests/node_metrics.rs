@@ -215,3 +215,46 @@ async fn metrics_and_health_reflect_the_rpcs_served() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A client that keeps failing cannot flood the node's log: failed calls get a log line up to
+/// 10 a second, and the rest are counted (every call still is, by method and code).
+#[tokio::test]
+async fn failed_calls_are_logged_at_a_bounded_rate_and_all_counted() -> anyhow::Result<()> {
+    const FAILURES: u64 = 300;
+    let node = NodeProcess::start_default().await?;
+    let http = node.http_addr().context("no HTTP address")?;
+    let mut client = proglog_proto::log::v1::log_client::LogClient::new(node.channel().await?);
+    let started = Instant::now();
+    for _ in 0..FAILURES {
+        let past_the_end = client
+            .consume(proglog_proto::log::v1::ConsumeRequest {
+                offset: 1_000_000,
+                ..Default::default()
+            })
+            .await;
+        anyhow::ensure!(past_the_end.is_err(), "offset 1000000 was found");
+    }
+    let body = scrape_until(
+        http,
+        &[&format!(
+            "proglog_rpc_requests_total{{method=\"Consume\",code=\"OutOfRange\"}} {FAILURES}"
+        )],
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs() + 1;
+    let logged = node
+        .stderr_lines()
+        .iter()
+        .filter(|line| line.contains("\"message\":\"rpc failed\""))
+        .count() as u64;
+    let not_logged = sample(&body, "proglog_rpc_failures_not_logged_total").unwrap_or(0.0) as u64;
+    anyhow::ensure!(
+        logged <= 10 * seconds,
+        "{logged} lines for {FAILURES} failures in {seconds} s"
+    );
+    anyhow::ensure!(
+        logged + not_logged == FAILURES,
+        "{logged} logged and {not_logged} counted as left out of {FAILURES}"
+    );
+    Ok(())
+}

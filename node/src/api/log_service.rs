@@ -159,6 +159,19 @@ fn forwarded_request<T>(request: Request<T>) -> Request<T> {
     forwarded
 }
 
+/// Whether a produce asks to be answered once the leader has the record (`ACKS_LEADER`) rather
+/// than once it is committed; a value the API does not define is refused, not read as the
+/// default.
+fn acks_leader(acks: i32) -> Result<bool, Status> {
+    match Acks::try_from(acks) {
+        Ok(Acks::Leader) => Ok(true),
+        Ok(Acks::Quorum) => Ok(false),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "`acks` {acks} is not one of ACKS_QUORUM (0) and ACKS_LEADER (1)"
+        ))),
+    }
+}
+
 fn to_new_record(record: Option<Record>, what: &str) -> Result<NewRecord, Status> {
     let record =
         record.ok_or_else(|| Status::invalid_argument(format!("{what}: `record` is required")))?;
@@ -240,13 +253,13 @@ impl LogApi for LogService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        let acks_leader = acks_leader(request.get_ref().acks)?;
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
         if let Some(leader) = self.store.produce_route(forwarded).await? {
             let mut client = self.leader_client(&leader)?;
             return client.produce(forwarded_request(request)).await;
         }
         let request = request.into_inner();
-        let acks_leader = request.acks == Acks::Leader as i32;
         let record = to_new_record(request.record, "ProduceRequest")?;
         let info = self.store.append(vec![record], acks_leader).await?;
         Ok(Response::new(ProduceResponse {
@@ -293,6 +306,7 @@ impl LogApi for LogService {
                 status.message()
             )));
         }
+        let until = (request.until_offset != 0).then_some(request.until_offset);
         let slot = self.budget.open()?;
         let (queue, stream) = super::streams::queue(&self.budget, slot);
         let store = Arc::clone(&self.store);
@@ -303,6 +317,9 @@ impl LogApi for LogService {
             loop {
                 if shutdown.is_cancelled() {
                     return queue.finish(Some(shutting_down(next)));
+                }
+                if until.is_some_and(|until| next >= until) {
+                    return queue.finish(None);
                 }
                 let end = *visible.borrow_and_update();
                 if next >= end {
@@ -439,7 +456,10 @@ impl LogApi for LogService {
                 for request in chunk {
                     let record = request
                         .map_err(|status| oversize_status(status, settings.max_record_bytes))
-                        .and_then(|request| to_new_record(request.record, "ProduceRequest"))
+                        .and_then(|request| {
+                            acks_leader(request.acks)?;
+                            to_new_record(request.record, "ProduceRequest")
+                        })
                         .and_then(|record| check_size(record, settings.max_record_bytes));
                     match record {
                         Ok(record) => records.push(record),
@@ -504,13 +524,13 @@ impl LogApi for LogService {
         &self,
         request: Request<ProduceBatchRequest>,
     ) -> Result<Response<ProduceBatchResponse>, Status> {
+        let acks_leader = acks_leader(request.get_ref().acks)?;
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
         if let Some(leader) = self.store.produce_route(forwarded).await? {
             let mut client = self.leader_client(&leader)?;
             return client.produce_batch(forwarded_request(request)).await;
         }
         let request = request.into_inner();
-        let acks_leader = request.acks == Acks::Leader as i32;
         let records = request
             .records
             .into_iter()

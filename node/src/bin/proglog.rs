@@ -9,10 +9,11 @@
 //! proglog --tls-ca ca.pem --tls-cert me.pem --tls-key me.key servers   # (mutual) TLS
 //! ```
 
+use std::future::Future;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -46,6 +47,11 @@ struct Cli {
     /// Name the node's certificate must carry, when not the host in --addr.
     #[arg(long, env = "PROGLOG_TLS_SERVER_NAME", global = true)]
     tls_server_name: Option<String>,
+    /// How long any answer may take: connecting and learning the members, each call, the
+    /// acknowledgement of records sent, the next record below the end when not following
+    /// (`500ms`, `10s`, `1m`).
+    #[arg(long, env = "PROGLOG_TIMEOUT", default_value = "10s", value_parser = parse_timeout, global = true)]
+    timeout: Duration,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
@@ -84,6 +90,33 @@ enum Command {
     },
     /// List the cluster's members and its leader.
     Servers,
+}
+
+/// Parses `--timeout`: a duration of at least a millisecond.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(timeout) if timeout >= Duration::from_millis(1) => Ok(timeout),
+        Ok(_) => Err("it must be at least 1ms".into()),
+        Err(err) => Err(format!("{err}: give a duration such as 500ms, 10s or 1m")),
+    }
+}
+
+/// `call` within the `--timeout`, or an error naming what did not answer.
+async fn within<T, E>(
+    timeout: Duration,
+    what: impl std::fmt::Display,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.with_context(|| what.to_string()),
+        Err(_) => bail!(
+            "{what}: no answer within {} (--timeout)",
+            humantime::format_duration(timeout)
+        ),
+    }
 }
 
 /// Parses `--since`: RFC 3339, epoch milliseconds, or an age back from now.
@@ -159,7 +192,12 @@ fn records(values: Vec<String>) -> tokio::sync::mpsc::Receiver<Result<Produce>> 
     rx
 }
 
-async fn produce(client: &mut Client, values: Vec<String>, output: Output) -> Result<()> {
+async fn produce(
+    client: &mut Client,
+    values: Vec<String>,
+    output: Output,
+    timeout: Duration,
+) -> Result<()> {
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let input_error = std::sync::Arc::new(std::sync::Mutex::new(None));
     let records = {
@@ -181,10 +219,35 @@ async fn produce(client: &mut Client, values: Vec<String>, output: Output) -> Re
             futures_util::future::ready(record)
         })
     };
-    let mut offsets = client.produce_stream(records).await?;
+    let mut offsets = within(
+        timeout,
+        "open a produce stream",
+        client.produce_stream(records),
+    )
+    .await?;
     let mut out = std::io::stdout().lock();
     let mut answered = 0u64;
-    while let Some(offset) = offsets.next().await {
+    // Records read from stdin may come slowly: the timeout runs only while some sent are not
+    // acknowledged, from the last acknowledgement (or the moment none was outstanding).
+    let mut waiting_since = Instant::now();
+    loop {
+        let next = tokio::select! {
+            next = offsets.next() => next,
+            _ = tokio::time::sleep(timeout.min(Duration::from_millis(200))) => {
+                let outstanding = sent.load(std::sync::atomic::Ordering::Relaxed) > answered;
+                if !outstanding {
+                    waiting_since = Instant::now();
+                } else if waiting_since.elapsed() >= timeout {
+                    bail!(
+                        "{answered} records were acknowledged; the node acknowledged nothing more within {} (--timeout), so the rest may not be appended",
+                        humantime::format_duration(timeout)
+                    );
+                }
+                continue;
+            }
+        };
+        let Some(offset) = next else { break };
+        waiting_since = Instant::now();
         let offset = offset.with_context(|| {
             format!("after {answered} records were appended; the rest were not")
         })?;
@@ -211,20 +274,31 @@ async fn consume(
     follow: bool,
     count: Option<u64>,
     output: Output,
+    timeout: Duration,
 ) -> Result<()> {
     let since_ms = since.as_deref().map(parse_since).transpose()?;
     // Without --follow, stop at the end of the log as it is now.
     let end = if follow {
         None
     } else {
-        Some(client.offsets().await?.1)
+        Some(
+            within(timeout, "read the log's offsets", client.offsets())
+                .await?
+                .1,
+        )
     };
     let mut next = from.unwrap_or(0);
     let mut since_ms = since_ms;
     if let (Some(since), false) = (since_ms, follow) {
         // Resolve the time to an offset first, so the stop at the end below knows where it
         // starts (and an empty result returns instead of waiting).
-        match client.consume_since(since).await? {
+        match within(
+            timeout,
+            "find the first record since the time",
+            client.consume_since(since),
+        )
+        .await?
+        {
             Some(record) => next = record.offset,
             None => return Ok(()),
         }
@@ -233,11 +307,42 @@ async fn consume(
     if end == Some(next) {
         return Ok(());
     }
-    let mut stream = client.consume_stream(next, since_ms).await?;
+    // Without --follow, the node ends the stream at the end as it was, past any control
+    // records there, which no stream delivers.
+    let mut stream = match end {
+        Some(end) => within(
+            timeout,
+            "open a consume stream",
+            client.consume_range(next, end),
+        )
+        .await?
+        .boxed(),
+        None => within(
+            timeout,
+            "open a consume stream",
+            client.consume_stream(next, since_ms),
+        )
+        .await?
+        .boxed(),
+    };
     let mut out = std::io::stdout().lock();
     let mut printed = 0u64;
     while count.is_none_or(|count| printed < count) && end.is_none_or(|end| next < end) {
-        match stream.next().await {
+        // Below the end the records are there: each must come within the timeout. Following
+        // the log, the next one comes when it is produced.
+        let record = if end.is_some() {
+            let what = format!("read the record at or after offset {next}");
+            match tokio::time::timeout(timeout, stream.next()).await {
+                Ok(record) => record,
+                Err(_) => bail!(
+                    "{what}: no answer within {} (--timeout)",
+                    humantime::format_duration(timeout)
+                ),
+            }
+        } else {
+            stream.next().await
+        };
+        match record {
             Some(record) => {
                 let record = record?;
                 next = record.offset + 1;
@@ -292,10 +397,17 @@ async fn run(cli: Cli) -> Result<()> {
         .filter(|addr| !addr.is_empty())
         .map(str::to_owned)
         .collect();
-    let mut cluster = ClusterClient::connect(&seeds, &tls).await?;
+    let timeout = cli.timeout;
+    let mut cluster = within(
+        timeout,
+        format_args!("reach a node at {}", cli.addr),
+        ClusterClient::connect(&seeds, &tls),
+    )
+    .await?;
     match cli.command {
         Command::Produce { values } => {
-            produce(&mut cluster.leader().await?, values, cli.output).await
+            let mut leader = within(timeout, "reach the leader", cluster.leader()).await?;
+            produce(&mut leader, values, cli.output, timeout).await
         }
         Command::Consume {
             from,
@@ -303,8 +415,8 @@ async fn run(cli: Cli) -> Result<()> {
             follow,
             count,
         } => {
-            let mut client = cluster.reader().await?;
-            consume(&mut client, from, since, follow, count, cli.output).await
+            let mut client = within(timeout, "reach a node to read from", cluster.reader()).await?;
+            consume(&mut client, from, since, follow, count, cli.output, timeout).await
         }
         Command::Servers => servers(cluster.members(), cli.output),
     }

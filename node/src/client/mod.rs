@@ -287,6 +287,7 @@ impl Client {
         let request = ConsumeRequest {
             offset: 0,
             since_timestamp_ms: since_ms,
+            until_offset: 0,
         };
         match self.inner.consume(request).await {
             Ok(response) => Ok(response.into_inner().record),
@@ -305,7 +306,30 @@ impl Client {
         let request = ConsumeRequest {
             offset,
             since_timestamp_ms: since_ms.unwrap_or(0),
+            until_offset: 0,
         };
+        self.stream(request).await
+    }
+
+    /// The records from `offset` below `until`, as a stream that ends when it has passed them
+    /// all (control records at the end included, which it skips).
+    pub async fn consume_range(
+        &mut self,
+        offset: u64,
+        until: u64,
+    ) -> Result<impl Stream<Item = Result<Record, ClientError>>, ClientError> {
+        let request = ConsumeRequest {
+            offset,
+            since_timestamp_ms: 0,
+            until_offset: until,
+        };
+        self.stream(request).await
+    }
+
+    async fn stream(
+        &mut self,
+        request: ConsumeRequest,
+    ) -> Result<impl Stream<Item = Result<Record, ClientError>>, ClientError> {
         let responses = self.inner.consume_stream(request).await?.into_inner();
         Ok(responses.filter_map(|response| {
             futures_util::future::ready(match response {

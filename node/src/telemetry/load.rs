@@ -76,6 +76,65 @@ impl LoadCounters {
     }
 }
 
+/// Log lines for failed RPCs, at most, per second; the rest are counted.
+pub const FAILURE_LINES_PER_SECOND: u32 = 10;
+
+/// A limit on how many lines of one kind are logged per second, so that a client that keeps
+/// failing cannot flood the node's log; lines left out are counted
+/// (`proglog_rpc_failures_not_logged_total`), and the first line of each second says how many
+/// the previous one left out.
+#[derive(Debug)]
+pub struct LogRate {
+    per_second: u32,
+    load: std::sync::Arc<LoadCounters>,
+    window: parking_lot::Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Option<std::time::Instant>,
+    logged: u32,
+    left_out: u64,
+}
+
+impl LogRate {
+    /// At most `per_second` lines a second, counting the rest in `load`.
+    pub fn new(per_second: u32, load: std::sync::Arc<LoadCounters>) -> Self {
+        LogRate {
+            per_second,
+            load,
+            window: parking_lot::Mutex::new(Window {
+                started: None,
+                logged: 0,
+                left_out: 0,
+            }),
+        }
+    }
+
+    /// Whether a line may be logged now: `Some(n)` with the lines left out since the last one
+    /// logged, or `None` (counted) when the second's lines are used up.
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut window = self.window.lock();
+        let fresh = window
+            .started
+            .is_none_or(|started| now.duration_since(started) >= std::time::Duration::from_secs(1));
+        if fresh {
+            window.started = Some(now);
+            window.logged = 0;
+        }
+        if window.logged < self.per_second {
+            window.logged += 1;
+            Some(std::mem::take(&mut window.left_out))
+        } else {
+            window.left_out += 1;
+            self.load
+                .failures_not_logged
+                .fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// Reads [`LoadCounters`] at scrape time.
 #[derive(Debug)]
 pub(crate) struct LoadCollector(pub(crate) std::sync::Arc<LoadCounters>);
@@ -165,5 +224,27 @@ impl Collector for LoadCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_log_rate_admits_its_lines_each_second_and_counts_the_rest() {
+        let load = Arc::new(LoadCounters::default());
+        let rate = LogRate::new(3, Arc::clone(&load));
+        let start = Instant::now();
+        let admitted: Vec<Option<u64>> = (0..5).map(|_| rate.admit(start)).collect();
+        assert_eq!(admitted, [Some(0), Some(0), Some(0), None, None]);
+        assert_eq!(load.failures_not_logged.load(Ordering::Relaxed), 2);
+        // The next second's first line says how many were left out.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(rate.admit(later), Some(2));
+        assert_eq!(rate.admit(later), Some(0));
     }
 }

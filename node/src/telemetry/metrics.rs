@@ -99,14 +99,20 @@ pub struct RpcMetrics {
     pub(crate) requests: Family<MethodCodeLabels, Counter>,
     pub(crate) duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
     pub(crate) in_flight: Family<MethodLabels, Gauge>,
+    /// How many failed calls get a log line.
+    pub(crate) failure_log: Arc<super::load::LogRate>,
 }
 
 impl RpcMetrics {
-    fn new() -> Self {
+    fn new(load: &Arc<super::LoadCounters>) -> Self {
         RpcMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             in_flight: Family::default(),
+            failure_log: Arc::new(super::load::LogRate::new(
+                super::load::FAILURE_LINES_PER_SECOND,
+                Arc::clone(load),
+            )),
         }
     }
 }
@@ -125,7 +131,8 @@ impl Metrics {
     /// [`Metrics::watch_log`]).
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("proglog");
-        let rpc = RpcMetrics::new();
+        let load = Arc::new(super::LoadCounters::default());
+        let rpc = RpcMetrics::new(&load);
         registry.register(
             "rpc_requests",
             "RPCs finished, by method and gRPC status code name",
@@ -144,7 +151,6 @@ impl Metrics {
         );
         let log = Arc::new(LogCollector::default());
         registry.register_collector(Box::new(Arc::clone(&log)));
-        let load = Arc::new(super::LoadCounters::default());
         registry.register_collector(Box::new(super::load::LoadCollector(Arc::clone(&load))));
         Arc::new(Metrics {
             registry,

@@ -293,7 +293,15 @@ impl Call {
                 code,
             })
             .inc();
-        if code != "Ok" {
+        if code != "Ok"
+            && let Some(left_out) = self.metrics.failure_log.admit(std::time::Instant::now())
+        {
+            if left_out > 0 {
+                tracing::warn!(
+                    left_out,
+                    "failed RPCs left out of the log by its rate limit (all are counted in proglog_rpc_requests_total)"
+                );
+            }
             tracing::warn!(
                 method = self.method,
                 code,
