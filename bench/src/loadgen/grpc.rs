@@ -28,6 +28,40 @@ pub async fn run(addr: &str, case: Case, load: &Load) -> anyhow::Result<Outcome>
     }
 }
 
+/// `ConsumeStream`s opened from offset 0 whose records are never read.
+pub type IdleStreams = Vec<tonic::Streaming<proglog_proto::log::v1::ConsumeResponse>>;
+
+/// Opens `count` streams that never read, 500 to a connection, each open once the node has
+/// answered it (its response headers arrived).
+pub async fn open_idle_streams(addr: &str, count: usize) -> anyhow::Result<IdleStreams> {
+    use proglog_proto::log::v1::ConsumeRequest;
+    use proglog_proto::log::v1::log_client::LogClient;
+    const PER_CONNECTION: usize = 500;
+    let mut streams = Vec::with_capacity(count);
+    while streams.len() < count {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+            .with_context(|| format!("connect to {addr}"))?;
+        let client = LogClient::new(channel);
+        let batch = PER_CONNECTION.min(count - streams.len());
+        let opened = futures_util::future::join_all((0..batch).map(|_| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .consume_stream(ConsumeRequest::default())
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        }))
+        .await;
+        for stream in opened {
+            streams.push(stream.context("open an idle ConsumeStream")?);
+        }
+    }
+    Ok(streams)
+}
+
 fn record(value: &Bytes) -> Produce {
     Produce {
         value: value.clone(),

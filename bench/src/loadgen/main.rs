@@ -148,6 +148,11 @@ struct RunArgs {
     /// Replicas of the JetStream stream (nats only; 3 needs a three-server cluster).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Before the case, open this many `ConsumeStream`s from offset 0 that never read (500 to
+    /// a connection) and hold them until the case ends: the load of slow or stuck consumers
+    /// (proglog and echo only).
+    #[arg(long, default_value_t = 0)]
+    idle_streams: usize,
     /// Name of this target in the report, e.g. `proglog-interval` (default: the target).
     #[arg(long)]
     label: Option<String>,
@@ -306,10 +311,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .to_string(),
         (None, target) => bail!("--target {} needs --addr HOST:PORT", target.name()),
     };
+    if args.idle_streams > 0 && args.target == Target::Nats {
+        bail!("--idle-streams is for proglog and echo");
+    }
+    let idle = grpc::open_idle_streams(&addr, args.idle_streams).await?;
     let outcome = match args.target {
         Target::Proglog | Target::Echo => grpc::run(&addr, args.case, &load).await?,
         Target::Nats => nats::run(&addr, args.case, &load).await?,
     };
+    drop(idle);
     let label = args
         .label
         .clone()
@@ -355,6 +365,7 @@ fn result_json(label: &str, args: &RunArgs, load: &Load, outcome: &Outcome) -> s
         "p50_us": quantile(0.5),
         "p99_us": quantile(0.99),
         "p999_us": quantile(0.999),
+        "idle_streams": args.idle_streams,
     })
 }
 
