@@ -362,14 +362,14 @@ impl NodeConfig {
                 format!("{} is outside 1..=1000000", self.max_streams),
             );
         }
-        let max_batch = self.log.max_batch_bytes as usize;
+        let min_budget = 2 * self.log.max_batch_bytes as usize;
         if let Some(bytes) = self.stream_memory_bytes
-            && !(max_batch..=(16usize << 30)).contains(&bytes)
+            && !(min_budget..=(16usize << 30)).contains(&bytes)
         {
             return invalid(
                 "stream-memory-bytes",
                 format!(
-                    "{bytes} is outside {max_batch}..=17179869184: it must hold at least the largest batch"
+                    "{bytes} is outside {min_budget}..=17179869184: it must hold at least two of the largest batches (twice the batch limit that --max-record-bytes sets), so one large read cannot hold up every stream"
                 ),
             );
         }

@@ -474,6 +474,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format, traces.as_ref());
+    proglog_node::security::raise_descriptor_limit();
     if let Some(endpoint) = &config.traces.otlp_endpoint {
         tracing::info!(
             otlp_endpoint = %endpoint,

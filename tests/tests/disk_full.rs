@@ -200,3 +200,87 @@ async fn a_full_disk_makes_the_node_read_only_until_space_returns() {
     assert_eq!(end, acknowledged.keys().last().unwrap() + 1);
     node.terminate().await.unwrap();
 }
+
+/// In a three-node cluster, the disk of a follower fills up while producers keep going: the
+/// leader and the other follower keep committing, the full follower stays up and serves what
+/// it has, says its disk is full, and catches up by itself once space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_full_disk_serves_what_it_has_and_catches_up() {
+    use proglog_proto::log::v1::TransferLeadershipRequest;
+    use proglog_proto::log::v1::admin_client::AdminClient;
+    use proglog_tests::loopback::{node_options, offsets, plan_ports, wait_for_leader, wait_until};
+    const FULL: usize = 2;
+    let disk = match SmallDisk::mount(6 << 20) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+    let (ports, peers) = plan_ports(3);
+    let mut nodes = Vec::new();
+    for (index, port) in ports.into_iter().enumerate() {
+        let mut options = node_options(index, port, &peers)
+            .flag("--durability", "always")
+            .flag("--segment-bytes", "1048576")
+            .flag("--max-record-bytes", "65536");
+        if index == FULL {
+            options = options.data_dir(disk.path().join("data"));
+        }
+        nodes.push(NodeProcess::start(options).await.unwrap());
+    }
+    let all = [0, 1, 2];
+    let mut leader = wait_for_leader(&nodes, &all).await;
+    while leader == FULL {
+        let mut admin = AdminClient::new(nodes[leader].channel().await.unwrap());
+        let _ = admin
+            .transfer_leadership(TransferLeadershipRequest {})
+            .await;
+        leader = wait_for_leader(&nodes, &all).await;
+    }
+    // About 2 MiB stay free for the follower's log, which takes 3 MiB (and a little more).
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 4 << 20]).unwrap();
+
+    // 3 MiB of 16 KiB records: every one commits on the leader and the other follower.
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..192u32 {
+        let value = Bytes::from(format!("{i:08}").repeat(2048));
+        let offset = produce(&nodes[leader], &value)
+            .await
+            .unwrap_or_else(|status| panic!("produce {i} failed: {status}"));
+        acknowledged.insert(offset, value);
+    }
+    wait_until("the follower reports its full disk", || async {
+        gauge(&nodes[FULL], "proglog_disk_full").await == Some(1.0)
+    })
+    .await;
+    let (_, leader_end) = offsets(&nodes[leader]).await;
+    let (_, stalled_end) = offsets(&nodes[FULL]).await;
+    assert!(
+        stalled_end < leader_end,
+        "the full follower holds {stalled_end} of {leader_end}"
+    );
+    // It serves what it has.
+    let held: BTreeMap<u64, Bytes> = acknowledged
+        .range(..stalled_end)
+        .map(|(offset, value)| (*offset, value.clone()))
+        .collect();
+    assert!(
+        !held.is_empty(),
+        "the follower held nothing before its disk filled"
+    );
+    assert_intact(&nodes[FULL], &held).await;
+
+    // Space comes back: it catches up by itself.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("the follower catches up", || async {
+        offsets(&nodes[FULL]).await.1 >= leader_end
+    })
+    .await;
+    assert_eq!(gauge(&nodes[FULL], "proglog_disk_full").await, Some(0.0));
+    assert_intact(&nodes[FULL], &acknowledged).await;
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
+}

@@ -319,14 +319,18 @@ impl LogApi for LogService {
                     return queue.finish(Some(shutting_down(next)));
                 }
                 if until.is_some_and(|until| next >= until) {
-                    return queue.finish(None);
+                    queue.finish(None);
+                    queue.hold_until_taken(next, &shutdown).await;
+                    return;
                 }
-                let end = *visible.borrow_and_update();
+                let end = (*visible.borrow_and_update()).min(until.unwrap_or(u64::MAX));
                 if next >= end {
                     tokio::select! {
                         _ = shutdown.cancelled() => return queue.finish(Some(shutting_down(next))),
                         _ = queue.gone() => return,
                         changed = visible.changed() => if changed.is_err() { return },
+                        // Waiting for records is no reason to keep those not taken.
+                        cut = queue.check_slow(next), if queue.holds_any() => if cut { return },
                     }
                     continue;
                 }
@@ -338,6 +342,9 @@ impl LogApi for LogService {
                     Err(WaitEnd::Gone | WaitEnd::CutOff) => return,
                 };
                 let before = next;
+                // Under pressure a stream's share may be smaller than one batch: it then reads
+                // the batch again for every share's worth of records it copies out, trading
+                // read work for keeping to its share of the memory.
                 let want = permit.num_permits();
                 let (permit, batches, oversized) = match store.read_within(next, want).await {
                     Ok(BoundedRead::Batches(batches)) => (permit, batches, false),
@@ -354,11 +361,19 @@ impl LogApi for LogService {
                         };
                         match store.read(next, permit.num_permits()).await {
                             Ok(batches) => (permit, batches, true),
-                            Err(status) => return queue.finish(Some(status)),
+                            Err(status) => {
+                                queue.finish(Some(status));
+                                queue.hold_until_taken(next, &shutdown).await;
+                                return;
+                            }
                         }
                     }
                     // The client learns why its stream ended (retention, corruption).
-                    Err(status) => return queue.finish(Some(status)),
+                    Err(status) => {
+                        queue.finish(Some(status));
+                        queue.hold_until_taken(next, &shutdown).await;
+                        return;
+                    }
                 };
                 let mut responses = Vec::new();
                 let mut bytes = 0;
@@ -400,7 +415,11 @@ impl LogApi for LogService {
                 drop(batches);
                 let held = queue.settle(permit, bytes);
                 for response in responses {
-                    queue.push(response, Some(Arc::clone(&held)));
+                    let offset = response
+                        .record
+                        .as_ref()
+                        .map_or(next, |record| record.offset);
+                    queue.push(response, Some(Arc::clone(&held)), offset);
                 }
                 drop(held);
                 if next == before {

@@ -197,7 +197,8 @@ impl Account {
 
 #[derive(Debug)]
 struct State<T> {
-    items: VecDeque<(T, Option<Arc<Held>>)>,
+    /// Items not taken yet, each with the bytes it holds and its log offset.
+    items: VecDeque<(T, Option<Arc<Held>>, u64)>,
     /// The status the stream ends with once `items` are taken.
     end: Option<Status>,
     finished: bool,
@@ -263,6 +264,11 @@ pub fn queue<T>(budget: &Arc<StreamBudget>, slot: StreamSlot) -> (QueueSender<T>
 }
 
 impl<T> QueueSender<T> {
+    /// Whether the stream holds bytes its client has not taken.
+    pub fn holds_any(&self) -> bool {
+        self.account.held.load(Ordering::Acquire) > 0
+    }
+
     /// Whether the client's side has gone (the call was cancelled or the connection closed).
     pub fn is_gone(&self) -> bool {
         self.state.lock().receiver_gone
@@ -279,13 +285,14 @@ impl<T> QueueSender<T> {
         }
     }
 
-    /// Queues an item, holding `held` (shared by the items of one read) until it is taken.
-    pub fn push(&self, item: T, held: Option<Arc<Held>>) {
+    /// Queues the item at log offset `offset`, holding `held` (shared by the items of one
+    /// read) until it is taken.
+    pub fn push(&self, item: T, held: Option<Arc<Held>>, offset: u64) {
         let mut state = self.state.lock();
         if state.receiver_gone || state.finished {
             return;
         }
-        state.items.push_back((item, held));
+        state.items.push_back((item, held, offset));
         if let Some(waker) = state.waker.take() {
             waker.wake();
         }
@@ -346,7 +353,7 @@ impl<T> QueueSender<T> {
                 _ = stop.cancelled() => return Err(WaitEnd::Stopped),
                 _ = changed => {}
                 _ = tokio::time::sleep(self.check_every()) => {
-                    if self.slow(resume_from) {
+                    if self.slow(resume_from, false) {
                         return Err(WaitEnd::CutOff);
                     }
                 }
@@ -421,12 +428,40 @@ impl<T> QueueSender<T> {
                 permit = &mut acquire => return permit.map_err(|_| WaitEnd::Stopped),
                 _ = changed => {}
                 _ = tokio::time::sleep(self.check_every()) => {
-                    if self.slow(resume_from) {
+                    if self.slow(resume_from, true) {
                         return Err(WaitEnd::CutOff);
                     }
                 }
             }
         }
+    }
+
+    /// Waits, after the stream's last read (it finished), until its client has taken every
+    /// queued record or gone, applying the slow-consumer rule meanwhile, so a stream that stops
+    /// reading cannot keep its records' bytes for good. Stops at `stop`.
+    pub async fn hold_until_taken(&self, resume_from: u64, stop: &CancellationToken) {
+        loop {
+            let changed = self.account.changed.notified();
+            if self.is_gone() || self.account.held.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed => {}
+                _ = tokio::time::sleep(self.check_every()) => {
+                    if self.slow(resume_from, false) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the slow-consumer rule after a check interval: for a stream that waits for new
+    /// records while it holds some its client has not taken. `true` when it cut the stream off.
+    pub async fn check_slow(&self, resume_from: u64) -> bool {
+        tokio::time::sleep(self.check_every()).await;
+        self.slow(resume_from, false)
     }
 
     /// Keeps `bytes` of `permit` as what the read holds (giving the rest back), counted against
@@ -448,16 +483,25 @@ impl<T> QueueSender<T> {
     }
 
     /// The slow-consumer rule: cuts the stream off (and says so) when it holds more than its
-    /// share, others wait, and nothing was taken for the timeout.
-    fn slow(&self, resume_from: u64) -> bool {
+    /// share, others wait (`self_waiting`: counting this stream's own wait out), and nothing
+    /// was taken for the timeout. The client is told to resume from the first record it did
+    /// not get: the first one queued, or `resume_from` when none is.
+    fn slow(&self, resume_from: u64, self_waiting: bool) -> bool {
         let limits = self.budget.limits();
         let held = self.account.held.load(Ordering::Acquire);
+        let waiting = self.budget.waiting.load(Ordering::Acquire);
         if self.account.since_taken() < limits.slow_consumer_after
-            || !self.budget.others_waiting()
+            || waiting <= usize::from(self_waiting)
             || held <= self.budget.fair_share()
         {
             return false;
         }
+        let resume_from = self
+            .state
+            .lock()
+            .items
+            .front()
+            .map_or(resume_from, |(_, _, offset)| *offset);
         self.budget
             .counters
             .slow_consumers
@@ -502,7 +546,7 @@ impl<T: Unpin> Stream for QueueStream<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let (item, held) = {
+        let (item, held, _) = {
             let mut state = self.state.lock();
             match state.items.pop_front() {
                 Some(next) => next,
@@ -567,7 +611,7 @@ mod tests {
             "the first read gets what it asked"
         );
         let held = sender.settle(permit, bytes);
-        sender.push(0, Some(held));
+        sender.push(0, Some(held), 3);
         (sender, stream)
     }
 
@@ -609,12 +653,41 @@ mod tests {
         // The stalled client gets no more records, only the status naming where to resume.
         let ended = stalled.next().await.expect("an end").expect_err("cut off");
         assert_eq!(ended.code(), tonic::Code::ResourceExhausted);
+        // The dropped record (offset 3) is where to resume, not where the reader had got to.
         assert!(
-            ended.message().contains("resume from offset 7"),
+            ended.message().contains("resume from offset 3"),
             "{ended:?}"
         );
         assert!(stalled.next().await.is_none());
         assert_eq!(budget.counters.slow_consumers.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_stream_whose_client_stops_reading_is_still_cut_off() {
+        let budget = budget(8, 32 * KIB);
+        // The stream read its last records (its range ended) and its client took none of them.
+        let (reader, mut stalled) = holding(&budget, 16 * KIB).await;
+        reader.finish(None);
+        let (waiter, _waiter_stream) = queue::<u64>(&budget, budget.open().expect("slot"));
+        let stop = CancellationToken::new();
+        let holding_on = tokio::spawn({
+            let stop = stop.clone();
+            async move { reader.hold_until_taken(9, &stop).await }
+        });
+        let permit = tokio::time::timeout(
+            Duration::from_secs(60),
+            waiter.reserve_batch(32 * KIB, 0, &stop),
+        )
+        .await
+        .expect("the waiting stream gets the budget once the finished one is cut off")
+        .expect("budget");
+        assert_eq!(permit.num_permits(), 32 * KIB);
+        holding_on.await.expect("holding task");
+        let ended = stalled.next().await.expect("an end").expect_err("cut off");
+        assert!(
+            ended.message().contains("resume from offset 3"),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -199,25 +199,35 @@ async fn produce(
     timeout: Duration,
 ) -> Result<()> {
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Set once the input has ended: from then on the node owes the end of the stream too.
+    let input_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let input_error = std::sync::Arc::new(std::sync::Mutex::new(None));
     let records = {
         let sent = std::sync::Arc::clone(&sent);
         let input_error = std::sync::Arc::clone(&input_error);
-        tokio_stream::wrappers::ReceiverStream::new(records(values)).filter_map(move |record| {
-            let record = match record {
-                Ok(record) => {
-                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Some(record)
-                }
-                Err(err) => {
-                    if let Ok(mut slot) = input_error.lock() {
-                        *slot = Some(err);
+        tokio_stream::wrappers::ReceiverStream::new(records(values))
+            .filter_map(move |record| {
+                let record = match record {
+                    Ok(record) => {
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Some(record)
                     }
-                    None
-                }
-            };
-            futures_util::future::ready(record)
-        })
+                    Err(err) => {
+                        if let Ok(mut slot) = input_error.lock() {
+                            *slot = Some(err);
+                        }
+                        None
+                    }
+                };
+                futures_util::future::ready(record)
+            })
+            .chain({
+                let input_done = std::sync::Arc::clone(&input_done);
+                futures_util::stream::poll_fn(move |_| {
+                    input_done.store(true, std::sync::atomic::Ordering::Relaxed);
+                    std::task::Poll::Ready(None)
+                })
+            })
     };
     let mut offsets = within(
         timeout,
@@ -234,7 +244,8 @@ async fn produce(
         let next = tokio::select! {
             next = offsets.next() => next,
             _ = tokio::time::sleep(timeout.min(Duration::from_millis(200))) => {
-                let outstanding = sent.load(std::sync::atomic::Ordering::Relaxed) > answered;
+                let outstanding = sent.load(std::sync::atomic::Ordering::Relaxed) > answered
+                    || input_done.load(std::sync::atomic::Ordering::Relaxed);
                 if !outstanding {
                     waiting_since = Instant::now();
                 } else if waiting_since.elapsed() >= timeout {

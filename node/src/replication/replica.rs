@@ -69,6 +69,10 @@ pub const MAX_ID_BYTES: usize = 253;
 /// only the tail.
 const HISTORY_SAVE_INTERVAL_MS: u64 = 10_000;
 
+/// How long a follower waits before fetching again after fetched records could not be written
+/// for lack of disk space or descriptors.
+const STORAGE_RETRY_MS: u64 = 1000;
+
 /// A change of the voter set, one node at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VoterChange {
@@ -251,6 +255,9 @@ struct FollowerState {
     election_deadline: u64,
     in_flight: Option<InFlightFetch>,
     last_fetch_ok: Option<u64>,
+    /// No fetch before this time: the last fetched records could not be written for lack of
+    /// disk space or descriptors, and asking again at once would only fail again.
+    retry_at: u64,
 }
 
 #[derive(Debug)]
@@ -299,6 +306,7 @@ impl Role {
             election_deadline,
             in_flight: None,
             last_fetch_ok: None,
+            retry_at: 0,
         })
     }
 }
@@ -679,10 +687,11 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                     follower.in_flight = None;
                     follower.election_deadline = now + 2 * self.config.election_timeout_ms;
                     Action::Fetch
-                } else if follower
-                    .in_flight
-                    .as_ref()
-                    .is_none_or(|fetch| now >= fetch.sent_at + self.config.fetch_timeout_ms)
+                } else if now >= follower.retry_at
+                    && follower
+                        .in_flight
+                        .as_ref()
+                        .is_none_or(|fetch| now >= fetch.sent_at + self.config.fetch_timeout_ms)
                 {
                     follower.in_flight = None;
                     Action::Fetch
@@ -1488,7 +1497,14 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
                     fresh.push(batch);
                 }
                 if !fresh.is_empty() {
-                    self.log.append_fetched(&fresh)?;
+                    if let Err(err) = self.log.append_fetched(&fresh) {
+                        if err.shortage().is_some()
+                            && let Role::Follower(follower) = &mut self.role
+                        {
+                            follower.retry_at = now + STORAGE_RETRY_MS;
+                        }
+                        return Err(err.into());
+                    }
                     let mut learned = false;
                     for batch in &fresh {
                         learned |= self.learn_voters(batch);

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -172,9 +172,17 @@ impl std::fmt::Debug for ConnectionGate {
 #[derive(Debug)]
 struct Pending {
     evict: CancellationToken,
-    /// It sent its first request, or closed: no longer a candidate for eviction.
-    settled: AtomicBool,
+    /// [`UNPROVEN`], [`EVICTED`] or [`SETTLED`]; changed only by compare-and-swap, so eviction
+    /// racing the first request or the close is decided once.
+    state: AtomicU8,
 }
+
+/// No first request yet: a candidate for eviction.
+const UNPROVEN: u8 = 0;
+/// Closed to make room, not yet dropped (counted in `closing`).
+const EVICTED: u8 = 1;
+/// Sent its first request, or dropped.
+const SETTLED: u8 = 2;
 
 /// Refusals are logged at most once per this interval (all are counted).
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -235,14 +243,14 @@ impl ConnectionGate {
         self.counters().open.fetch_add(1, Ordering::Relaxed);
         let pending = Arc::new(Pending {
             evict: CancellationToken::new(),
-            settled: AtomicBool::new(false),
+            state: AtomicU8::new(UNPROVEN),
         });
         {
             let mut unproven = self.unproven.lock();
             // Settled entries leave from the front as eviction passes them; this keeps the
             // queue bounded when it does not.
             if unproven.len() >= 2 * self.max {
-                unproven.retain(|pending| !pending.settled.load(Ordering::Acquire));
+                unproven.retain(|pending| pending.state.load(Ordering::Acquire) == UNPROVEN);
             }
             unproven.push_back(Arc::clone(&pending));
         }
@@ -256,12 +264,19 @@ impl ConnectionGate {
     fn evict_oldest_unproven(&self) -> bool {
         let mut unproven = self.unproven.lock();
         while let Some(pending) = unproven.pop_front() {
-            if !pending.settled.swap(true, Ordering::AcqRel) {
-                self.closing.fetch_add(1, Ordering::AcqRel);
-                pending.evict.cancel();
-                self.counters().evicted.fetch_add(1, Ordering::Relaxed);
-                return true;
+            // Counted first, so a close racing the eviction never takes it below zero.
+            self.closing.fetch_add(1, Ordering::AcqRel);
+            let evicted = pending
+                .state
+                .compare_exchange(UNPROVEN, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if !evicted {
+                self.closing.fetch_sub(1, Ordering::AcqRel);
+                continue;
             }
+            pending.evict.cancel();
+            self.counters().evicted.fetch_add(1, Ordering::Relaxed);
+            return true;
         }
         false
     }
@@ -298,7 +313,13 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// The connection sent its first request: it is no longer evicted to make room.
     pub(crate) fn proven(&self) {
-        self.pending.settled.store(true, Ordering::Release);
+        // An evicted connection stays evicted: it is closing.
+        let _ = self.pending.state.compare_exchange(
+            UNPROVEN,
+            SETTLED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// Resolves when the gate closes the connection to make room.
@@ -309,11 +330,11 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.pending.settled.store(true, Ordering::Release);
+        let was = self.pending.state.swap(SETTLED, Ordering::AcqRel);
         self.gate.open.fetch_sub(1, Ordering::AcqRel);
         self.gate.descriptors.open.fetch_sub(1, Ordering::AcqRel);
         self.gate.counters().open.fetch_sub(1, Ordering::Relaxed);
-        if self.pending.evict.is_cancelled() {
+        if was == EVICTED {
             self.gate.closing.fetch_sub(1, Ordering::AcqRel);
         }
         self.gate.closed.notify_waiters();

@@ -950,6 +950,7 @@ impl Inner {
         bytes: &[u8],
         header: &batch::BatchHeader,
     ) -> Result<(AppendInfo, bool)> {
+        let mut new_epoch = false;
         {
             let mut epochs = self.epochs.lock();
             match epochs.latest() {
@@ -969,10 +970,19 @@ impl Inner {
                             epochs.unassign_latest();
                             return Err(self.write_failed(err));
                         }
+                        new_epoch = true;
                     }
                 }
             }
         }
+        // If the batch is not written after all, its epoch is taken back (the saved copy is
+        // past the end, which open clamps away).
+        let undo_epoch = |err: StorageError| {
+            if new_epoch {
+                self.epochs.lock().unassign_latest();
+            }
+            self.write_failed(err)
+        };
         let active = self.active();
         // A sealed active segment is a roll that failed for lack of room or descriptors: it
         // is done again before anything is written.
@@ -984,7 +994,7 @@ impl Inner {
                 header.next_offset(),
             );
         let active = if roll {
-            self.roll(writer).map_err(|err| self.write_failed(err))?
+            self.roll(writer).map_err(undo_epoch)?
         } else {
             active
         };
@@ -993,7 +1003,7 @@ impl Inner {
         // recovery, checking every batch, never reads as data).
         active
             .append(bytes, header, self.options.index_interval_bytes)
-            .map_err(|err| self.write_failed(err))?;
+            .map_err(undo_epoch)?;
         self.shortage.store(0, Ordering::Release);
         self.end_offset
             .store(header.next_offset(), Ordering::Release);
@@ -1048,6 +1058,13 @@ impl Inner {
             sync.durable_offset = sync.durable_offset.max(old.next_offset());
         }
         let end = old.next_offset();
+        // A file at `end` that the log does not hold is what an earlier roll left when it
+        // failed after creating it (for lack of room or descriptors): nothing was written to
+        // it, so it is made again.
+        let leftover = self.dir.join(segment::log_file_name(end));
+        if !self.segments.read().contains_key(&end) && leftover.exists() {
+            fs::remove_file(&leftover).map_err(StorageError::io("remove segment", &leftover))?;
+        }
         let new = Arc::new(Segment::create(
             &self.dir,
             end,
@@ -1125,9 +1142,10 @@ impl Inner {
         };
         let truncations = self.sync.lock().truncations;
         self.wait_durable(snapshot.1.next_offset, truncations)?;
+        // A checkpoint that fails for lack of room is only late: the data is durable already.
         active
             .write_checkpoint(&snapshot)
-            .map_err(|err| self.stop(err))
+            .map_err(|err| self.write_failed(err))
     }
 
     fn read(&self, offset: u64, max_bytes: usize, at_least_one: bool) -> Result<BoundedRead> {
@@ -1352,18 +1370,19 @@ impl Inner {
             .lock()
             .epoch_at(offset - 1)
             .unwrap_or_else(|| self.start_epoch.load(Ordering::Acquire));
+        // Nothing has changed yet if this fails for lack of room: retention runs again later.
         checkpoint::write(
             &self.dir,
             START_OFFSET_FILE,
             &encode_start(offset, epoch, false),
         )
-        .map_err(|err| self.stop(err))?;
+        .map_err(|err| self.write_failed(err))?;
         self.start_epoch.store(epoch, Ordering::Release);
         self.start_offset.store(offset, Ordering::Release);
         self.clamp_epochs()?;
         let active = self.active();
         if active.next_offset() <= offset && !active.is_empty() {
-            self.roll(writer).map_err(|err| self.stop(err))?;
+            self.roll(writer).map_err(|err| self.write_failed(err))?;
         }
         let doomed: Vec<Arc<Segment>> = {
             let mut map = self.segments.write();
@@ -1390,13 +1409,14 @@ impl Inner {
         self.check_running()?;
         let mut writer = self.writer.lock();
         let checkpoint_guard = self.checkpoint_lock.lock();
-        // The intent first: a crash before the end is finished by the next open.
+        // The intent first: a crash before the end is finished by the next open. Nothing has
+        // changed yet if it fails for lack of room.
         checkpoint::write(
             &self.dir,
             START_OFFSET_FILE,
             &encode_start(offset, epoch, true),
         )
-        .map_err(|err| self.stop(err))?;
+        .map_err(|err| self.write_failed(err))?;
         self.start_epoch.store(epoch, Ordering::Release);
         {
             // Held across the swap, so no reader ever finds the log without a segment; readers

@@ -271,9 +271,14 @@ impl Segment {
     /// appends; readers see the batch once the state lock publishes the new size.
     pub fn append(&self, bytes: &[u8], header: &BatchHeader, index_interval: u32) -> Result<()> {
         let position = self.state.read().builder.size;
-        self.file
-            .write_all_at(bytes, position)
-            .map_err(StorageError::io("write", &self.log_path))?;
+        if let Err(source) = self.file.write_all_at(bytes, position) {
+            // Whatever part was written goes, so no later read or recovery can meet it; if
+            // that fails too, the segment's tail is unknown and the log must stop.
+            self.file
+                .set_len(position)
+                .map_err(StorageError::io("cut a failed write from", &self.log_path))?;
+            return Err(StorageError::io("write", &self.log_path)(source));
+        }
         let mut state = self.state.write();
         let SegmentState {
             entries, builder, ..
