@@ -17,7 +17,8 @@ use crate::replication::driver::{Consensus, PeerDirectory};
 use crate::replication::{FileQuorumStore, Replica, ReplicaConfig};
 use crate::security::TlsFiles;
 use crate::security::{
-    ConnectionGate, DescriptorBudget, ServerSecurity, load_tls, plain_incoming, tls_incoming,
+    ConnectionGate, DescriptorBudget, PEER_MAX_CONNECTIONS, ServerSecurity, load_tls,
+    plain_incoming, tls_incoming,
 };
 use crate::storage::{Log, Shortage};
 use crate::telemetry::{Health, HttpServer, Listener, Metrics, RpcMetricsLayer};
@@ -272,12 +273,21 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         let store = Arc::clone(&store);
         move || store.log().segment_count()
     });
+    // The peer listener's few connections come out of the reserve, so clients filling their
+    // share can never lock the other nodes out.
     let gate = |listener| {
+        let (max, budget) = match listener {
+            Listener::Peer => (
+                config.max_connections.min(PEER_MAX_CONNECTIONS),
+                DescriptorBudget::new(usize::MAX),
+            ),
+            _ => (config.max_connections, Arc::clone(&descriptors)),
+        };
         ConnectionGate::new(
             listener,
-            config.max_connections,
+            max,
             config.first_request_timeout,
-            Arc::clone(&descriptors),
+            budget,
             Arc::clone(metrics.load()),
         )
     };

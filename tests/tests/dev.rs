@@ -63,10 +63,23 @@ async fn dev_starts_a_replicating_cluster_and_stops_on_ctrl_c() {
         }
         lines
     });
-    let banner = tokio::time::timeout(Duration::from_secs(60), banner)
-        .await
-        .expect("dev printed its banner within 60 s")
-        .unwrap();
+    let Ok(banner) = tokio::time::timeout(Duration::from_secs(60), banner).await else {
+        // The nodes' own logs say why there is no leader.
+        let mut logs = String::new();
+        for i in 0..3 {
+            let path = dir.path().join(format!("node-{i}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            logs.push_str(&format!("--- {} (last 30 lines)\n", path.display()));
+            for line in tail.into_iter().rev() {
+                logs.push_str(line);
+                logs.push('\n');
+            }
+        }
+        let _ = child.kill();
+        panic!("dev printed no banner within 60 s\n{logs}");
+    };
+    let banner = banner.unwrap();
     let text = banner.join("\n");
     for i in 0..3 {
         assert!(

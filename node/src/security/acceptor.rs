@@ -48,10 +48,14 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// (`--first-request-timeout-ms`).
 pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Descriptors kept for everything but client connections and log segments: the log's other
-/// files (index, checkpoints, the directory), connections to peers, gossip, the HTTP listener
-/// (64 connections), TLS and ACL files, standard streams.
-pub const RESERVED_DESCRIPTORS: usize = 256;
+/// Connections the peer listener takes at most (from the reserve, not the clients' share).
+pub const PEER_MAX_CONNECTIONS: usize = 256;
+
+/// Descriptors kept for everything but client connections and log segments: the peer listener
+/// ([`PEER_MAX_CONNECTIONS`]), the HTTP listener (64 connections), the log's other files
+/// (index, checkpoints, the directory), connections to peers, gossip, TLS and ACL files,
+/// standard streams.
+pub const RESERVED_DESCRIPTORS: usize = 512;
 
 /// The HTTP/2 client preface every gRPC client sends first.
 const PREFACE_LEN: usize = 24;

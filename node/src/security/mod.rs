@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 pub use acceptor::{
     Connection, ConnectionGate, DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DescriptorBudget, RESERVED_DESCRIPTORS, TlsConnection, plain_incoming, raise_descriptor_limit,
-    tls_incoming,
+    DescriptorBudget, PEER_MAX_CONNECTIONS, RESERVED_DESCRIPTORS, TlsConnection, plain_incoming,
+    raise_descriptor_limit, tls_incoming,
 };
 pub use acl::{AclConfig, Action, Authorizer, MethodAccess, method_access};
 pub use identity::{PeerIdentity, serial_number, subject_common_name};
