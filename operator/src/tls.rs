@@ -479,6 +479,110 @@ fn user_ca(secret: &str, data: &SecretData, now: i64) -> Result<Ca, TlsError> {
     Ok(ca)
 }
 
+/// A private key from PEM in any of the encodings CA tools write: PKCS#8 (`PRIVATE KEY`, what
+/// rcgen and `openssl genpkey` write), PKCS#1 (`RSA PRIVATE KEY`, `openssl genrsa
+/// -traditional`, cert-manager's default for RSA) or SEC1 (`EC PRIVATE KEY`, `openssl ecparam
+/// -genkey`, cert-manager's default for ECDSA). Blocks that are no key (`EC PARAMETERS`) are
+/// skipped. rcgen on ring reads PKCS#8 only, so the other two are wrapped in PKCS#8 first.
+fn key_pair_from_pem(text: &str) -> Result<KeyPair, String> {
+    let accepted =
+        "give a PKCS#8 (PRIVATE KEY), PKCS#1 (RSA PRIVATE KEY) or SEC1 (EC PRIVATE KEY) PEM key";
+    let pem = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
+        .filter_map(Result::ok)
+        .find(|pem| pem.label.ends_with("PRIVATE KEY"))
+        .ok_or_else(|| format!("no private key in the PEM text: {accepted}"))?;
+    let pkcs8 = match pem.label.as_str() {
+        "PRIVATE KEY" => pem.contents,
+        "RSA PRIVATE KEY" => pkcs8::wrap(&pkcs8::RSA_ENCRYPTION, &pem.contents),
+        "EC PRIVATE KEY" => {
+            let curve = pkcs8::sec1_curve(&pem.contents)
+                .ok_or("the EC key names no curve (its SEC1 parameters are missing)")?;
+            pkcs8::wrap(&pkcs8::ec_public_key(curve), &pem.contents)
+        }
+        other => return Err(format!("a `{other}` key is not supported: {accepted}")),
+    };
+    KeyPair::try_from(pkcs8.as_slice()).map_err(|err| format!("the key does not load: {err}"))
+}
+
+/// Just enough DER to put a PKCS#1 or SEC1 key into a PKCS#8 `PrivateKeyInfo` (RFC 5208).
+mod pkcs8 {
+    /// AlgorithmIdentifier of rsaEncryption (1.2.840.113549.1.1.1) with NULL parameters.
+    pub const RSA_ENCRYPTION: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+
+    /// AlgorithmIdentifier of id-ecPublicKey (1.2.840.10045.2.1) on `curve` (an OID, whole).
+    pub fn ec_public_key(curve: &[u8]) -> Vec<u8> {
+        let mut content = vec![0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+        content.extend_from_slice(curve);
+        tlv(0x30, &content)
+    }
+
+    /// `PrivateKeyInfo { version 0, algorithm, privateKey }`.
+    pub fn wrap(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut content = vec![0x02, 0x01, 0x00];
+        content.extend_from_slice(algorithm);
+        content.extend(tlv(0x04, key));
+        tlv(0x30, &content)
+    }
+
+    /// The curve OID (tag, length and value) in a SEC1 `ECPrivateKey`'s `[0]` parameters.
+    pub fn sec1_curve(key: &[u8]) -> Option<&[u8]> {
+        let (0x30, mut fields, _) = read(key)? else {
+            return None;
+        };
+        while !fields.is_empty() {
+            let (tag, content, rest) = read(fields)?;
+            if tag == 0xa0 {
+                let (0x06, _, after) = read(content)? else {
+                    return None;
+                };
+                return Some(&content[..content.len() - after.len()]);
+            }
+            fields = rest;
+        }
+        None
+    }
+
+    /// One DER element: its tag, its content and what follows it.
+    fn read(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, mut rest) = rest.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let octets = usize::from(first & 0x7f);
+            if octets == 0 || octets > 4 || rest.len() < octets {
+                return None;
+            }
+            let (bytes, after) = rest.split_at(octets);
+            rest = after;
+            bytes
+                .iter()
+                .fold(0usize, |len, &byte| (len << 8) | usize::from(byte))
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let len = content.len();
+        let mut out = vec![tag];
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|&byte| byte == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+}
+
 /// Reads a CA certificate and its key, checking that they belong together.
 fn load_ca(cert_pem: &[u8], key_pem: &[u8]) -> Result<Ca, IssueReason> {
     let (public_key, end) = parse(cert_pem, |cert| {
@@ -487,11 +591,7 @@ fn load_ca(cert_pem: &[u8], key_pem: &[u8]) -> Result<Ca, IssueReason> {
     .map_err(IssueReason::Unreadable)?;
     let key_text = std::str::from_utf8(key_pem)
         .map_err(|_| IssueReason::Unreadable("the key is not PEM text".into()))?;
-    let key_pair = KeyPair::from_pem(key_text).map_err(|err| {
-        IssueReason::Unreadable(format!(
-            "the key does not load (PKCS#8 PEM expected): {err}"
-        ))
-    })?;
+    let key_pair = key_pair_from_pem(key_text).map_err(IssueReason::Unreadable)?;
     if key_pair.subject_public_key_info() != public_key {
         return Err(IssueReason::KeyMismatch);
     }
@@ -541,7 +641,7 @@ fn check_leaf(
     }
     let key_matches = std::str::from_utf8(key_pem)
         .ok()
-        .and_then(|text| KeyPair::from_pem(text).ok())
+        .and_then(|text| key_pair_from_pem(text).ok())
         .is_some_and(|key| key.subject_public_key_info() == facts.public_key);
     if !key_matches {
         return Err(IssueReason::KeyMismatch);
@@ -965,6 +1065,56 @@ mod tests {
         };
         let err = plan(&request).unwrap_err();
         assert!(err.to_string().contains("tls.crt"), "{err}");
+    }
+
+    /// A user CA made by cert-manager or openssl: its key in PKCS#1 (RSA), SEC1 (EC, after an
+    /// `EC PARAMETERS` block) or PKCS#8, all of which load and sign node certificates that
+    /// chain to it.
+    #[test]
+    fn user_ca_keys_load_in_pkcs1_sec1_and_pkcs8() {
+        let keys = [
+            (
+                include_str!("../tests/fixtures/keys/ca-rsa.pem"),
+                include_str!("../tests/fixtures/keys/ca-rsa-pkcs1.key"),
+            ),
+            (
+                include_str!("../tests/fixtures/keys/ca-ec.pem"),
+                include_str!("../tests/fixtures/keys/ca-ec-sec1.key"),
+            ),
+            (
+                include_str!("../tests/fixtures/keys/ca-ec.pem"),
+                include_str!("../tests/fixtures/keys/ca-ec-pkcs8.key"),
+            ),
+        ];
+        let nodes = [node("events-0", "prod")];
+        for (cert, key) in keys {
+            let user = SecretData::from([
+                (TLS_CERT.to_owned(), ByteString(cert.as_bytes().to_vec())),
+                (TLS_KEY.to_owned(), ByteString(key.as_bytes().to_vec())),
+            ]);
+            let mut request = request(T0, &nodes, None);
+            request.ca = CaSource::User {
+                secret_name: "my-ca",
+                data: &user,
+            };
+            let pki = plan(&request).unwrap_or_else(|err| panic!("{err}\n{key}"));
+            let leaf = &pki.nodes_secret["events-0.crt"].0;
+            let ca_key = load_ca(cert.as_bytes(), key.as_bytes()).unwrap().public_key;
+            let signed = parse(leaf, move |leaf| {
+                let (_, spki) = <x509_parser::x509::SubjectPublicKeyInfo<'_> as x509_parser::prelude::FromDer<'_, _>>::from_der(&ca_key)
+                    .map_err(|err| err.to_string())?;
+                Ok(leaf.verify_signature(Some(&spki)).is_ok())
+            })
+            .unwrap();
+            assert!(signed, "a node certificate not signed by the user CA");
+        }
+        // Something else is refused, naming what is accepted.
+        let err = key_pair_from_pem(
+            "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n",
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("PKCS#1"), "{err}");
     }
 
     #[test]

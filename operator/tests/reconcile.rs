@@ -276,6 +276,41 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     assert_eq!(env.status()["leader"], "events-1");
 }
 
+/// The API server refuses a StatefulSet update that changes anything but its mutable fields,
+/// as a real one does (the mock enforces it): a version change, as a chart upgrade makes, and
+/// an operator upgrade that renders the templates differently, must still update it.
+#[tokio::test]
+async fn a_version_change_still_updates_the_statefulset() {
+    let env = Env::steady(3, json!({})).await;
+    env.change_spec(json!({"version": "0.4.0"}));
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    let sts = find(&requests, "PATCH", STS_PATH);
+    assert!(sts.is_operator_apply());
+    assert!(
+        sts.body["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .is_some_and(|image| image.ends_with(":0.4.0")),
+        "{}",
+        sts.body["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+    // A StatefulSet made by an earlier operator, whose claim template differs from what this
+    // one renders (another label, a defaulted field): updates still go through.
+    env.store.lock().unwrap().edit(STS_PATH, |sts| {
+        let claim = &mut sts["spec"]["volumeClaimTemplates"][0];
+        claim["metadata"]["labels"]["app.kubernetes.io/version"] = json!("0.1.0");
+        claim["spec"]["volumeMode"] = json!("Filesystem");
+    });
+    env.change_spec(json!({"image": "example.com/proglog:5"}));
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    let sts = find(&requests, "PATCH", STS_PATH);
+    assert_eq!(
+        sts.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.com/proglog:5"
+    );
+}
+
 #[tokio::test]
 async fn scale_down_removes_each_voter_before_shrinking_the_statefulset() {
     let env = Env::steady(5, json!({})).await;

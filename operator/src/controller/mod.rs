@@ -690,14 +690,32 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
     // Workload: the StatefulSet at the size scaling decided.
     let mut workload_failed = false;
     if !paused && statefulset_known && bootstrap_done {
-        match workload(
+        let mut kept = Vec::new();
+        let applied = workload(
             ctx,
             &view,
             statefulset.as_ref(),
             decision.statefulset_replicas,
         )
         .await
-        {
+        .map(|(applied, fields)| {
+            kept = fields;
+            applied
+        });
+        if !kept.is_empty() {
+            publish(
+                ctx,
+                &cluster,
+                EventType::Warning,
+                "StatefulSetFieldsKept",
+                format!(
+                    "StatefulSet {name} keeps its {}: the API server allows no change to them once it exists. To change them, delete the StatefulSet with --cascade=orphan and let the operator create it again (the pods and volumes stay)",
+                    kept.join(", ")
+                ),
+            )
+            .await;
+        }
+        match applied {
             Ok(Applied::Created) => {
                 ctx.metrics.action("statefulset_created");
                 publish(
@@ -998,41 +1016,50 @@ async fn config_and_services(
     Ok(created)
 }
 
-/// The StatefulSet with `replicas` pods. Once it exists its volume claim templates cannot
-/// change, so the size in them stays what the StatefulSet in the cluster has (storage growth
-/// is done on the PVCs, see `storage.rs`).
+/// The StatefulSet with `replicas` pods. Once it exists, the API server refuses any change to
+/// its fields other than `replicas`, `ordinals`, `template`, `updateStrategy`,
+/// `persistentVolumeClaimRetentionPolicy` and `minReadySeconds`, so those others (the volume
+/// claim templates, the selector, the service name, the pod management policy) are taken from
+/// the live object whatever this operator's version would render (storage growth is done on
+/// the PVCs, see `storage.rs`). Returns what the spec asks of them that the live object keeps
+/// (a change that would need a new StatefulSet), for the caller to report.
 async fn workload(
     ctx: &Context,
     view: &ClusterView<'_>,
     existing: Option<&StatefulSet>,
     replicas: u32,
-) -> Result<Applied, PartError> {
+) -> Result<(Applied, Vec<&'static str>), PartError> {
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), view.namespace());
     let config = config_map(view).map_err(PartError::Spec)?;
     let mut desired = stateful_set(view, &config_hash(&config)).map_err(PartError::Spec)?;
-    let existing_templates = existing
-        .and_then(|statefulset| statefulset.spec.as_ref())
-        .and_then(|spec| spec.volume_claim_templates.clone())
-        .unwrap_or_default();
+    let mut kept = Vec::new();
     if let Some(spec) = desired.spec.as_mut() {
         spec.replicas = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
-        for template in spec.volume_claim_templates.iter_mut().flatten() {
-            let kept = existing_templates
-                .iter()
-                .find(|old| old.metadata.name == template.metadata.name)
-                .and_then(|old| old.spec.as_ref()?.resources.as_ref()?.requests.clone());
-            if let (Some(kept), Some(resources)) = (
-                kept,
-                template
-                    .spec
-                    .as_mut()
-                    .and_then(|spec| spec.resources.as_mut()),
-            ) {
-                resources.requests = Some(kept);
+        if let Some(live) = existing.and_then(|statefulset| statefulset.spec.as_ref()) {
+            let class =
+                |templates: &Option<Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim>>| {
+                    templates
+                        .iter()
+                        .flatten()
+                        .find_map(|claim| claim.spec.as_ref()?.storage_class_name.clone())
+                };
+            let wanted_class = class(&spec.volume_claim_templates);
+            if wanted_class.is_some() && wanted_class != class(&live.volume_claim_templates) {
+                kept.push("spec.storage.storageClassName");
             }
+            if spec.service_name != live.service_name {
+                kept.push("the headless Service's name");
+            }
+            if spec.pod_management_policy != live.pod_management_policy {
+                kept.push("the pod management policy");
+            }
+            spec.volume_claim_templates = live.volume_claim_templates.clone();
+            spec.selector = live.selector.clone();
+            spec.service_name = live.service_name.clone();
+            spec.pod_management_policy = live.pod_management_policy.clone();
         }
     }
-    apply_over(&api, &desired, existing).await
+    Ok((apply_over(&api, &desired, existing).await?, kept))
 }
 
 /// Runs the controller until `stop` is cancelled: LogClusters in `namespace` (all when

@@ -115,12 +115,7 @@ pub fn stateful_set(view: &ClusterView<'_>, config_hash: &str) -> Result<Statefu
             spec.pod_template.topology_spread_constraints.clone(),
         ),
         priority_class_name: spec.pod_template.priority_class_name.clone(),
-        security_context: Some(
-            spec.pod_template
-                .security_context
-                .clone()
-                .unwrap_or_else(default_pod_security),
-        ),
+        security_context: Some(pod_security(spec.pod_template.security_context.clone())),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         automount_service_account_token: Some(false),
         // Service links would put variables such as PROGLOG_PORT in the environment, where
@@ -129,10 +124,13 @@ pub fn stateful_set(view: &ClusterView<'_>, config_hash: &str) -> Result<Statefu
         ..PodSpec::default()
     };
 
+    // Only labels that never change: the template cannot change once the StatefulSet exists.
+    let mut claim_labels = view.labels("node");
+    claim_labels.remove("app.kubernetes.io/version");
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(DATA_VOLUME.to_owned()),
-            labels: Some(view.labels("node")),
+            labels: Some(claim_labels),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -270,6 +268,23 @@ fn node_container(view: &ClusterView<'_>, mounts: Vec<VolumeMount>) -> Container
     }
 }
 
+/// The user's pod security context, or the default; either way with a group that owns the
+/// mounted volumes (the node reads its key and certificate files as that group, and writes its
+/// data directory), unless the user set one.
+fn pod_security(user: Option<PodSecurityContext>) -> PodSecurityContext {
+    let Some(mut user) = user else {
+        return default_pod_security();
+    };
+    let default = default_pod_security();
+    if user.fs_group.is_none() {
+        user.fs_group = default.fs_group;
+        user.fs_group_change_policy = user
+            .fs_group_change_policy
+            .or(default.fs_group_change_policy);
+    }
+    user
+}
+
 fn default_pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
@@ -385,6 +400,29 @@ mod tests {
             .flatten()
             .map(|var| (var.name.clone(), var.clone()))
             .collect()
+    }
+
+    #[test]
+    fn a_user_security_context_keeps_the_group_that_can_read_the_volumes() {
+        let mut cluster = cluster(3);
+        cluster.spec.pod_template.security_context = Some(PodSecurityContext {
+            run_as_user: Some(2000),
+            ..PodSecurityContext::default()
+        });
+        let set = stateful_set(&view(&cluster), "abc").unwrap();
+        let security = pod_spec(&set).security_context.clone().unwrap();
+        assert_eq!(security.run_as_user, Some(2000));
+        assert_eq!(security.fs_group, Some(NODE_USER));
+        // One the user sets stays.
+        cluster.spec.pod_template.security_context = Some(PodSecurityContext {
+            fs_group: Some(3000),
+            ..PodSecurityContext::default()
+        });
+        let set = stateful_set(&view(&cluster), "abc").unwrap();
+        assert_eq!(
+            pod_spec(&set).security_context.clone().unwrap().fs_group,
+            Some(3000)
+        );
     }
 
     #[test]
