@@ -276,6 +276,69 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     assert_eq!(env.status()["leader"], "events-1");
 }
 
+/// Server-side apply removes the fields its manager stops applying (the mock enforces that
+/// too): a setting taken out of the LogCluster disappears from the children.
+#[tokio::test]
+async fn a_setting_removed_from_the_spec_disappears_from_the_children() {
+    let env = Env::steady(
+        3,
+        json!({
+            "log": {"retentionBytes": 1_000_000},
+            "podTemplate": {"nodeSelector": {"disk": "ssd"}, "labels": {"team": "data"}}
+        }),
+    )
+    .await;
+    let config = || {
+        env.store
+            .lock()
+            .unwrap()
+            .get(&format!("{CONFIGMAPS}/events-config"))
+            .cloned()
+            .unwrap()
+    };
+    let template =
+        || env.store.lock().unwrap().get(STS_PATH).cloned().unwrap()["spec"]["template"].clone();
+    assert!(config()["data"].get("PROGLOG_RETENTION_BYTES").is_some());
+    assert_eq!(template()["spec"]["nodeSelector"]["disk"], "ssd");
+    assert_eq!(template()["metadata"]["labels"]["team"], "data");
+
+    env.store.lock().unwrap().edit(CLUSTER_PATH, |cluster| {
+        let spec = &mut cluster["spec"];
+        spec["log"]
+            .as_object_mut()
+            .unwrap()
+            .remove("retentionBytes");
+        spec["podTemplate"] = json!({});
+    });
+    env.change_spec(json!({}));
+    env.pass().await.0.unwrap();
+    assert!(
+        config()["data"].get("PROGLOG_RETENTION_BYTES").is_none(),
+        "{}",
+        config()["data"]
+    );
+    assert!(
+        template()["spec"].get("nodeSelector").is_none(),
+        "{}",
+        template()
+    );
+    assert!(
+        template()["metadata"]["labels"].get("team").is_none(),
+        "{}",
+        template()
+    );
+    // And a pass after that writes nothing again.
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert!(
+        writes(&requests)
+            .iter()
+            .all(|write| write.ends_with("/status")),
+        "{:?}",
+        writes(&requests)
+    );
+}
+
 /// The API server refuses a StatefulSet update that changes anything but its mutable fields,
 /// as a real one does (the mock enforces it): a version change, as a chart upgrade makes, and
 /// an operator upgrade that renders the templates differently, must still update it.
@@ -348,14 +411,24 @@ async fn scale_down_removes_each_voter_before_shrinking_the_statefulset() {
     );
     assert_eq!(event_reasons(&requests), ["Scaled"]);
     env.run_statefulset("rev1");
-    // Next ordinal, same order.
+    // Next ordinal, same order; the node certificates lose the removed pod's.
     env.pass().await.0.unwrap();
     assert_eq!(
         actions(&env),
-        [format!(
-            "admin RemoveVoter events-3 via {}",
-            fqdn("events-0")
-        )]
+        [
+            format!("PATCH {SECRETS}/events-tls"),
+            format!("admin RemoveVoter events-3 via {}", fqdn("events-0"))
+        ]
+    );
+    assert!(
+        env.store
+            .lock()
+            .unwrap()
+            .get(&format!("{SECRETS}/events-tls"))
+            .unwrap()["data"]
+            .get("events-4.key")
+            .is_none(),
+        "the removed pod's key is gone"
     );
     let (_, requests) = env.pass().await;
     assert_eq!(actions(&env), [format!("PATCH {STS_PATH}")]);
@@ -364,6 +437,8 @@ async fn scale_down_removes_each_voter_before_shrinking_the_statefulset() {
         3
     );
     env.run_statefulset("rev1");
+    env.pass().await.0.unwrap();
+    assert_eq!(actions(&env), [format!("PATCH {SECRETS}/events-tls")]);
     env.pass().await.0.unwrap();
     assert!(actions(&env).is_empty());
     assert_eq!(env.condition("Progressing").0, "False");

@@ -1,6 +1,9 @@
-//! Writing children: server-side apply with the operator's one field manager and `force`, but
-//! only when the object in the cluster does not already hold what the operator wants
-//! ([`crate::plan::contains`]), so a pass over a healthy cluster reads and never writes.
+//! Writing children: server-side apply with the operator's one field manager and `force`, so
+//! a field the operator stops setting (a setting taken out of the LogCluster) is removed by
+//! the API server. An apply is skipped only when the object in the cluster carries the hash of
+//! exactly what the operator wants now ([`APPLIED_HASH`]) and still holds it
+//! ([`crate::plan::contains`]: nobody changed it since), so a pass over a healthy cluster reads
+//! and never writes, and any change to what is wanted, removals included, is applied.
 
 use std::fmt::Debug;
 
@@ -12,6 +15,19 @@ use serde::de::DeserializeOwned;
 use super::PartError;
 use crate::plan::contains;
 use crate::resources::MANAGER;
+
+/// The annotation carrying a hash of what the operator last applied to an object.
+pub const APPLIED_HASH: &str = "proglog.dev/applied-hash";
+
+/// FNV-1a of `bytes`, as hex.
+fn hash(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
 
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,18 +86,31 @@ where
             source,
         })
     };
+    let wanted = encode(desired)?;
+    let wanted_hash = hash(wanted.to_string().as_bytes());
+    let mut desired = desired.clone();
+    desired
+        .annotations_mut()
+        .insert(APPLIED_HASH.to_owned(), wanted_hash.clone());
     let outcome = match existing {
-        Some(existing) if contains(&encode(existing)?, &encode(desired)?) => {
+        Some(existing)
+            if existing.annotations().get(APPLIED_HASH) == Some(&wanted_hash)
+                && contains(&encode(existing)?, &wanted) =>
+        {
             return Ok(Applied::Unchanged);
         }
         Some(_) => Applied::Updated,
         None => Applied::Created,
     };
-    api.patch(&desired.name_any(), &apply_params(), &Patch::Apply(desired))
-        .await
-        .map_err(|source| PartError::Api {
-            action: format!("apply {}", describe(desired)),
-            source,
-        })?;
+    api.patch(
+        &desired.name_any(),
+        &apply_params(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|source| PartError::Api {
+        action: format!("apply {}", describe(&desired)),
+        source,
+    })?;
     Ok(outcome)
 }
