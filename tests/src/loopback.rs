@@ -71,6 +71,7 @@ pub async fn start_cluster() -> Vec<NodeProcess> {
 }
 
 /// A node's `ClusterStatus`, as far as these tests look at it.
+#[derive(Debug)]
 pub struct Status {
     /// Its role.
     pub role: String,
@@ -82,11 +83,18 @@ pub struct Status {
     pub epoch: u64,
     /// The voters it knows.
     pub voters: Vec<String>,
+    /// Its log's end offset.
+    pub end_offset: u64,
 }
 
 /// The `ClusterStatus` of `node`, `None` while it does not answer.
 pub async fn status(node: &NodeProcess) -> Option<Status> {
-    let mut admin = AdminClient::new(node.channel().await.ok()?);
+    status_over(node.channel().await.ok()?).await
+}
+
+/// The `ClusterStatus` a node answers over `channel`, `None` if it does not.
+pub async fn status_over(channel: tonic::transport::Channel) -> Option<Status> {
+    let mut admin = AdminClient::new(channel);
     let status = admin
         .cluster_status(ClusterStatusRequest {})
         .await
@@ -98,6 +106,7 @@ pub async fn status(node: &NodeProcess) -> Option<Status> {
         high_watermark: status.high_watermark,
         epoch: status.epoch,
         voters: status.voters,
+        end_offset: status.end_offset,
     })
 }
 
@@ -248,6 +257,14 @@ pub async fn change_voters(
 /// The `/metrics` text of a node.
 pub async fn metrics(node: &NodeProcess) -> String {
     http_get(node, "/metrics").await
+}
+
+/// The value of the sample `series` (name and labels, exactly) in the node's `/metrics`.
+pub async fn metric(node: &NodeProcess, series: &str) -> Option<f64> {
+    metrics(node)
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// The whole HTTP/1.1 response (status line, headers, body) to a GET of `path` on the node's

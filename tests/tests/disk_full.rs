@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proglog_proto::log::v1::{ConsumeRequest, ProduceRequest, Record};
-use proglog_tests::loopback::{http_get, metrics};
+use proglog_tests::loopback::{http_get, metric};
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use tonic::Code;
 
@@ -98,13 +98,6 @@ async fn assert_intact(node: &NodeProcess, acknowledged: &BTreeMap<u64, Bytes>) 
     }
 }
 
-async fn gauge(node: &NodeProcess, name: &str) -> Option<f64> {
-    metrics(node)
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_makes_the_node_read_only_until_space_returns() {
     let disk = match SmallDisk::mount(6 << 20) {
@@ -158,7 +151,7 @@ async fn a_full_disk_makes_the_node_read_only_until_space_returns() {
     let readyz = http_get(&node, "/readyz").await;
     assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
     assert!(readyz.contains("read-only: the disk is full"), "{readyz}");
-    assert_eq!(gauge(&node, "proglog_disk_full").await, Some(1.0));
+    assert_eq!(metric(&node, "proglog_disk_full").await, Some(1.0));
 
     // Space comes back: writes resume by themselves.
     std::fs::remove_file(&filler).unwrap();
@@ -178,7 +171,7 @@ async fn a_full_disk_makes_the_node_read_only_until_space_returns() {
         }
     };
     assert!(acknowledged.insert(offset, value).is_none());
-    assert_eq!(gauge(&node, "proglog_disk_full").await, Some(0.0));
+    assert_eq!(metric(&node, "proglog_disk_full").await, Some(0.0));
     let readyz = http_get(&node, "/readyz").await;
     assert!(
         readyz.ends_with("ready\n") && !readyz.contains("read-only"),
@@ -252,7 +245,7 @@ async fn a_follower_with_a_full_disk_serves_what_it_has_and_catches_up() {
         acknowledged.insert(offset, value);
     }
     wait_until("the follower reports its full disk", || async {
-        gauge(&nodes[FULL], "proglog_disk_full").await == Some(1.0)
+        metric(&nodes[FULL], "proglog_disk_full").await == Some(1.0)
     })
     .await;
     let (_, leader_end) = offsets(&nodes[leader]).await;
@@ -278,7 +271,7 @@ async fn a_follower_with_a_full_disk_serves_what_it_has_and_catches_up() {
         offsets(&nodes[FULL]).await.1 >= leader_end
     })
     .await;
-    assert_eq!(gauge(&nodes[FULL], "proglog_disk_full").await, Some(0.0));
+    assert_eq!(metric(&nodes[FULL], "proglog_disk_full").await, Some(0.0));
     assert_intact(&nodes[FULL], &acknowledged).await;
     for node in &mut nodes {
         node.terminate().await.unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proglog_proto::log::v1::{ConsumeRequest, ProduceBatchRequest, ProduceRequest, Record};
-use proglog_tests::loopback::metrics;
+use proglog_tests::loopback::metric;
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 
 /// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
@@ -30,14 +30,6 @@ const MIB: u64 = 1 << 20;
 
 /// 256 MB, the bound on the node's resident memory under 2,000 streams that never read.
 const MEMORY_BOUND: u64 = 256_000_000;
-
-/// A sample's value from the node's `/metrics`, if it is there.
-async fn metric(node: &NodeProcess, series: &str) -> Option<f64> {
-    metrics(node)
-        .await
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 /// 2,000 `ConsumeStream`s from the start of a 48 MiB log whose clients never read a message:
 /// the node reads ahead only what its stream memory allows, so its peak resident memory stays

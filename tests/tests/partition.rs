@@ -27,8 +27,8 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use proglog_proto::log::v1::admin_client::AdminClient;
-use proglog_proto::log::v1::{ClusterStatusRequest, ConsumeRequest, ProduceRequest, Record};
+use proglog_proto::log::v1::{ConsumeRequest, ProduceRequest, Record};
+use proglog_tests::loopback::{Status, status_over};
 use proglog_tests::netns::NetLab;
 use proglog_tests::node_process::{NodeOptions, NodeProcess, node_binary};
 use tokio::sync::mpsc;
@@ -102,32 +102,9 @@ async fn start_cluster(lab: &NetLab) -> Vec<NodeProcess> {
     nodes
 }
 
-#[derive(Debug)]
-struct Status {
-    role: String,
-    leader: String,
-    epoch: u64,
-    high_watermark: u64,
-    end_offset: u64,
-}
-
 /// The node's cluster status, or `None` when it cannot be had within [`CALL_TIMEOUT`].
 async fn status(lab: &NetLab, index: usize) -> Option<Status> {
-    let call = async {
-        let mut admin = AdminClient::new(lab.loopback_channel(index, RPC_PORT));
-        let status = admin
-            .cluster_status(ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner();
-        Some(Status {
-            role: status.role,
-            leader: status.leader_id,
-            epoch: status.epoch,
-            high_watermark: status.high_watermark,
-            end_offset: status.end_offset,
-        })
-    };
+    let call = status_over(lab.loopback_channel(index, RPC_PORT));
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .ok()

@@ -320,19 +320,9 @@ impl LogStore {
     /// Reads batches from the one holding `offset`, up to about `max_bytes`, trimmed to the
     /// visible end. `OUT_OF_RANGE` (with the valid range) outside `start..=visible_end`.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Batch>, Status> {
-        let visible = self.visible_end();
-        if offset > visible {
-            return Err(to_status(StorageError::OffsetOutOfRange {
-                requested: offset,
-                start: self.start_offset(),
-                end: visible,
-            }));
-        }
-        let log = Arc::clone(&self.log);
-        let mut batches = tokio::task::spawn_blocking(move || log.read(offset, max_bytes))
-            .await
-            .map_err(|err| Status::internal(format!("read task failed: {err}")))?
-            .map_err(|err| self.fail(err))?;
+        let (visible, mut batches) = self
+            .read_visible(offset, move |log| log.read(offset, max_bytes))
+            .await?;
         batches.retain(|batch| batch.base_offset() < visible);
         Ok(batches)
     }
@@ -340,6 +330,24 @@ impl LogStore {
     /// Reads committed batches from `offset`, never more than `max_bytes` (see
     /// [`crate::storage::Log::read_within`]).
     pub async fn read_within(&self, offset: u64, max_bytes: usize) -> Result<BoundedRead, Status> {
+        let (visible, read) = self
+            .read_visible(offset, move |log| log.read_within(offset, max_bytes))
+            .await?;
+        Ok(match read {
+            BoundedRead::Batches(mut batches) => {
+                batches.retain(|batch| batch.base_offset() < visible);
+                BoundedRead::Batches(batches)
+            }
+            needs => needs,
+        })
+    }
+
+    /// Runs `read` on the blocking pool if `offset` is at most the visible end, with that end.
+    async fn read_visible<T: Send + 'static>(
+        &self,
+        offset: u64,
+        read: impl FnOnce(&Log) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<(u64, T), Status> {
         let visible = self.visible_end();
         if offset > visible {
             return Err(to_status(StorageError::OffsetOutOfRange {
@@ -349,17 +357,11 @@ impl LogStore {
             }));
         }
         let log = Arc::clone(&self.log);
-        let read = tokio::task::spawn_blocking(move || log.read_within(offset, max_bytes))
+        let result = tokio::task::spawn_blocking(move || read(&log))
             .await
             .map_err(|err| Status::internal(format!("read task failed: {err}")))?
             .map_err(|err| self.fail(err))?;
-        Ok(match read {
-            BoundedRead::Batches(mut batches) => {
-                batches.retain(|batch| batch.base_offset() < visible);
-                BoundedRead::Batches(batches)
-            }
-            needs => needs,
-        })
+        Ok((visible, result))
     }
 
     /// The first offset at or after a time, or the visible end when there is none.

@@ -702,14 +702,15 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
             kept = fields;
             applied
         });
-        if !kept.is_empty() {
+        // Said when what is wanted changes (an apply ran), not on every pass.
+        if !kept.is_empty() && matches!(applied, Ok(Applied::Updated)) {
             publish(
                 ctx,
                 &cluster,
                 EventType::Warning,
                 "StatefulSetFieldsKept",
                 format!(
-                    "StatefulSet {name} keeps its {}: the API server allows no change to them once it exists. To change them, delete the StatefulSet with --cascade=orphan and let the operator create it again (the pods and volumes stay)",
+                    "StatefulSet {name} keeps its {}: the API server allows no change to them once it exists, so the change is not applied (volumes keep the storage class they were made with)",
                     kept.join(", ")
                 ),
             )
@@ -1043,8 +1044,14 @@ async fn workload(
                         .flatten()
                         .find_map(|claim| claim.spec.as_ref()?.storage_class_name.clone())
                 };
-            let wanted_class = class(&spec.volume_claim_templates);
-            if wanted_class.is_some() && wanted_class != class(&live.volume_claim_templates) {
+            // A live template without a class had the cluster's default chosen for its
+            // volumes, which may be the class now named: only a named class that differs is
+            // a change.
+            let (wanted_class, live_class) = (
+                class(&spec.volume_claim_templates),
+                class(&live.volume_claim_templates),
+            );
+            if wanted_class.is_some() && live_class.is_some() && wanted_class != live_class {
                 kept.push("spec.storage.storageClassName");
             }
             if spec.service_name != live.service_name {
