@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/cluster.sh: a 3-node proglog cluster against a 3-node NATS JetStream cluster (R3), and
-# proglog's leader failover time, measured in one run on this machine (issue 4).
+# proglog's leader failover time, measured in one run on this machine.
 #
 #   bench/cluster.sh        # about 6-8 minutes
 #   SECONDS_PER_CASE=10 SIZES="1024" FAILOVER_RUNS=5 bench/cluster.sh

@@ -8,7 +8,7 @@
 # dirs, one node per record size so `consume` reads records of one size), the tonic echo floor
 # (`proglog-loadgen echo-server`) and nats-server with JetStream (file storage in a temp dir,
 # a random free port). Runs every case at 100 B and 1 KiB, prints each result as it comes,
-# then the table and the ratios issue 3 asks for. Everything started is stopped on exit.
+# then the table and the ratios against the baselines. Everything started is stopped on exit.
 #
 # NATS JetStream 2.9 acknowledges a publish without fsync, so the fair comparison is proglog
 # `--durability interval`; `always` (fsync before every acknowledgement, group commit) is

@@ -39,7 +39,7 @@
 //! # Reading the output
 //!
 //! One line per case on stdout; with `--results FILE` also one JSON object per line, which
-//! `proglog-loadgen report FILE` turns into a table plus the ratios issue 3 asks for. MB/s
+//! `proglog-loadgen report FILE` turns into a table plus the ratios to the baselines. MB/s
 //! counts record values only (10^6 bytes), not framing. Compare ratios from one run, never
 //! absolute numbers from different runs or machines.
 
@@ -83,7 +83,7 @@ enum Command {
     Report {
         /// The JSON-lines file.
         results: PathBuf,
-        /// Instead of issue 3's ratios, compare every proglog row with this label's row of the
+        /// Instead of the ratios to the baselines, compare every proglog row with this label's row of the
         /// same case, size and concurrency (msgs/s ratio and both p99s), and summarize the
         /// failover rows (the cluster comparison of `bench/cluster.sh`).
         #[arg(long)]
