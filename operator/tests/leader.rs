@@ -69,9 +69,81 @@ async fn losing_the_lease_stops_the_work_and_a_stop_ends_the_election() {
     });
     let next = timeout(Duration::from_secs(30), seen.recv()).await.unwrap();
     assert_eq!(next, Some("stopped"));
-    assert_eq!(metrics.leader.get(), 0);
+    // The gauge drops once the work has wound down, just after it said so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.leader.get() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still counted as leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Standing by, a stop ends the election loop.
+    stop.cancel();
+    timeout(Duration::from_secs(15), election)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The Lease library only logs a renewal that fails; the holder must still stop working
+/// before its Lease can expire and another replica take it.
+#[tokio::test]
+async fn failing_renewals_stop_the_work_before_the_lease_can_expire() {
+    let env = Env::new(log_cluster(json!({})));
+    let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+    let (sender, mut seen) = mpsc::unbounded_channel();
+    let election = tokio::spawn({
+        let client = env.ctx.client.clone();
+        let metrics = Arc::clone(&metrics);
+        let stop = stop.clone();
+        async move {
+            let lease = LeaseSettings {
+                name: "proglog-operator".into(),
+                namespace: "prod".into(),
+                identity: "operator-0".into(),
+            };
+            run_while_leader(client, lease, &metrics, stop, move |term| {
+                let sender = sender.clone();
+                async move {
+                    sender.send("started").unwrap();
+                    term.cancelled().await;
+                    sender.send("stopped").unwrap();
+                }
+            })
+            .await;
+        }
+    });
+    let first = timeout(Duration::from_secs(20), seen.recv()).await.unwrap();
+    assert_eq!(first, Some("started"));
+
+    // From now on the API server refuses every write to the Lease: no renewal lands.
+    env.fault("PATCH", "/leases/proglog-operator", 500, 10_000);
+    let next = timeout(Duration::from_secs(30), seen.recv()).await.unwrap();
+    assert_eq!(next, Some("stopped"));
+    let stopped_at = Timestamp::now();
+    let lease = env.store.lock().unwrap().get(LEASE).cloned().unwrap();
+    let renewed: Timestamp = lease["spec"]["renewTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let seconds = lease["spec"]["leaseDurationSeconds"].as_i64().unwrap();
+    assert!(
+        stopped_at < renewed + k8s_openapi::jiff::SignedDuration::from_secs(seconds),
+        "the work stopped at {stopped_at}, after the Lease renewed at {renewed} expired"
+    );
+    // The gauge drops once the work has wound down, just after it said so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.leader.get() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still counted as leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
     timeout(Duration::from_secs(15), election)
         .await
