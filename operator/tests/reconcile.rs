@@ -217,7 +217,7 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
         result.unwrap(),
         Action::requeue(controller::PROGRESS_REQUEUE)
     );
-    assert_eq!(changes(&requests), [format!("DELETE {}", pod(2))]);
+    assert_eq!(changes(&requests), [format!("POST {}/eviction", pod(2))]);
     assert_eq!(event_reasons(&requests), ["PodRolled"]);
     assert_eq!(env.condition("Progressing").1, "Rolling");
     assert_eq!(env.condition("Ready").0, "False");
@@ -227,7 +227,7 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     assert!(
         !writes(&requests)
             .iter()
-            .any(|write| write.starts_with("DELETE"))
+            .any(|write| write.ends_with("/eviction"))
     );
     env.run_statefulset("rev2");
     env.edit_quorum(|quorum| {
@@ -243,7 +243,7 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     assert!(
         !writes(&requests)
             .iter()
-            .any(|write| write.starts_with("DELETE"))
+            .any(|write| write.ends_with("/eviction"))
     );
     assert!(
         env.condition("Progressing")
@@ -255,7 +255,7 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     let all = nodes(3);
     env.set_quorum(Some(synced_quorum(&all, "events-0", &all)));
     let (_, requests) = env.pass().await;
-    assert_eq!(changes(&requests), [format!("DELETE {}", pod(1))]);
+    assert_eq!(changes(&requests), [format!("POST {}/eviction", pod(1))]);
     env.run_statefulset("rev2");
 
     // Only the leader is left: it hands leadership over, then it is restarted.
@@ -266,7 +266,7 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
         [format!("admin TransferLeadership via {}", fqdn("events-0"))]
     );
     let (_, requests) = env.pass().await;
-    assert_eq!(changes(&requests), [format!("DELETE {}", pod(0))]);
+    assert_eq!(changes(&requests), [format!("POST {}/eviction", pod(0))]);
     env.run_statefulset("rev2");
     let (result, requests) = env.pass().await;
     result.unwrap();
@@ -274,6 +274,33 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     assert_eq!(env.condition("Progressing").0, "False");
     assert_eq!(env.condition("Ready").0, "True");
     assert_eq!(env.status()["leader"], "events-1");
+}
+
+/// Rolls evict through the eviction API: while the PodDisruptionBudget allows no disruption
+/// (a node drain took a pod, say), the API server answers 429 and the roll waits, taking no
+/// pod; once it allows one, the roll goes on.
+#[tokio::test]
+async fn a_roll_waits_while_the_disruption_budget_refuses_an_eviction() {
+    let env = Env::steady(3, json!({})).await;
+    env.change_spec(json!({"image": "example.com/proglog:2"}));
+    env.pass().await.0.unwrap();
+    env.run_statefulset("rev2");
+    env.fault("POST", "/pods/events-2/eviction", 429, 2);
+    for _ in 0..2 {
+        let (result, requests) = env.pass().await;
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("waits to roll"), "{err}");
+        assert_eq!(changes(&requests), [format!("POST {}/eviction", pod(2))]);
+        assert!(
+            env.store.lock().unwrap().get(&pod(2)).is_some(),
+            "the pod was taken"
+        );
+    }
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert_eq!(changes(&requests), [format!("POST {}/eviction", pod(2))]);
+    assert!(env.store.lock().unwrap().get(&pod(2)).is_none());
+    assert_eq!(event_reasons(&requests), ["PodRolled"]);
 }
 
 /// Server-side apply removes the fields its manager stops applying (the mock enforces that

@@ -98,10 +98,14 @@ The rules the operator needs on LogClusters and their children, wherever it watc
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# It restarts pods itself, one at a time (the StatefulSet's update strategy is OnDelete).
+# It restarts pods itself, one at a time (the StatefulSet's update strategy is OnDelete),
+# through the eviction API, so the PodDisruptionBudget holds.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "delete"]
+- apiGroups: [""]
+  resources: ["pods/eviction"]
+  verbs: ["create"]
 # Storage growth: it patches the PVCs' requested size.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]

@@ -3,7 +3,7 @@
 //! [`crate::plan`] from what was read in this pass; this file only carries it out.
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, EvictParams};
 
 use super::{Context, PartError};
 use crate::admin::{AdminTarget, ClientCredentials};
@@ -131,17 +131,28 @@ pub async fn roll(
 ) -> Result<Option<(&'static str, String)>, PartError> {
     match step {
         RollStep::DeletePod { pod, remaining } => {
+            // Through the eviction API, so the PodDisruptionBudget is honoured: a node drain at
+            // the same moment cannot take a second pod.
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), view.namespace());
-            pods.delete(pod, &DeleteParams::default())
-                .await
-                .map_err(|source| PartError::Api {
-                    action: format!("delete Pod {}/{pod}", view.namespace()),
-                    source,
-                })?;
+            match pods.evict(pod, &EvictParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 429 => {
+                    return Err(PartError::Blocked(format!(
+                        "the PodDisruptionBudget allows no disruption now, so {pod} waits to roll: {}",
+                        status.message
+                    )));
+                }
+                Err(source) => {
+                    return Err(PartError::Api {
+                        action: format!("evict Pod {}/{pod}", view.namespace()),
+                        source,
+                    });
+                }
+            }
             ctx.metrics.action("pod_rolled");
             Ok(Some((
                 "PodRolled",
-                format!("{pod} deleted to run the new revision; {remaining} pod(s) left to roll"),
+                format!("{pod} evicted to run the new revision; {remaining} pod(s) left to roll"),
             )))
         }
         RollStep::TransferLeadership { from, .. } => {
