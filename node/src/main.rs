@@ -372,7 +372,7 @@ fn run_dev(cluster: proglog_node::dev::DevCluster) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    proglog_node::security::raise_descriptor_limit();
+    // The nodes are processes of their own, which raise their own descriptor limits.
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));

@@ -276,6 +276,36 @@ async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     assert_eq!(env.status()["leader"], "events-1");
 }
 
+/// A spec change that would need a new StatefulSet (another storage class) is not applied to
+/// the fixed fields, where the API server would refuse it with a 422 on every pass: the
+/// StatefulSet keeps its class, the rest still updates, and a Warning says why, once.
+#[tokio::test]
+async fn a_storage_class_change_is_kept_out_and_reported_once() {
+    let env = Env::steady(3, json!({"storage": {"storageClassName": "standard"}})).await;
+    env.change_spec(
+        json!({"storage": {"storageClassName": "fast"}, "image": "example.com/proglog:3"}),
+    );
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    let sts = find(&requests, "PATCH", STS_PATH);
+    assert_eq!(
+        sts.body["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+        "standard"
+    );
+    assert_eq!(
+        sts.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "example.com/proglog:3"
+    );
+    assert!(
+        event_reasons(&requests).contains(&"StatefulSetFieldsKept".to_owned()),
+        "{:?}",
+        event_reasons(&requests)
+    );
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert!(!event_reasons(&requests).contains(&"StatefulSetFieldsKept".to_owned()));
+}
+
 /// Rolls evict through the eviction API: while the PodDisruptionBudget allows no disruption
 /// (a node drain took a pod, say), the API server answers 429 and the roll waits, taking no
 /// pod; once it allows one, the roll goes on.

@@ -15,19 +15,10 @@ use serde::de::DeserializeOwned;
 use super::PartError;
 use crate::plan::contains;
 use crate::resources::MANAGER;
+use crate::resources::fingerprint;
 
 /// The annotation carrying a hash of what the operator last applied to an object.
 pub const APPLIED_HASH: &str = "proglog.dev/applied-hash";
-
-/// FNV-1a of `bytes`, as hex.
-fn hash(bytes: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
 
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +78,7 @@ where
         })
     };
     let wanted = encode(desired)?;
-    let wanted_hash = hash(wanted.to_string().as_bytes());
+    let wanted_hash = fingerprint(wanted.to_string().as_bytes());
     let mut desired = desired.clone();
     desired
         .annotations_mut()

@@ -176,22 +176,25 @@ pub fn acl_config_map(
 /// A fingerprint of the settings that need a restart to take effect (FNV-1a, 64 bits, hex):
 /// stable across runs and builds, unlike `std`'s hasher.
 pub fn config_hash(config_map: &ConfigMap) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+    let mut text = Vec::new();
     for (key, value) in config_map.data.iter().flatten() {
         if UNHASHED_KEYS.contains(&key.as_str()) {
             continue;
         }
-        feed(key.as_bytes());
-        feed(b"=");
-        feed(value.as_bytes());
-        feed(b"\n");
+        text.extend_from_slice(key.as_bytes());
+        text.push(b'=');
+        text.extend_from_slice(value.as_bytes());
+        text.push(b'\n');
     }
+    fingerprint(&text)
+}
+
+/// FNV-1a (64 bits) of `bytes`, as 16 hex digits: stable across runs and builds, unlike
+/// `std`'s hasher. Not for secrecy.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
     format!("{hash:016x}")
 }
 

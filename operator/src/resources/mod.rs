@@ -33,7 +33,7 @@ use crate::tls::Identity;
 
 pub use config::{
     ACL_MODEL_FILE, ACL_POLICY_FILE, AclSource, PROGLOG_MODEL, acl_config_map, config_hash,
-    config_map,
+    config_map, fingerprint,
 };
 pub use pdb::pod_disruption_budget;
 pub use secrets::{
