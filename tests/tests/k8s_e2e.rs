@@ -40,9 +40,9 @@
 //!    needs a renewed certificate; then produces through the client Service again and reads
 //!    everything back from every pod.
 //!
-//! The first render is made with `--now` nine and a half minutes in the past, with ten-minute
+//! The first render is made with `--now` nine minutes in the past, with ten-minute
 //! certificates renewed nine minutes before their end: its certificates are valid while the
-//! cluster starts and expire half a minute into the test (most of the test's run time is this
+//! cluster starts and expire a minute into the test (most of the test's run time is this
 //! wait; the first phase takes a few seconds). The second render is made at the
 //! current time, inside the renewal window. Both renders' certificates are valid at the real
 //! time the nodes check them (the renderer backdates certificates by five minutes for clock
@@ -125,7 +125,7 @@ const CERT_VALIDITY_SECS: u64 = 600;
 const RENEW_BEFORE_SECS: u64 = 540;
 /// How long the first render's certificates have left when the test starts: the cluster must
 /// start and serve the first records within it.
-const FIRST_CERTS_LEFT_SECS: u64 = 30;
+const FIRST_CERTS_LEFT_SECS: u64 = 60;
 /// `spec.log.segmentBytes`: segments are preallocated, and the node's default (1 GiB) times
 /// three would fill a small test disk.
 const SEGMENT_BYTES: u64 = 4 << 20;
