@@ -151,6 +151,7 @@ pub fn quorum_from(response: pb::ClusterStatusResponse) -> Quorum {
         node_id: response.node_id,
         role: response.role,
         leader: Some(response.leader_id).filter(|leader| !leader.is_empty()),
+        epoch: response.epoch,
         high_watermark: response.high_watermark,
         end_offset: response.end_offset,
         voters: response.voters,
@@ -163,6 +164,7 @@ pub fn quorum_from(response: pb::ClusterStatusResponse) -> Quorum {
                 end_offset: replica.end_offset,
                 lag: replica.lag,
                 fetched: replica.fetched,
+                last_fetch_ago_ms: replica.last_fetch_ago_ms,
             })
             .collect(),
     }
@@ -224,6 +226,7 @@ mod tests {
             node_id: "events-0".into(),
             role: "leader".into(),
             leader_id: "events-0".into(),
+            epoch: 4,
             high_watermark: 7,
             end_offset: 8,
             voters: vec!["events-0".into(), "events-1".into()],
@@ -238,6 +241,8 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(quorum.leader.as_deref(), Some("events-0"));
+        assert_eq!(quorum.epoch, 4);
+        assert_eq!(quorum.replicas[0].last_fetch_ago_ms, 3);
         assert!(quorum.caught_up("events-1"));
         let no_leader = quorum_from(pb::ClusterStatusResponse::default());
         assert_eq!(no_leader.leader, None);

@@ -559,7 +559,12 @@ pub struct LogClusterStatus {
     /// The current leader's id (pod name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
-    /// Every node: readiness, role and log end.
+    /// The leader epoch: it grows by one with every election.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// Every node: readiness, role and whether it keeps up with the leader. Offsets change
+    /// with every write, so they are not here: each node's `/metrics` has its log's offsets,
+    /// and the operator's has each member's lag.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
     /// Where clients and peers connect.
@@ -588,9 +593,11 @@ pub struct MemberStatus {
     /// `leader`, `follower`, `candidate` or `observer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    /// The offset after its last record.
+    /// Whether it keeps up with the leader: the leader itself, or a replica that fetched in
+    /// the last 10 seconds and was at most 10,000 records behind the leader's end then.
+    /// Absent when the leader did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_offset: Option<i64>,
+    pub in_sync: Option<bool>,
 }
 
 /// Addresses of the cluster.

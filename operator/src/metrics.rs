@@ -2,6 +2,8 @@
 //! kind (what `error_policy` counts), and the admin and Kubernetes actions taken. One registry,
 //! encoded on each scrape of `/metrics`.
 
+use std::collections::HashMap;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +37,17 @@ pub struct ActionLabels {
     pub action: &'static str,
 }
 
+/// Labels of one member of one cluster.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    /// The LogCluster's namespace.
+    pub namespace: String,
+    /// The LogCluster's name.
+    pub cluster: String,
+    /// The member (pod name).
+    pub member: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
@@ -54,6 +67,11 @@ pub struct Metrics {
     /// `proglog_operator_leader`: 1 while this replica holds the lease (or runs without
     /// leader election).
     pub leader: Gauge,
+    /// `proglog_operator_member_lag_records{namespace,cluster,member}`: records behind the
+    /// leader's end at the member's last fetch, as the leader last reported it.
+    pub member_lag: Family<MemberLabels, Gauge>,
+    /// The members each cluster last reported, so that a member that left loses its series.
+    reported: std::sync::Mutex<HashMap<(String, String), Vec<String>>>,
 }
 
 impl Default for Metrics {
@@ -72,6 +90,7 @@ impl Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let actions = Family::<ActionLabels, Counter>::default();
         let leader = Gauge::default();
+        let member_lag = Family::<MemberLabels, Gauge>::default();
         registry.register(
             "reconciles",
             "Reconcile passes of LogClusters, by outcome",
@@ -98,6 +117,11 @@ impl Metrics {
             "1 while this replica reconciles (holds the lease)",
             leader.clone(),
         );
+        registry.register(
+            "member_lag_records",
+            "Records a member was behind the leader's end at its last fetch, as the leader reported it",
+            member_lag.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -105,6 +129,42 @@ impl Metrics {
             reconcile_errors,
             actions,
             leader,
+            member_lag,
+            reported: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Sets the lag of every member of one cluster the leader reported; members it no longer
+    /// reports (scaled away, or the cluster is gone when `lags` is empty) lose their series.
+    pub fn report_lags(&self, namespace: &str, cluster: &str, lags: &[(String, u64)]) {
+        let labels = |member: &str| MemberLabels {
+            namespace: namespace.to_owned(),
+            cluster: cluster.to_owned(),
+            member: member.to_owned(),
+        };
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (namespace.to_owned(), cluster.to_owned());
+        let now: Vec<String> = lags.iter().map(|(member, _)| member.clone()).collect();
+        for gone in reported
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|member| !now.contains(member))
+        {
+            self.member_lag.remove(&labels(gone));
+        }
+        for (member, lag) in lags {
+            self.member_lag
+                .get_or_create(&labels(member))
+                .set(i64::try_from(*lag).unwrap_or(i64::MAX));
+        }
+        if now.is_empty() {
+            reported.remove(&key);
+        } else {
+            reported.insert(key, now);
         }
     }
 

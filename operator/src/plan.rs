@@ -21,6 +21,12 @@ pub const PAUSED_ANNOTATION: &str = "proglog.dev/paused";
 /// hold the quorum back.
 pub const PROMOTION_MAX_LAG: u64 = 100;
 
+/// A replica further behind the leader's end than this is out of sync in the status.
+pub const IN_SYNC_MAX_LAG: u64 = 10_000;
+
+/// A replica whose last fetch is older than this is out of sync in the status.
+pub const IN_SYNC_MAX_FETCH_AGO_MS: u64 = 10_000;
+
 /// Whether the operator must leave the cluster's children alone: `spec.paused`, or the
 /// [`PAUSED_ANNOTATION`] set to `"true"`.
 pub fn is_paused(cluster: &LogCluster) -> bool {
@@ -46,6 +52,8 @@ pub struct ReplicaProgress {
     pub lag: u64,
     /// Whether it fetched in this epoch at all.
     pub fetched: bool,
+    /// Milliseconds since its last fetch (0 when it never fetched in this epoch).
+    pub last_fetch_ago_ms: u64,
 }
 
 /// The quorum as the leader sees it: the answer of its `ClusterStatus`.
@@ -57,6 +65,8 @@ pub struct Quorum {
     pub role: String,
     /// The leader of the current epoch, if one is elected.
     pub leader: Option<String>,
+    /// The answering node's leader epoch.
+    pub epoch: u64,
     /// The committed end.
     pub high_watermark: u64,
     /// The end of the answering node's log.
@@ -89,6 +99,25 @@ impl Quorum {
             || self
                 .replica(node)
                 .is_some_and(|replica| replica.fetched && replica.end_offset >= self.high_watermark)
+    }
+
+    /// Whether `node` keeps up with the leader, for the status: the leader itself, or a
+    /// replica that fetched within [`IN_SYNC_MAX_FETCH_AGO_MS`] and was at most
+    /// [`IN_SYNC_MAX_LAG`] records behind. Wide bounds on purpose: a follower under steady
+    /// produce load stays on one side of them, so the status does not flap with every write.
+    /// `None` when the answering node is not the leader (it knows no replica's progress).
+    pub fn in_sync(&self, node: &str) -> Option<bool> {
+        if self.is_leader(node) {
+            return Some(true);
+        }
+        if self.leader.as_deref() != Some(self.node_id.as_str()) {
+            return None;
+        }
+        Some(self.replica(node).is_some_and(|replica| {
+            replica.fetched
+                && replica.last_fetch_ago_ms <= IN_SYNC_MAX_FETCH_AGO_MS
+                && replica.lag <= IN_SYNC_MAX_LAG
+        }))
     }
 }
 
@@ -454,6 +483,7 @@ mod tests {
             node_id: format!("events-{leader}"),
             role: "leader".into(),
             leader: Some(format!("events-{leader}")),
+            epoch: 1,
             high_watermark: 100,
             end_offset: 100,
             voters: voters.iter().map(|v| format!("events-{v}")).collect(),
@@ -465,6 +495,7 @@ mod tests {
                     end_offset: *end,
                     lag: 100 - end,
                     fetched: true,
+                    last_fetch_ago_ms: 10,
                 })
                 .collect(),
         }

@@ -184,6 +184,101 @@ async fn a_second_pass_over_a_steady_cluster_writes_nothing() {
     );
 }
 
+/// Producers at work: every node's log end moves between passes.
+fn produce(env: &Env, records: u64) {
+    env.edit_quorum(|quorum| {
+        quorum.end_offset += records;
+        quorum.high_watermark += records;
+        for replica in &mut quorum.replicas {
+            replica.end_offset += records;
+        }
+    });
+}
+
+#[tokio::test]
+async fn produce_load_writes_no_status_and_starts_no_pass() {
+    let env = Env::steady(3, json!({})).await;
+    let (passes, status_writes) = env.run_triggered(20, |env| produce(env, 500)).await;
+    assert_eq!((passes, status_writes), (1, 0), "{}", env.status());
+    assert_eq!(env.status()["members"][1]["inSync"], true);
+    assert_eq!(env.status()["epoch"], 1);
+    // The lag is a metric: each member's series, the leader's at 0.
+    let text = env.ctx.metrics.encode().unwrap();
+    for member in ["events-0", "events-1", "events-2"] {
+        assert!(
+            text.contains(&format!(
+                "proglog_operator_member_lag_records{{namespace=\"prod\",cluster=\"events\",member=\"{member}\"}} 0"
+            )),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_follower_that_falls_behind_is_reported_once_and_settles() {
+    let env = Env::steady(3, json!({})).await;
+    // events-2 stops fetching while the others go on.
+    let behind = |env: &Env| {
+        env.edit_quorum(|quorum| {
+            quorum.end_offset += 6_000;
+            quorum.high_watermark += 6_000;
+            for replica in &mut quorum.replicas {
+                if replica.id == "events-2" {
+                    replica.lag += 6_000;
+                    replica.last_fetch_ago_ms += 6_000;
+                } else {
+                    replica.end_offset += 6_000;
+                }
+            }
+        });
+    };
+    let (passes, status_writes) = env.run_triggered(20, behind).await;
+    assert_eq!((passes, status_writes), (1, 0), "still within the bounds");
+    let (passes, status_writes) = env.run_triggered(20, behind).await;
+    assert_eq!((passes, status_writes), (1, 1), "out of sync: one write");
+    assert_eq!(env.status()["members"][2]["inSync"], false);
+    assert_eq!(env.status()["members"][1]["inSync"], true);
+    let (passes, status_writes) = env.run_triggered(20, behind).await;
+    assert_eq!((passes, status_writes), (1, 0), "nothing new to say");
+    let text = env.ctx.metrics.encode().unwrap();
+    assert!(text.contains("member=\"events-2\"} 18000"), "{text}");
+
+    // Scaled to two, events-2's series goes.
+    env.change_spec(json!({"replicas": 2}));
+    env.edit_quorum(|quorum| quorum.replicas.retain(|replica| replica.id != "events-2"));
+    env.pass().await.0.unwrap();
+    let text = env.ctx.metrics.encode().unwrap();
+    assert!(!text.contains("member=\"events-2\""), "{text}");
+}
+
+#[test]
+fn only_spec_and_annotation_changes_of_a_cluster_start_a_pass() {
+    let cluster = |changes: serde_json::Value| -> LogCluster {
+        let mut object = fixtures::log_cluster(json!({}));
+        object["metadata"]["resourceVersion"] = json!("7");
+        object["metadata"]["generation"] = json!(3);
+        for (key, value) in changes.as_object().unwrap() {
+            match key.as_str() {
+                "status" => object["status"] = value.clone(),
+                key => object["metadata"][key] = value.clone(),
+            }
+        }
+        serde_json::from_value(object).unwrap()
+    };
+    let base = controller::cluster_trigger(&cluster(json!({})));
+    assert!(base.is_some());
+    // The operator's own status write: a new resource version, nothing else.
+    let status = cluster(json!({"resourceVersion": "8", "status": {"replicas": 3}}));
+    assert_eq!(controller::cluster_trigger(&status), base);
+    // A label a user adds does not either.
+    let labelled = cluster(json!({"labels": {"team": "payments"}}));
+    assert_eq!(controller::cluster_trigger(&labelled), base);
+    let spec = cluster(json!({"generation": 4}));
+    assert_ne!(controller::cluster_trigger(&spec), base);
+    let paused = cluster(json!({"annotations": {"proglog.dev/paused": "true"}}));
+    assert_ne!(controller::cluster_trigger(&paused), base);
+}
+
 #[tokio::test]
 async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     let env = Env::steady(3, json!({})).await;
@@ -544,6 +639,7 @@ async fn scale_up_promotes_each_new_pod_only_once_it_has_caught_up() {
                 end_offset: 0,
                 lag: 5000,
                 fetched: true,
+                last_fetch_ago_ms: 10,
             });
         }
     });

@@ -45,8 +45,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -844,6 +844,27 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
         }
     }
 
+    // Each member's lag goes to the metrics, not the status (it changes with every write).
+    let lags: Vec<(String, u64)> = quorum
+        .as_ref()
+        .filter(|quorum| quorum.leader.as_deref() == Some(quorum.node_id.as_str()))
+        .map(|quorum| {
+            std::iter::once((quorum.node_id.clone(), 0))
+                .chain(
+                    quorum
+                        .replicas
+                        .iter()
+                        .map(|replica| (replica.id.clone(), replica.lag)),
+                )
+                .collect()
+        })
+        .unwrap_or_default();
+    ctx.metrics.report_lags(
+        cluster.metadata.namespace.as_deref().unwrap_or_default(),
+        cluster.metadata.name.as_deref().unwrap_or_default(),
+        &lags,
+    );
+
     // Status, whatever failed above.
     let new_status = status::build(
         &view,
@@ -1069,6 +1090,16 @@ async fn workload(
     Ok((apply_over(&api, &desired, existing).await?, kept))
 }
 
+/// What of a LogCluster triggers a pass when it changes: its generation (the spec) and its
+/// annotations (pause, initial voters). Status writes, the operator's own included, change
+/// neither, so they never start a pass; a status that kept changing would otherwise keep the
+/// operator and the API server busy for as long as the cluster runs.
+pub fn cluster_trigger(cluster: &LogCluster) -> Option<u64> {
+    predicates::generation
+        .combine(predicates::annotations)
+        .hash_property(cluster)
+}
+
 /// Runs the controller until `stop` is cancelled: LogClusters in `namespace` (all when
 /// `None`), their children, and their pods (whose readiness moves rolls and scale-ups on).
 pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, stop: CancellationToken) {
@@ -1088,29 +1119,37 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, stop: CancellationT
         "app.kubernetes.io/name={},app.kubernetes.io/component=node",
         resources::APP_NAME
     ));
-    Controller::new(
+    // LogClusters trigger a pass when their spec (generation) or annotations change, never
+    // for the operator's own status writes; children and pods trigger as they change.
+    let (reader, writer) = reflector::store();
+    let clusters = watcher(
         api::<LogCluster>(&client, namespace),
         watcher::Config::default(),
     )
-    .owns(api::<StatefulSet>(&client, namespace), managed.clone())
-    .owns(api::<Service>(&client, namespace), managed.clone())
-    .owns(api::<ConfigMap>(&client, namespace), managed.clone())
-    .owns(api::<Secret>(&client, namespace), managed.clone())
-    .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
-    .watches(api::<Pod>(&client, namespace), nodes, |pod| {
-        let instance = pod.labels().get("app.kubernetes.io/instance")?.clone();
-        let namespace = pod.namespace()?;
-        Some(ObjectRef::<LogCluster>::new(&instance).within(&namespace))
-    })
-    .graceful_shutdown_on(stop.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
-            Err(err) => tracing::debug!(error = %err, "reconcile did not complete"),
-        }
-    })
-    .await;
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects()
+    .predicate_filter(cluster_trigger, PredicateConfig::default());
+    Controller::for_stream(clusters, reader)
+        .owns(api::<StatefulSet>(&client, namespace), managed.clone())
+        .owns(api::<Service>(&client, namespace), managed.clone())
+        .owns(api::<ConfigMap>(&client, namespace), managed.clone())
+        .owns(api::<Secret>(&client, namespace), managed.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
+        .watches(api::<Pod>(&client, namespace), nodes, |pod| {
+            let instance = pod.labels().get("app.kubernetes.io/instance")?.clone();
+            let namespace = pod.namespace()?;
+            Some(ObjectRef::<LogCluster>::new(&instance).within(&namespace))
+        })
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "reconcile did not complete"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

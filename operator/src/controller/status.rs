@@ -81,22 +81,11 @@ pub fn build(view: &ClusterView<'_>, observed: &Observed<'_>, now: Timestamp) ->
                 }
                 .to_owned()
             });
-            let end_offset = quorum.and_then(|quorum| {
-                if quorum.is_leader(&pod.name) {
-                    Some(quorum.end_offset)
-                } else {
-                    quorum
-                        .replicas
-                        .iter()
-                        .find(|replica| replica.id == pod.name)
-                        .map(|replica| replica.end_offset)
-                }
-            });
             MemberStatus {
                 name: pod.name.clone(),
                 ready: pod.ready,
                 role,
-                end_offset: end_offset.and_then(|offset| i64::try_from(offset).ok()),
+                in_sync: quorum.and_then(|quorum| quorum.in_sync(&pod.name)),
             }
         })
         .collect();
@@ -246,6 +235,7 @@ pub fn build(view: &ClusterView<'_>, observed: &Observed<'_>, now: Timestamp) ->
         ready_replicas,
         selector: Some(view.selector_string()),
         leader,
+        epoch: quorum.and_then(|quorum| i64::try_from(quorum.epoch).ok()),
         members,
         endpoints: Some(Endpoints {
             rpc: view.client_endpoint(),
