@@ -245,10 +245,14 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message * 4);
-    let admin_service = AdminServer::new(AdminService::new(
+    let mut admin = AdminService::new(
         Arc::clone(&store),
         AdminAccess::new(security.authorizer.is_some(), &config.admin_subjects),
-    ));
+    );
+    if let Some(tls) = &peer_tls {
+        admin = admin.with_peer_tls(tls.subscribe_files());
+    }
+    let admin_service = AdminServer::new(admin);
     // Bounds per connection: streams open at once, and calls in flight (more wait). The
     // metrics layer is the outermost, so it counts what later layers reject too; the size
     // limit inside it, so an oversize request is counted as InvalidArgument; every call is

@@ -167,6 +167,8 @@ pub fn quorum_from(response: pb::ClusterStatusResponse) -> Quorum {
                 last_fetch_ago_ms: replica.last_fetch_ago_ms,
             })
             .collect(),
+        trust_bundle_sha256: response.trust_bundle_sha256,
+        certificate_sha256: response.certificate_sha256,
     }
 }
 

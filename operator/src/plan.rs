@@ -75,6 +75,10 @@ pub struct Quorum {
     pub voters: Vec<String>,
     /// Every replica that fetched from the leader (empty when a follower answered).
     pub replicas: Vec<ReplicaProgress>,
+    /// SHA-256 of the trust bundle the answering node has loaded (empty without TLS).
+    pub trust_bundle_sha256: String,
+    /// SHA-256 of the certificate the answering node has loaded (empty without TLS).
+    pub certificate_sha256: String,
 }
 
 impl Quorum {
@@ -498,6 +502,7 @@ mod tests {
                     last_fetch_ago_ms: 10,
                 })
                 .collect(),
+            ..Quorum::default()
         }
     }
 

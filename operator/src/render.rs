@@ -262,6 +262,8 @@ pub fn render(
             nodes: &nodes,
             existing_nodes: inputs.secret_data(&view.tls_secret_name()),
             existing_operator: inputs.secret_data(&view.operator_tls_secret_name()),
+            // Offline: no node reports, so a CA replacement stops at the step it is at.
+            loaded: None,
         })
         .map_err(tls_error)?;
         if let Some(secret) = resources::ca_secret(&view, &pki)? {

@@ -19,9 +19,13 @@
 //! pod cannot be mounted from one pod template). `NAME-operator-tls` holds the operator's
 //! client certificate.
 //!
-//! When the CA itself is replaced, the old one stays in the trust bundle (`previous-ca.crt` in
-//! the CA Secret) until it expires, so nodes still holding certificates from the old CA are
-//! trusted while the new ones propagate.
+//! When the CA itself is replaced (the operator's renewed, or the user's Secret changed), the
+//! kubelet updates each pod's copy of `NAME-tls` at its own time, so the new CA goes out in
+//! three steps, each waiting until every node reports (in `ClusterStatus`) that it has loaded
+//! the previous one, as Strimzi does: a bundle trusting old and new CA, with certificates
+//! unchanged; then certificates from the new CA; then the bundle without the old CA. No two
+//! nodes, and neither the operator, ever distrust each other on the way (see [`Rotation`]). An
+//! outgoing CA that has ended leaves the bundle at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -188,6 +192,47 @@ pub struct PkiRequest<'a> {
     pub existing_nodes: Option<&'a SecretData>,
     /// Current data of `NAME-operator-tls`, if it exists.
     pub existing_operator: Option<&'a SecretData>,
+    /// What each node reports it has loaded, when the caller asked them (see [`Rotation`]).
+    pub loaded: Option<&'a [LoadedTls]>,
+}
+
+/// What one node reports it has loaded (its `ClusterStatus`): the SHA-256 of its peer
+/// listener's certificate and trust bundle files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoadedTls {
+    /// Node id (pod name).
+    pub node: String,
+    /// SHA-256 of the trust bundle in force, lowercase hex.
+    pub trust_bundle_sha256: String,
+    /// SHA-256 of its certificate in force, lowercase hex.
+    pub certificate_sha256: String,
+}
+
+/// Where a CA replacement stands. The kubelet updates each pod's copy of a Secret at its own
+/// time, so a new CA goes out in steps that never leave two parties distrusting each other:
+/// first a trust bundle holding the old and the new CA (certificates stay as they are); once
+/// every node has loaded that bundle, certificates from the new CA; once every node has loaded
+/// its new certificate, the bundle without the old CA.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Rotation {
+    /// No CA is being replaced.
+    #[default]
+    Steady,
+    /// The bundle trusting old and new CA is out; these nodes have not loaded it yet, and
+    /// certificates from the old CA are kept until they have.
+    AwaitingTrust {
+        /// The nodes that have not.
+        nodes: Vec<String>,
+    },
+    /// Certificates from the new CA are out; these nodes have not loaded theirs yet, and the
+    /// old CA stays trusted until they have.
+    AwaitingCertificates {
+        /// The nodes that have not.
+        nodes: Vec<String>,
+    },
+    /// A replacement is under way and the next step depends on what the nodes have loaded:
+    /// plan again with [`PkiRequest::loaded`].
+    NeedsReports,
 }
 
 /// Why a certificate was issued (again).
@@ -249,6 +294,8 @@ pub struct Pki {
     pub ca_expiring: bool,
     /// What was issued in this pass, CA first.
     pub issued: Vec<Issued>,
+    /// Where a CA replacement stands.
+    pub rotation: Rotation,
 }
 
 /// Decides which certificates to keep and issues the rest. See the module documentation.
@@ -273,6 +320,7 @@ pub fn plan(request: &PkiRequest<'_>) -> Result<Pki, TlsError> {
         CaSource::User { secret_name, data } => (user_ca(secret_name, data, now)?, None),
     };
     let ca_expiring = now.saturating_add(renew_before) >= ca.not_after;
+    let stage = stage(request, &ca, now);
 
     let mut nodes_secret = SecretData::new();
     let mut operator_secret = SecretData::new();
@@ -304,7 +352,20 @@ pub fn plan(request: &PkiRequest<'_>) -> Result<Pki, TlsError> {
         let current = existing.and_then(|data| Some((data.get(&cert_key)?, data.get(&key_key)?)));
         let decision = match current {
             None => Err(IssueReason::Missing),
-            Some((cert, key)) => check_leaf(&cert.0, &key.0, &identity, &ca, now, renew_before),
+            Some((cert, key)) => {
+                let checked =
+                    check_leaf(&cert.0, &key.0, &identity, &ca.signer(), now, renew_before);
+                match checked {
+                    // Until every node trusts the new CA, a certificate from the old one stays.
+                    Err(IssueReason::IssuerChanged) if !stage.reissue => stage
+                        .outgoing
+                        .iter()
+                        .map(|old| check_leaf(&cert.0, &key.0, &identity, old, now, renew_before))
+                        .find(|checked| !matches!(checked, Err(IssueReason::IssuerChanged)))
+                        .unwrap_or(Err(IssueReason::IssuerChanged)),
+                    other => other,
+                }
+            }
         };
         let (cert_pem, key_pem, not_after) = match decision {
             Ok(not_after) => {
@@ -330,8 +391,9 @@ pub fn plan(request: &PkiRequest<'_>) -> Result<Pki, TlsError> {
         target.insert(cert_key, ByteString(cert_pem));
         target.insert(key_key, ByteString(key_pem));
     }
-    nodes_secret.insert(CA_CERT.to_owned(), ByteString(ca.trust_bundle.clone()));
-    operator_secret.insert(CA_CERT.to_owned(), ByteString(ca.trust_bundle.clone()));
+    let (bundle, rotation) = finish_rotation(request, stage, &ca, &nodes_secret);
+    nodes_secret.insert(CA_CERT.to_owned(), ByteString(bundle.clone()));
+    operator_secret.insert(CA_CERT.to_owned(), ByteString(bundle));
     Ok(Pki {
         ca_secret,
         nodes_secret,
@@ -340,7 +402,177 @@ pub fn plan(request: &PkiRequest<'_>) -> Result<Pki, TlsError> {
         certs_not_after: timestamp(certs_not_after),
         ca_expiring,
         issued,
+        rotation,
     })
+}
+
+/// The step of a CA replacement this pass is at (see [`Rotation`]).
+struct Stage {
+    /// The trust bundle to publish: the CA first, then the outgoing CAs' certificates.
+    bundle: Vec<u8>,
+    /// The outgoing CAs (valid, still in the published bundle), to keep their certificates.
+    outgoing: Vec<Signer>,
+    /// Whether certificates not from the CA are issued again now.
+    reissue: bool,
+    rotation: Rotation,
+}
+
+/// Decides the step from the published bundle (`ca.crt` of `NAME-tls`) and the node reports.
+fn stage(request: &PkiRequest<'_>, ca: &Ca, now: i64) -> Stage {
+    let fresh = Stage {
+        bundle: ca.trust_bundle.clone(),
+        outgoing: Vec::new(),
+        reissue: true,
+        rotation: Rotation::Steady,
+    };
+    let current = certificate_blocks(&ca.trust_bundle);
+    let Some((ca_der, ca_text)) = current.first() else {
+        return fresh;
+    };
+    let published = request
+        .existing_nodes
+        .and_then(|data| data.get(CA_CERT))
+        .map(|pem| certificate_blocks(&pem.0))
+        .unwrap_or_default();
+    if published.is_empty() {
+        // Nothing runs with a bundle yet: publish everything at once.
+        return fresh;
+    }
+    let mut bundle = ca_text.clone();
+    let mut outgoing = Vec::new();
+    let mut outgoing_ders: Vec<&[u8]> = Vec::new();
+    for (der, text) in &published {
+        if der == ca_der || outgoing_ders.contains(&der.as_slice()) {
+            continue;
+        }
+        if let Some(signer) = Signer::of_valid(der, now) {
+            bundle.extend_from_slice(text);
+            outgoing.push(signer);
+            outgoing_ders.push(der);
+        }
+    }
+    if outgoing.is_empty() {
+        return Stage {
+            bundle,
+            outgoing,
+            reissue: true,
+            rotation: Rotation::Steady,
+        };
+    }
+    let trusted = published.iter().any(|(der, _)| der == ca_der);
+    let rotation = if !trusted {
+        // Step one: the bundle with both goes out now; every node must load it.
+        Rotation::AwaitingTrust {
+            nodes: node_names(request),
+        }
+    } else {
+        match request.loaded {
+            None => Rotation::NeedsReports,
+            Some(loaded) => {
+                let digest = sha256_hex(&bundle);
+                let behind: Vec<String> = node_names(request)
+                    .into_iter()
+                    .filter(|node| {
+                        !loaded.iter().any(|report| {
+                            report.node == *node && report.trust_bundle_sha256 == digest
+                        })
+                    })
+                    .collect();
+                if behind.is_empty() {
+                    // Step two (decided in `finish_rotation` once the certificates are known).
+                    Rotation::AwaitingCertificates { nodes: Vec::new() }
+                } else {
+                    Rotation::AwaitingTrust { nodes: behind }
+                }
+            }
+        }
+    };
+    Stage {
+        reissue: matches!(rotation, Rotation::AwaitingCertificates { .. }),
+        bundle,
+        outgoing,
+        rotation,
+    }
+}
+
+/// The bundle to publish and where the replacement stands, once the certificates are decided:
+/// when every node trusts the new CA and has loaded its certificate from it, the outgoing CAs
+/// leave the bundle.
+fn finish_rotation(
+    request: &PkiRequest<'_>,
+    stage: Stage,
+    ca: &Ca,
+    nodes_secret: &SecretData,
+) -> (Vec<u8>, Rotation) {
+    if !stage.reissue || stage.outgoing.is_empty() {
+        return (stage.bundle, stage.rotation);
+    }
+    let loaded = request.loaded.unwrap_or_default();
+    let behind: Vec<String> = node_names(request)
+        .into_iter()
+        .filter(|node| {
+            let Some(cert) = nodes_secret.get(&format!("{node}.crt")) else {
+                return true;
+            };
+            let digest = sha256_hex(&cert.0);
+            !loaded
+                .iter()
+                .any(|report| report.node == *node && report.certificate_sha256 == digest)
+        })
+        .collect();
+    if behind.is_empty() {
+        let only_ca = certificate_blocks(&ca.trust_bundle)
+            .into_iter()
+            .next()
+            .map_or_else(|| ca.trust_bundle.clone(), |(_, text)| text);
+        (only_ca, Rotation::Steady)
+    } else {
+        (
+            stage.bundle,
+            Rotation::AwaitingCertificates { nodes: behind },
+        )
+    }
+}
+
+fn node_names(request: &PkiRequest<'_>) -> Vec<String> {
+    request
+        .nodes
+        .iter()
+        .map(|node| node.common_name.clone())
+        .collect()
+}
+
+/// The `CERTIFICATE` blocks of a PEM bundle, each as its DER and its text (newline ended);
+/// blocks that do not parse are left out.
+fn certificate_blocks(pem: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = String::from_utf8_lossy(pem);
+    let mut rest = text.as_ref();
+    let mut blocks = Vec::new();
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(length) = rest[start..].find(END) else {
+            break;
+        };
+        let block = &rest[start..start + length + END.len()];
+        if let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(block.as_bytes()) {
+            blocks.push((pem.contents, format!("{block}\n").into_bytes()));
+        }
+        rest = &rest[start + length + END.len()..];
+    }
+    blocks
+}
+
+/// SHA-256 of `bytes`, lowercase hex, as `sha256sum` prints it and nodes report it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// Whose certificate: decides the extended key usages.
@@ -360,6 +592,34 @@ struct Ca {
     not_after: i64,
     /// The CA certificate, plus the previous CA's while that is valid (PEM).
     trust_bundle: Vec<u8>,
+}
+
+/// What checking a certificate against a CA needs: the CA's key and end.
+struct Signer {
+    /// SubjectPublicKeyInfo, DER.
+    public_key: Vec<u8>,
+    not_after: i64,
+}
+
+impl Signer {
+    /// The CA in a DER certificate, if it parses and has not ended at `now`.
+    fn of_valid(der: &[u8], now: i64) -> Option<Signer> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let end = not_after(&cert);
+        (end > now).then(|| Signer {
+            public_key: cert.public_key().raw.to_vec(),
+            not_after: end,
+        })
+    }
+}
+
+impl Ca {
+    fn signer(&self) -> Signer {
+        Signer {
+            public_key: self.public_key.clone(),
+            not_after: self.not_after,
+        }
+    }
 }
 
 /// Keeps the operator's CA when it is readable, matches its key and is not about to end;
@@ -612,7 +872,7 @@ fn check_leaf(
     cert_pem: &[u8],
     key_pem: &[u8],
     identity: &Identity,
-    ca: &Ca,
+    ca: &Signer,
     now: i64,
     renew_before: i64,
 ) -> Result<i64, IssueReason> {
@@ -869,6 +1129,7 @@ mod tests {
             nodes,
             existing_nodes: previous.map(|pki| &pki.nodes_secret),
             existing_operator: previous.map(|pki| &pki.operator_secret),
+            loaded: None,
         }
     }
 
@@ -987,39 +1248,126 @@ mod tests {
         assert!(!shrunk.nodes_secret.contains_key("events-1.crt"));
     }
 
+    /// What `names` report: the trust bundle of `trust` and their certificates of `certs`.
+    fn reports(trust: &Pki, certs: &Pki, names: &[&str]) -> Vec<LoadedTls> {
+        names
+            .iter()
+            .map(|name| LoadedTls {
+                node: (*name).to_owned(),
+                trust_bundle_sha256: sha256_hex(&trust.nodes_secret[CA_CERT].0),
+                certificate_sha256: sha256_hex(&certs.nodes_secret[&format!("{name}.crt")].0),
+            })
+            .collect()
+    }
+
+    fn bundle_size(pki: &Pki) -> usize {
+        String::from_utf8_lossy(&pki.nodes_secret[CA_CERT].0)
+            .matches("BEGIN CERTIFICATE")
+            .count()
+    }
+
     #[test]
-    fn a_replaced_ca_reissues_everything_and_stays_trusted_until_it_ends() {
-        let nodes = [node("events-0", "prod")];
-        let first = plan(&request(T0, &nodes, None)).unwrap();
+    fn a_replaced_ca_goes_out_in_three_steps_each_waiting_for_every_node() {
+        let nodes = [node("events-0", "prod"), node("events-1", "prod")];
+        let both = ["events-0", "events-1"].map(str::to_owned).to_vec();
         let ca_end = T0 + 3650 * DAY;
         let at = ca_end - 30 * DAY;
+        // Certificates renewed the day before, from the old CA (capped at its end).
+        let start = plan(&request(T0, &nodes, None)).unwrap();
+        let first = plan(&request(at - DAY, &nodes, Some(&start))).unwrap();
+        assert_eq!(first.rotation, Rotation::Steady);
+        assert_eq!(first.issued.len(), 3, "{:?}", first.issued);
+
+        // Step one: a new CA and a bundle trusting both; the certificates stay.
         let second = plan(&request(at, &nodes, Some(&first))).unwrap();
-        assert_eq!(second.issued.len(), 3);
+        assert_eq!(subjects(&second).len(), 1, "{:?}", second.issued);
+        assert_eq!(second.issued[0].subject, "proglog CA test");
+        assert_eq!(bundle_size(&second), 2);
+        for key in ["events-0.crt", "events-1.crt"] {
+            assert_eq!(second.nodes_secret[key], first.nodes_secret[key]);
+        }
         assert_eq!(
-            second.issued[1].reason,
-            IssueReason::IssuerChanged,
-            "{:?}",
-            second.issued
+            second.operator_secret[TLS_CERT],
+            first.operator_secret[TLS_CERT]
         );
-        let ca = second.ca_secret.as_ref().unwrap();
         assert_eq!(
-            ca[PREVIOUS_CA_CERT],
-            first.ca_secret.as_ref().unwrap()[CA_CERT]
+            second.operator_secret[CA_CERT],
+            second.nodes_secret[CA_CERT]
         );
-        let bundle = String::from_utf8(second.nodes_secret[CA_CERT].0.clone()).unwrap();
-        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
-        // Once the old CA has ended it leaves the bundle.
-        let third = plan(&request(ca_end + 1, &nodes, Some(&second))).unwrap();
-        assert!(third.issued.is_empty(), "{:?}", third.issued);
-        assert!(
-            !third
-                .ca_secret
-                .as_ref()
-                .unwrap()
-                .contains_key(PREVIOUS_CA_CERT)
+        assert_eq!(
+            second.rotation,
+            Rotation::AwaitingTrust {
+                nodes: both.clone()
+            }
         );
-        let bundle = String::from_utf8(third.nodes_secret[CA_CERT].0.clone()).unwrap();
-        assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1);
+
+        // Without reports nothing moves; with one node behind, nothing moves either.
+        let mut asked = request(at + 60, &nodes, Some(&second));
+        let unasked = plan(&asked).unwrap();
+        assert_eq!(unasked.rotation, Rotation::NeedsReports);
+        assert!(unasked.issued.is_empty());
+        assert_eq!(unasked.nodes_secret, second.nodes_secret);
+        let one = reports(&second, &second, &["events-0"]);
+        asked.loaded = Some(&one);
+        let waiting = plan(&asked).unwrap();
+        assert_eq!(
+            waiting.rotation,
+            Rotation::AwaitingTrust {
+                nodes: vec!["events-1".to_owned()]
+            }
+        );
+        assert!(waiting.issued.is_empty());
+
+        // Step two: every node trusts the new CA, so certificates come from it now.
+        let all = reports(&second, &second, &["events-0", "events-1"]);
+        asked.loaded = Some(&all);
+        let third = plan(&asked).unwrap();
+        assert_eq!(
+            subjects(&third),
+            [
+                ("events-0", &IssueReason::IssuerChanged),
+                ("events-1", &IssueReason::IssuerChanged),
+                (OPERATOR_COMMON_NAME, &IssueReason::IssuerChanged),
+            ]
+        );
+        assert_eq!(bundle_size(&third), 2);
+        assert_eq!(third.nodes_secret[CA_CERT], second.nodes_secret[CA_CERT]);
+        assert_eq!(
+            third.rotation,
+            Rotation::AwaitingCertificates {
+                nodes: both.clone()
+            }
+        );
+
+        // Step three: once every node serves its new certificate, the old CA leaves.
+        let mut asked = request(at + 120, &nodes, Some(&third));
+        let half = reports(&third, &third, &["events-0"])
+            .into_iter()
+            .chain(reports(&third, &second, &["events-1"]))
+            .collect::<Vec<_>>();
+        asked.loaded = Some(&half);
+        let still = plan(&asked).unwrap();
+        assert_eq!(
+            still.rotation,
+            Rotation::AwaitingCertificates {
+                nodes: vec!["events-1".to_owned()]
+            }
+        );
+        assert_eq!(bundle_size(&still), 2);
+        let done = reports(&third, &third, &["events-0", "events-1"]);
+        asked.loaded = Some(&done);
+        let fourth = plan(&asked).unwrap();
+        assert!(fourth.issued.is_empty(), "{:?}", fourth.issued);
+        assert_eq!(fourth.rotation, Rotation::Steady);
+        assert_eq!(bundle_size(&fourth), 1);
+        let fifth = plan(&request(at + 180, &nodes, Some(&fourth))).unwrap();
+        assert_eq!(fifth.rotation, Rotation::Steady);
+        assert_eq!(fifth.nodes_secret, fourth.nodes_secret);
+
+        // An outgoing CA that has ended leaves the bundle whatever the nodes report.
+        let ended = plan(&request(ca_end + 1, &nodes, Some(&second))).unwrap();
+        assert_eq!(bundle_size(&ended), 1);
+        assert_eq!(ended.rotation, Rotation::Steady);
     }
 
     #[test]

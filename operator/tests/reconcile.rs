@@ -730,6 +730,136 @@ async fn certificates_near_expiry_are_renewed_and_the_dates_move() {
     assert!(writes(&requests).is_empty());
 }
 
+/// The certificates in the trust bundle `NAME-tls` holds now.
+fn published_bundle(env: &Env) -> String {
+    let store = env.store.lock().unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(store.get(&format!("{SECRETS}/events-tls")).unwrap().clone())
+            .unwrap();
+    String::from_utf8(secret.data.unwrap()["ca.crt"].0.clone()).unwrap()
+}
+
+/// Runs passes while the kubelet updates one pod's copy of the Secret after each (in turn,
+/// so each pod lags the Secret by up to two passes), checking after every step that nobody
+/// distrusts anybody; returns the passes until the replacement is over: no `ReplacingCa`
+/// progress, a bundle of one CA (not `old_bundle`'s), loaded by every node.
+async fn replace_ca_step_by_step(env: &Env, old_bundle: &str) -> usize {
+    let pods = nodes(3);
+    for pass in 1..=30 {
+        env.pass().await.0.unwrap();
+        env.assert_mutual_trust(&format!("after pass {pass}"));
+        let pod = &pods[(pass - 1) % 3];
+        env.kubelet_sync(pod);
+        env.assert_mutual_trust(&format!("after pass {pass} and {pod}'s volume update"));
+        let bundle = published_bundle(env);
+        let loaded_everywhere = env
+            .admin
+            .tls
+            .lock()
+            .unwrap()
+            .values()
+            .all(|files| files.bundle == bundle.as_bytes());
+        if env.condition("Progressing").1 != "ReplacingCa"
+            && bundle.matches("BEGIN CERTIFICATE").count() == 1
+            && bundle != old_bundle
+            && loaded_everywhere
+        {
+            return pass;
+        }
+    }
+    panic!(
+        "the CA replacement did not finish in 30 passes: {:?}; refused calls: {:?}",
+        env.condition("Progressing"),
+        env.admin.refused.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_operator_replaces_its_ca_without_a_moment_of_distrust() {
+    // A CA of 100 days, certificates of 30, each renewed 10 days before its end.
+    let env = Env::steady(
+        3,
+        json!({"tls": {"enabled": true, "caValidity": "2400h", "certValidity": "720h",
+                       "renewBefore": "240h"}}),
+    )
+    .await;
+    for pod in nodes(3) {
+        env.kubelet_sync(&pod);
+    }
+    env.assert_mutual_trust("steady");
+    let old_bundle = published_bundle(&env);
+    // Certificate renewals from the same CA, every node updated after each pass.
+    for day in (5..90).step_by(5) {
+        advance(&env, 5);
+        env.pass().await.0.unwrap();
+        for pod in nodes(3) {
+            env.kubelet_sync(&pod);
+        }
+        env.assert_mutual_trust(&format!("day {day}"));
+    }
+    assert_eq!(published_bundle(&env), old_bundle, "the CA is not due yet");
+    // Day 90: the CA is within renewBefore of its end.
+    advance(&env, 5);
+    let passes = replace_ca_step_by_step(&env, &old_bundle).await;
+    assert!(
+        env.admin.refused.lock().unwrap().is_empty(),
+        "{:?}",
+        env.admin.refused.lock().unwrap()
+    );
+    println!("the CA was replaced in {passes} passes");
+}
+
+#[tokio::test]
+async fn a_user_ca_replaced_in_its_secret_goes_out_without_a_moment_of_distrust() {
+    let user_ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+               "metadata": {"name": "team-ca", "namespace": "prod"},
+               "data": {"tls.crt": base64(cert.pem().as_bytes()),
+                        "tls.key": base64(key.serialize_pem().as_bytes())}})
+    };
+    let env = Env::new(log_cluster(json!({"replicas": 3, "tls": {"enabled": true,
+        "issuer": {"kind": "Secret", "secretName": "team-ca"}}})));
+    env.store
+        .lock()
+        .unwrap()
+        .put(&format!("{SECRETS}/team-ca"), user_ca("team CA 1"));
+    env.pass().await.0.unwrap();
+    env.run_statefulset("rev1");
+    let all = nodes(3);
+    env.set_quorum(Some(synced_quorum(&all, &all[0], &all)));
+    env.pass().await.0.unwrap();
+    for pod in &all {
+        env.kubelet_sync(pod);
+    }
+    env.assert_mutual_trust("steady");
+    let old_bundle = published_bundle(&env);
+    // cert-manager replaces the CA in the Secret.
+    env.store
+        .lock()
+        .unwrap()
+        .put(&format!("{SECRETS}/team-ca"), user_ca("team CA 2"));
+    replace_ca_step_by_step(&env, &old_bundle).await;
+    assert!(env.admin.refused.lock().unwrap().is_empty());
+}
+
+/// Base64 of `bytes`, as Secret data holds it.
+fn base64(bytes: &[u8]) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_paused_cluster_gets_status_and_nothing_else() {
     let env = Env::steady(3, json!({})).await;

@@ -738,6 +738,20 @@ fn configured_certificate(pod: &Pod, objects: &Objects) -> CertificateDer<'stati
     first_der(&pem)
 }
 
+/// SHA-256 of the file the pod's `variable` names, as rendered in `objects`.
+fn configured_file_sha256(pod: &Pod, objects: &Objects, variable: &str) -> String {
+    let path = pod
+        .plan
+        .env_value(variable)
+        .unwrap_or_else(|| panic!("the pod's environment has no {variable}"));
+    let bytes = pod
+        .plan
+        .file_in_pod(objects, Path::new(path))
+        .unwrap()
+        .unwrap_or_else(|| panic!("{path} is in no Secret volume of {}", pod.plan.name));
+    proglog_node::security::sha256_hex(&bytes)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
     if let Err(reason) = NetLab::available().and_then(|()| pods::available()) {
@@ -996,6 +1010,25 @@ async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
         clock.elapsed(),
         rolled_at.elapsed()
     );
+    // Each node reports the fingerprints of the peer certificate and trust bundle it has
+    // loaded, which an operator replacing the CA waits on: they are the renewed files'.
+    for pod in &pods {
+        let status = cluster_status(pod, &access, &second_operator)
+            .await
+            .unwrap();
+        assert_eq!(
+            status.certificate_sha256,
+            configured_file_sha256(pod, &second, "PROGLOG_PEER_TLS_CERT"),
+            "{} reports another certificate than its renewed one",
+            pod.plan.name
+        );
+        assert_eq!(
+            status.trust_bundle_sha256,
+            configured_file_sha256(pod, &second, "PROGLOG_PEER_TLS_CA"),
+            "{} reports another trust bundle",
+            pod.plan.name
+        );
+    }
     // The node's own word that its peer calls switched to the renewed certificate.
     for (pod, process) in pods.iter().zip(&cluster.pods) {
         let deadline = Instant::now() + DEADLINE;

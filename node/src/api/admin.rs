@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use std::collections::BTreeSet;
@@ -10,6 +11,7 @@ use super::status::to_replication_status;
 use super::store::LogStore;
 use crate::replication::{ReplicationError, VoterChange};
 use crate::security::PeerIdentity;
+use crate::security::TlsFiles;
 use proglog_proto::log::v1 as pb;
 use proglog_proto::log::v1::admin_server::Admin;
 
@@ -83,12 +85,24 @@ impl AdminAccess {
 pub struct AdminService {
     store: Arc<LogStore>,
     access: AdminAccess,
+    peer_tls: Option<watch::Receiver<Arc<TlsFiles>>>,
 }
 
 impl AdminService {
     /// A service over `store`, answering whom `access` allows.
     pub fn new(store: Arc<LogStore>, access: AdminAccess) -> Self {
-        AdminService { store, access }
+        AdminService {
+            store,
+            access,
+            peer_tls: None,
+        }
+    }
+
+    /// Reports the fingerprints of the peer listener's TLS files as they are in force (a
+    /// reload changes them) in `ClusterStatus`.
+    pub fn with_peer_tls(mut self, files: watch::Receiver<Arc<TlsFiles>>) -> Self {
+        self.peer_tls = Some(files);
+        self
     }
 
     async fn change(
@@ -153,6 +167,10 @@ impl Admin for AdminService {
                 status: "alive".into(),
             })
             .collect();
+        let tls = self
+            .peer_tls
+            .as_ref()
+            .map(|files| Arc::clone(&files.borrow()));
         Ok(Response::new(pb::ClusterStatusResponse {
             node_id: status.id,
             role: status.role.as_str().into(),
@@ -164,6 +182,14 @@ impl Admin for AdminService {
             voters: status.voters,
             replicas,
             members,
+            trust_bundle_sha256: tls
+                .as_ref()
+                .and_then(|files| files.trust_bundle_sha256())
+                .unwrap_or_default(),
+            certificate_sha256: tls
+                .as_ref()
+                .map(|files| files.certificate_sha256())
+                .unwrap_or_default(),
         }))
     }
 

@@ -34,7 +34,7 @@ pub use identity::{PeerIdentity, serial_number, subject_common_name};
 pub use layer::{AclLayer, AclService};
 pub use tls::{
     MAX_RELOAD_INTERVAL, MIN_RELOAD_INTERVAL, ReloadableTlsConfig, TlsConfig, TlsFiles,
-    load_server_config,
+    load_server_config, sha256_hex,
 };
 
 /// Why TLS or the ACL cannot be set up. Each variant names the flag to fix.

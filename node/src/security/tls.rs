@@ -114,6 +114,17 @@ impl TlsFiles {
         config
     }
 
+    /// SHA-256 (lowercase hex) of the certificate file's bytes.
+    pub fn certificate_sha256(&self) -> String {
+        sha256_hex(&self.cert)
+    }
+
+    /// SHA-256 (lowercase hex) of the client CA file's bytes (the trust bundle), if there is
+    /// one.
+    pub fn trust_bundle_sha256(&self) -> Option<String> {
+        self.client_ca.as_deref().map(sha256_hex)
+    }
+
     /// Reads the files `config` names.
     pub fn read(config: &TlsConfig) -> Result<Self, SecurityError> {
         Ok(TlsFiles {
@@ -126,6 +137,19 @@ impl TlsFiles {
                 .transpose()?,
         })
     }
+}
+
+/// SHA-256 of `bytes`, lowercase hex, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 fn read_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {

@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 
 use super::apply::{Applied, apply_over};
+use super::quorum::node_target;
 use super::{Context, PartError};
 use crate::admin::ClientCredentials;
 use crate::crd::IssuerKind;
@@ -19,8 +20,8 @@ use crate::resources::{
     operator_secret,
 };
 use crate::tls::{
-    self, CA_CERT, CaSource, IssueReason, Issued, Lifetimes, PkiRequest, SecretData, TLS_CERT,
-    TLS_KEY,
+    self, CA_CERT, CaSource, IssueReason, Issued, Lifetimes, LoadedTls, PkiRequest, Rotation,
+    SecretData, TLS_CERT, TLS_KEY,
 };
 
 /// What the certificates part found and did.
@@ -36,6 +37,8 @@ pub struct CertificateReport {
     pub issued: Vec<Issued>,
     /// The user's CA is about to expire (the operator cannot renew it).
     pub ca_expiring: bool,
+    /// Where a CA replacement stands.
+    pub rotation: Rotation,
 }
 
 impl CertificateReport {
@@ -79,6 +82,34 @@ fn annotation_time(secret: &Option<Secret>, key: &str) -> Option<Timestamp> {
         .ok()
 }
 
+/// What each node reports it has loaded; a node that does not answer reports nothing, so
+/// the replacement waits for it.
+async fn loaded(
+    ctx: &Context,
+    view: &ClusterView<'_>,
+    nodes: &[tls::Identity],
+    credentials: Option<&Arc<ClientCredentials>>,
+) -> Vec<LoadedTls> {
+    let mut loaded = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let target = node_target(view, &node.common_name, credentials);
+        match ctx.admin.cluster_status(&target).await {
+            Ok(status) => loaded.push(LoadedTls {
+                node: node.common_name.clone(),
+                trust_bundle_sha256: status.trust_bundle_sha256,
+                certificate_sha256: status.certificate_sha256,
+            }),
+            Err(error) => tracing::info!(
+                cluster = view.name(),
+                node = node.common_name,
+                %error,
+                "no TLS report from a node; the CA replacement waits for it"
+            ),
+        }
+    }
+    loaded
+}
+
 /// Runs the part for the pods `0..node_count` (more than `spec.replicas` while a scale-down
 /// is still removing pods, so those keep valid certificates).
 pub async fn reconcile(
@@ -99,6 +130,7 @@ pub async fn reconcile(
             credentials: credentials(data(&operator_existing)),
             issued: Vec::new(),
             ca_expiring: false,
+            rotation: Rotation::Steady,
         });
     }
     let lifetimes = Lifetimes::from_spec(spec).map_err(PartError::Tls)?;
@@ -132,15 +164,23 @@ pub async fn reconcile(
         },
     };
     let nodes = view.node_identities(node_count);
-    let pki = tls::plan(&PkiRequest {
+    let mut request = PkiRequest {
         now,
         lifetimes,
         ca,
         nodes: &nodes,
         existing_nodes: data(&nodes_existing),
         existing_operator: data(&operator_existing),
-    })
-    .map_err(PartError::Tls)?;
+        loaded: None,
+    };
+    let mut pki = tls::plan(&request).map_err(PartError::Tls)?;
+    if pki.rotation == Rotation::NeedsReports {
+        // A CA replacement waits on what the nodes have loaded: ask each one.
+        let credentials = credentials(data(&operator_existing));
+        let loaded = loaded(ctx, view, &nodes, credentials.as_ref()).await;
+        request.loaded = Some(&loaded);
+        pki = tls::plan(&request).map_err(PartError::Tls)?;
+    }
 
     // The Secrets were read above: compare against what was read rather than reading again.
     if let Some(secret) = ca_secret(view, &pki).map_err(PartError::Spec)? {
@@ -166,6 +206,7 @@ pub async fn reconcile(
         );
     }
     Ok(CertificateReport {
+        rotation: pki.rotation,
         ca_not_after: Some(pki.ca_not_after),
         certs_not_after: Some(pki.certs_not_after),
         credentials: credentials(Some(&pki.operator_secret)),

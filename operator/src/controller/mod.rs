@@ -59,6 +59,7 @@ use crate::resources::{
     self, AclSource, ClusterView, MANAGER, OperatorSettings, SpecError, acl_config_map,
     client_service, config_hash, config_map, headless_service, pod_disruption_budget, stateful_set,
 };
+use crate::tls::Rotation;
 use crate::tls::TlsError;
 use apply::{Applied, apply_child, apply_over};
 use certificates::CertificateReport;
@@ -594,6 +595,22 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
     let credentials = certificates
         .as_ref()
         .and_then(|report| report.credentials.clone());
+    let replacing_ca = certificates
+        .as_ref()
+        .and_then(|report| match &report.rotation {
+            Rotation::Steady => None,
+            Rotation::AwaitingTrust { nodes } => Some(format!(
+                "replacing the CA: waiting for {} to load the bundle that trusts both CAs",
+                nodes.join(", ")
+            )),
+            Rotation::AwaitingCertificates { nodes } => Some(format!(
+                "replacing the CA: waiting for {} to load certificates from the new CA",
+                nodes.join(", ")
+            )),
+            Rotation::NeedsReports => {
+                Some("replacing the CA: waiting for the nodes' reports".to_owned())
+            }
+        });
 
     // Config and services.
     if !paused {
@@ -815,6 +832,9 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
         }
     }
 
+    if let Some(message) = replacing_ca {
+        progress.set("ReplacingCa", message);
+    }
     if let Some(message) = rotating {
         progress.set("RotatingCertificates", message);
     }
