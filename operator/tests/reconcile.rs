@@ -252,6 +252,76 @@ async fn a_follower_that_falls_behind_is_reported_once_and_settles() {
 }
 
 #[test]
+fn a_change_to_the_users_acl_config_map_or_ca_secret_starts_a_pass_over_its_clusters() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::ObjectMeta;
+    use kube::runtime::reflector::ObjectRef;
+    let cluster = |name: &str, namespace: &str, spec: serde_json::Value| -> Arc<LogCluster> {
+        let mut object = log_cluster(spec);
+        object["metadata"]["name"] = json!(name);
+        object["metadata"]["namespace"] = json!(namespace);
+        Arc::new(serde_json::from_value(object).unwrap())
+    };
+    let clusters = [
+        cluster(
+            "a",
+            "prod",
+            json!({"tls": {"enabled": true, "issuer": {"kind": "Secret", "secretName": "team-ca"}},
+                                     "acl": {"enabled": true, "configMapName": "policy"}}),
+        ),
+        cluster(
+            "b",
+            "prod",
+            json!({"acl": {"enabled": true, "configMapName": "policy"}}),
+        ),
+        cluster(
+            "c",
+            "dev",
+            json!({"acl": {"enabled": true, "configMapName": "policy"}}),
+        ),
+    ];
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("prod".into()),
+        ..ObjectMeta::default()
+    };
+    let names = |refs: Vec<ObjectRef<LogCluster>>| -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    };
+    let policy = ConfigMap {
+        metadata: meta("policy"),
+        ..ConfigMap::default()
+    };
+    assert_eq!(
+        names(controller::clusters_naming(
+            &clusters,
+            controller::Referenced::AclConfigMap,
+            &policy
+        )),
+        ["a", "b"]
+    );
+    let ca = Secret {
+        metadata: meta("team-ca"),
+        ..Secret::default()
+    };
+    assert_eq!(
+        names(controller::clusters_naming(
+            &clusters,
+            controller::Referenced::CaSecret,
+            &ca
+        )),
+        ["a"]
+    );
+    let other = Secret {
+        metadata: meta("policy"),
+        ..Secret::default()
+    };
+    assert!(
+        controller::clusters_naming(&clusters, controller::Referenced::CaSecret, &other).is_empty()
+    );
+}
+
+#[test]
 fn only_spec_and_annotation_changes_of_a_cluster_start_a_pass() {
     let cluster = |changes: serde_json::Value| -> LogCluster {
         let mut object = fixtures::log_cluster(json!({}));

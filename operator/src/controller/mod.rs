@@ -42,7 +42,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -52,7 +52,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::NodeAdmin;
-use crate::crd::{INITIAL_VOTERS_ANNOTATION, LogCluster};
+use crate::crd::{INITIAL_VOTERS_ANNOTATION, IssuerKind, LogCluster};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels};
 use crate::plan::{self, PodState, RollStep, ScaleStep};
 use crate::resources::{
@@ -1120,6 +1120,39 @@ pub fn cluster_trigger(cluster: &LogCluster) -> Option<u64> {
         .hash_property(cluster)
 }
 
+/// What a LogCluster names outside the objects the operator owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Referenced {
+    /// `spec.acl.configMapName`.
+    AclConfigMap,
+    /// `spec.tls.issuer.secretName` (with `kind: Secret`).
+    CaSecret,
+}
+
+/// The clusters among `clusters` that name `object` (in their namespace) as `kind`.
+pub fn clusters_naming<K: Resource>(
+    clusters: &[Arc<LogCluster>],
+    kind: Referenced,
+    object: &K,
+) -> Vec<ObjectRef<LogCluster>> {
+    let meta = object.meta();
+    let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
+        return Vec::new();
+    };
+    clusters
+        .iter()
+        .filter(|cluster| cluster.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|cluster| match kind {
+            Referenced::AclConfigMap => cluster.spec.acl.config_map_name.as_deref() == Some(name),
+            Referenced::CaSecret => {
+                cluster.spec.tls.issuer.kind == IssuerKind::Secret
+                    && cluster.spec.tls.issuer.secret_name.as_deref() == Some(name)
+            }
+        })
+        .map(|cluster| ObjectRef::from_obj(cluster.as_ref()))
+        .collect()
+}
+
 /// Runs the controller until `stop` is cancelled: LogClusters in `namespace` (all when
 /// `None`), their children, and their pods (whose readiness moves rolls and scale-ups on).
 pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, stop: CancellationToken) {
@@ -1150,7 +1183,31 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, stop: CancellationT
     .reflect(writer)
     .touched_objects()
     .predicate_filter(cluster_trigger, PredicateConfig::default());
+    let acl_clusters = reader.clone();
+    let ca_clusters = reader.clone();
     Controller::for_stream(clusters, reader)
+        // The user's ACL ConfigMap and CA Secret, by metadata only: a change starts a pass
+        // over each cluster that names it, rather than waiting for the periodic one.
+        .watches_stream(
+            watcher(
+                api::<PartialObjectMeta<ConfigMap>>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |config_map| {
+                clusters_naming(&acl_clusters.state(), Referenced::AclConfigMap, &config_map)
+            },
+        )
+        .watches_stream(
+            watcher(
+                api::<PartialObjectMeta<Secret>>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |secret| clusters_naming(&ca_clusters.state(), Referenced::CaSecret, &secret),
+        )
         .owns(api::<StatefulSet>(&client, namespace), managed.clone())
         .owns(api::<Service>(&client, namespace), managed.clone())
         .owns(api::<ConfigMap>(&client, namespace), managed.clone())
