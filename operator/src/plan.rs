@@ -398,12 +398,22 @@ pub fn decide_roll(
 /// Whether `existing` already holds everything `desired` sets: every field of `desired` is in
 /// `existing` with the same value (objects recursively; lists element by element, same length).
 /// Fields the API server adds (defaults, status, metadata it keeps) do not count, so a child
-/// applied once compares equal afterwards and the operator does not write it again.
+/// applied once compares equal afterwards and the operator does not write it again. Resource
+/// quantities (under `requests`, `limits`, and `sizeLimit`) compare by value: the API server
+/// stores `0.5` as `500m` and `1024Mi` as `1Gi`.
 pub fn contains(existing: &Value, desired: &Value) -> bool {
+    contains_in(existing, desired, false)
+}
+
+fn contains_in(existing: &Value, desired: &Value, quantities: bool) -> bool {
     match (existing, desired) {
         (Value::Object(existing), Value::Object(desired)) => {
             desired.iter().all(|(key, value)| match existing.get(key) {
-                Some(found) => contains(found, value),
+                Some(found) => contains_in(
+                    found,
+                    value,
+                    quantities || matches!(key.as_str(), "requests" | "limits" | "sizeLimit"),
+                ),
                 None => value.is_null(),
             })
         }
@@ -412,10 +422,15 @@ pub fn contains(existing: &Value, desired: &Value) -> bool {
                 && existing
                     .iter()
                     .zip(desired)
-                    .all(|(existing, desired)| contains(existing, desired))
+                    .all(|(existing, desired)| contains_in(existing, desired, quantities))
         }
         (Value::Number(existing), Value::Number(desired)) => {
             existing == desired || existing.as_f64() == desired.as_f64()
+        }
+        (Value::String(existing), Value::String(desired)) if quantities => {
+            existing == desired
+                || parse_quantity(existing)
+                    .is_some_and(|value| Some(value) == parse_quantity(desired))
         }
         (existing, desired) => existing == desired,
     }
@@ -757,6 +772,21 @@ mod tests {
         assert_eq!(parse_quantity("1G"), parse_quantity("1000M"));
         assert_eq!(parse_quantity("lots"), None);
         assert_eq!(parse_quantity("1e3"), None);
+        // As the API server stores them: equal by value where quantities are, and only there.
+        let resources = |cpu: &str, memory: &str| {
+            json!({"resources": {"requests": {"cpu": cpu, "memory": memory}},
+                   "labels": {"size": memory}})
+        };
+        let stored = resources("500m", "1Gi");
+        assert!(contains(
+            &stored,
+            &json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}})
+        ));
+        assert!(!contains(
+            &stored,
+            &json!({"resources": {"requests": {"cpu": "0.6"}}})
+        ));
+        assert!(!contains(&stored, &json!({"labels": {"size": "1024Mi"}})));
         assert!(volume_needs_growth("10Gi", "20Gi"));
         assert!(!volume_needs_growth("20Gi", "10Gi"), "never shrink");
         assert!(!volume_needs_growth("10Gi", "10240Mi"));

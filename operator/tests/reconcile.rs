@@ -350,6 +350,24 @@ fn only_spec_and_annotation_changes_of_a_cluster_start_a_pass() {
 }
 
 #[tokio::test]
+async fn quantities_the_api_server_rewrites_are_applied_once() {
+    let env = Env::steady(
+        3,
+        json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"},
+                             "limits": {"memory": "1.5Gi"}}}),
+    )
+    .await;
+    let stored = env.store.lock().unwrap().get(STS_PATH).unwrap().clone();
+    let resources = &stored["spec"]["template"]["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["requests"]["cpu"], "500m", "{resources}");
+    assert_eq!(resources["requests"]["memory"], "1Gi");
+    assert_eq!(resources["limits"]["memory"], "1536Mi");
+    let (result, requests) = env.pass().await;
+    result.unwrap();
+    assert!(writes(&requests).is_empty(), "{:#?}", writes(&requests));
+}
+
+#[tokio::test]
 async fn an_image_change_rolls_one_pod_at_a_time_followers_first_leader_last() {
     let env = Env::steady(3, json!({})).await;
     env.change_spec(json!({"image": "example.com/proglog:2"}));
