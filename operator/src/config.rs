@@ -34,6 +34,9 @@ pub struct RunConfig {
     pub cluster_domain: String,
     /// This replica's name (`POD_NAME`): its Lease identity and the instance in Events.
     pub pod_name: Option<String>,
+    /// This replica's namespace (`POD_NAMESPACE`): the NetworkPolicies let operator pods of
+    /// this namespace reach the nodes' peer port (of any namespace when unset).
+    pub pod_namespace: Option<String>,
 }
 
 /// A setting that cannot work.
@@ -95,6 +98,7 @@ mod tests {
             log_format: LogFormat::Json,
             cluster_domain: "cluster.local".into(),
             pod_name: None,
+            pod_namespace: None,
         }
     }
 

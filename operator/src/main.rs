@@ -120,6 +120,7 @@ impl RunArgs {
             },
             cluster_domain: self.cluster_domain,
             pod_name: from_env("POD_NAME"),
+            pod_namespace: from_env("POD_NAMESPACE"),
         }
     }
 }
@@ -192,7 +193,10 @@ fn main() -> ExitCode {
             let options = RenderOptions {
                 now: at.unwrap_or_else(now),
                 namespace,
-                settings: OperatorSettings { cluster_domain },
+                settings: OperatorSettings {
+                    cluster_domain,
+                    operator_namespace: None,
+                },
                 redact_secrets,
             };
             match render_stream(&input, &options) {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 
@@ -97,6 +98,8 @@ pub enum Object {
     StatefulSet(StatefulSet),
     /// The PodDisruptionBudget.
     PodDisruptionBudget(PodDisruptionBudget),
+    /// The NetworkPolicy.
+    NetworkPolicy(NetworkPolicy),
 }
 
 impl Object {
@@ -107,6 +110,7 @@ impl Object {
             Object::Service(object) => serde_saphyr::to_string(object),
             Object::StatefulSet(object) => serde_saphyr::to_string(object),
             Object::PodDisruptionBudget(object) => serde_saphyr::to_string(object),
+            Object::NetworkPolicy(object) => serde_saphyr::to_string(object),
         }
     }
 }
@@ -208,7 +212,7 @@ pub fn parse_stream(input: &str) -> Result<(Vec<LogCluster>, Inputs), RenderErro
 }
 
 /// Everything the operator would apply for `cluster`, in order: certificate Secrets,
-/// ConfigMaps, Services, StatefulSet, PodDisruptionBudget.
+/// ConfigMaps, Services, StatefulSet, PodDisruptionBudget, NetworkPolicy.
 pub fn render(
     cluster: &LogCluster,
     inputs: &Inputs,
@@ -290,6 +294,7 @@ pub fn render(
     objects.push(Object::PodDisruptionBudget(
         resources::pod_disruption_budget(&view)?,
     ));
+    objects.push(Object::NetworkPolicy(resources::network_policy(&view)?));
 
     if options.redact_secrets {
         for object in &mut objects {
@@ -368,6 +373,7 @@ spec:
                 Object::Service(_) => "Service",
                 Object::StatefulSet(_) => "StatefulSet",
                 Object::PodDisruptionBudget(_) => "PodDisruptionBudget",
+                Object::NetworkPolicy(_) => "NetworkPolicy",
             })
             .collect();
         // Plaintext for clients, but the peers' certificates all the same.
@@ -381,7 +387,8 @@ spec:
                 "Service",
                 "Service",
                 "StatefulSet",
-                "PodDisruptionBudget"
+                "PodDisruptionBudget",
+                "NetworkPolicy"
             ]
         );
         assert_eq!(rendered.cluster, "default/events");

@@ -71,6 +71,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         Arc::clone(&metrics),
         OperatorSettings {
             cluster_domain: config.cluster_domain.clone(),
+            operator_namespace: config.pod_namespace.clone(),
         },
         config.pod_name.clone(),
         system_clock(),

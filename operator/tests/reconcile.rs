@@ -24,6 +24,8 @@ const CONFIGMAPS: &str = "/api/v1/namespaces/prod/configmaps";
 const SERVICES: &str = "/api/v1/namespaces/prod/services";
 const PDB: &str = "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/events";
 const PODS: &str = "/api/v1/namespaces/prod/pods";
+const NETWORK_POLICY: &str =
+    "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/events-peers";
 
 fn tls_on() -> serde_json::Value {
     json!({"tls": {"enabled": true}})
@@ -59,6 +61,8 @@ async fn first_creation_applies_every_child_once_with_the_field_manager() {
             format!("PATCH {SERVICES}/events"),
             format!("GET {PDB}"),
             format!("PATCH {PDB}"),
+            format!("GET {NETWORK_POLICY}"),
+            format!("PATCH {NETWORK_POLICY}"),
             format!("PATCH {STS_PATH}"),
             format!("PATCH {CLUSTER_PATH}/status"),
         ]

@@ -7,7 +7,8 @@
 //! - bootstrap: the `proglog.dev/initial-voters` annotation, written before the StatefulSet
 //!   first exists, so the founding quorum stays the same however the cluster scales later;
 //! - certificates (`certificates.rs`, condition `CertificatesReady`);
-//! - config and services: the ConfigMaps, both Services and the PodDisruptionBudget;
+//! - config and services: the ConfigMaps, both Services, the PodDisruptionBudget and the
+//!   NetworkPolicy;
 //! - workload: the StatefulSet, at the size scaling decides;
 //! - scaling and rolling (`quorum.rs`, condition `Progressing`): voter changes and pod
 //!   replacement through the nodes' admin API, one step per pass;
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
@@ -57,7 +59,8 @@ use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels};
 use crate::plan::{self, PodState, RollStep, ScaleStep};
 use crate::resources::{
     self, AclSource, ClusterView, MANAGER, OperatorSettings, SpecError, acl_config_map,
-    client_service, config_hash, config_map, headless_service, pod_disruption_budget, stateful_set,
+    client_service, config_hash, config_map, headless_service, network_policy,
+    pod_disruption_budget, stateful_set,
 };
 use crate::tls::Rotation;
 use crate::tls::TlsError;
@@ -996,7 +999,8 @@ async fn write_invalid_status(
     .await;
 }
 
-/// The ConfigMaps, Services and PodDisruptionBudget. Returns the kinds and names created.
+/// The ConfigMaps, Services, PodDisruptionBudget and NetworkPolicy. Returns the kinds and
+/// names created.
 async fn config_and_services(
     ctx: &Context,
     view: &ClusterView<'_>,
@@ -1006,6 +1010,7 @@ async fn config_and_services(
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
     let mut created = Vec::new();
     let mut note = |applied: Applied, what: String| {
         if applied == Applied::Created {
@@ -1054,6 +1059,10 @@ async fn config_and_services(
         )
         .await?,
         format!("PodDisruptionBudget {}", view.name()),
+    );
+    note(
+        apply_child(&policies, &network_policy(view).map_err(PartError::Spec)?).await?,
+        format!("NetworkPolicy {}-peers", view.name()),
     );
     Ok(created)
 }
@@ -1212,7 +1221,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, stop: CancellationT
         .owns(api::<Service>(&client, namespace), managed.clone())
         .owns(api::<ConfigMap>(&client, namespace), managed.clone())
         .owns(api::<Secret>(&client, namespace), managed.clone())
-        .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
+        .owns(
+            api::<PodDisruptionBudget>(&client, namespace),
+            managed.clone(),
+        )
+        .owns(api::<NetworkPolicy>(&client, namespace), managed)
         .watches(api::<Pod>(&client, namespace), nodes, |pod| {
             let instance = pod.labels().get("app.kubernetes.io/instance")?.clone();
             let namespace = pod.namespace()?;

@@ -11,6 +11,8 @@
 //!   seeds) and the client Service (`NAME`).
 //! - `statefulset`: the nodes, one PVC each.
 //! - `pdb`: the PodDisruptionBudget (`NAME`).
+//! - `network`: the NetworkPolicy (`NAME-peers`): the peer and gossip ports for the cluster's
+//!   own pods (and the operator), the client and metrics ports for anyone.
 //! - `secrets`: the certificate Secrets from a [`crate::tls::Pki`].
 //!
 //! Every object carries the standard `app.kubernetes.io/*` labels and a controller owner
@@ -18,6 +20,7 @@
 //! watches see changes to them.
 
 mod config;
+mod network;
 mod pdb;
 mod secrets;
 mod services;
@@ -35,6 +38,7 @@ pub use config::{
     ACL_MODEL_FILE, ACL_POLICY_FILE, AclSource, PROGLOG_MODEL, acl_config_map, config_hash,
     config_map, fingerprint,
 };
+pub use network::network_policy;
 pub use pdb::pod_disruption_budget;
 pub use secrets::{
     CA_NOT_AFTER_ANNOTATION, CERTS_NOT_AFTER_ANNOTATION, ca_secret, nodes_secret, operator_secret,
@@ -90,12 +94,17 @@ pub enum SpecError {
 pub struct OperatorSettings {
     /// The cluster's DNS domain (`cluster.local`), for pod and Service names.
     pub cluster_domain: String,
+    /// The namespace the operator runs in (`POD_NAMESPACE`), which the NetworkPolicy lets
+    /// reach the nodes' peer port; `None` (rendering offline) lets an operator pod of any
+    /// namespace reach it.
+    pub operator_namespace: Option<String>,
 }
 
 impl Default for OperatorSettings {
     fn default() -> Self {
         OperatorSettings {
             cluster_domain: "cluster.local".to_owned(),
+            operator_namespace: None,
         }
     }
 }
@@ -109,6 +118,7 @@ pub struct ClusterView<'a> {
     replicas: u32,
     initial_voters: u32,
     cluster_domain: String,
+    operator_namespace: Option<String>,
 }
 
 impl<'a> ClusterView<'a> {
@@ -201,7 +211,13 @@ impl<'a> ClusterView<'a> {
             replicas,
             initial_voters,
             cluster_domain: settings.cluster_domain.clone(),
+            operator_namespace: settings.operator_namespace.clone(),
         })
+    }
+
+    /// The namespace the operator runs in, when known.
+    pub fn operator_namespace(&self) -> Option<&str> {
+        self.operator_namespace.as_deref()
     }
 
     /// The resource.
