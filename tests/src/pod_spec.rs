@@ -131,13 +131,23 @@ pub struct SecurityContext {
     pub drop_all_capabilities: bool,
 }
 
-/// An `httpGet` probe.
+/// A probe the kubelet runs: `httpGet` or `grpc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpProbe {
-    /// The path.
-    pub path: String,
-    /// The port (a named port resolved through the container's ports).
-    pub port: u16,
+pub enum Probe {
+    /// `httpGet`: ready on a 2xx answer.
+    Http {
+        /// The path.
+        path: String,
+        /// The port (a named port resolved through the container's ports).
+        port: u16,
+    },
+    /// `grpc`: ready when `grpc.health.v1.Health/Check` answers `SERVING`.
+    Grpc {
+        /// The port.
+        port: u16,
+        /// The service asked about (empty: the server as a whole).
+        service: String,
+    },
 }
 
 /// What the kubelet would run for one pod of a StatefulSet.
@@ -163,10 +173,10 @@ pub struct PodPlan {
     pub volumes: BTreeMap<String, VolumeSource>,
     /// Who the process runs as.
     pub security: SecurityContext,
-    /// `readinessProbe.httpGet`.
-    pub readiness: Option<HttpProbe>,
-    /// `livenessProbe.httpGet`.
-    pub liveness: Option<HttpProbe>,
+    /// `readinessProbe`.
+    pub readiness: Option<Probe>,
+    /// `livenessProbe`.
+    pub liveness: Option<Probe>,
 }
 
 /// Facts about one pod that the cluster, not the template, decides.
@@ -262,8 +272,8 @@ impl PodPlan {
         let volumes = pod_volumes(stateful_set, pod_spec, &problems)?;
         let mounts = volume_mounts(container, &volumes, &problems)?;
         let security = security_context(pod_spec.get("securityContext"), container);
-        let readiness = http_probe(container, "readinessProbe", &problems)?;
-        let liveness = http_probe(container, "livenessProbe", &problems)?;
+        let readiness = probe(container, "readinessProbe", &problems)?;
+        let liveness = probe(container, "livenessProbe", &problems)?;
 
         Ok(PodPlan {
             name: name.clone(),
@@ -698,24 +708,16 @@ fn volume_mounts(
     Ok(mounts)
 }
 
-/// The container's probe `field` (`readinessProbe`, ...), which must be an `httpGet`; a named
-/// port is resolved through the container's ports.
-fn http_probe(
+/// The container's probe `field` (`readinessProbe`, ...), an `httpGet` or a `grpc` one; a
+/// named port is resolved through the container's ports.
+fn probe(
     container: &Value,
     field: &str,
     problems: &Problems<'_>,
-) -> Result<Option<HttpProbe>, PodSpecError> {
+) -> Result<Option<Probe>, PodSpecError> {
     let Some(probe) = container.get(field) else {
         return Ok(None);
     };
-    let Some(http) = probe.get("httpGet") else {
-        return Err(problems.unsupported(format!("a {field} other than httpGet")));
-    };
-    let path = http
-        .get("path")
-        .and_then(Value::as_str)
-        .unwrap_or("/")
-        .to_owned();
     let named_port = |wanted: &str| {
         container
             .get("ports")
@@ -726,14 +728,38 @@ fn http_probe(
             .and_then(|port| port.get("containerPort"))
             .and_then(Value::as_u64)
     };
-    let port = match http.get("port") {
-        Some(Value::Number(number)) => number.as_u64(),
-        Some(Value::String(name)) => named_port(name),
-        _ => None,
+    let port_of = |action: &Value| {
+        match action.get("port") {
+            Some(Value::Number(number)) => number.as_u64(),
+            Some(Value::String(name)) => named_port(name),
+            _ => None,
+        }
+        .and_then(|port| u16::try_from(port).ok())
+        .ok_or_else(|| problems.invalid(format!("{field} names no usable port")))
+    };
+    if let Some(http) = probe.get("httpGet") {
+        let path = http
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("/")
+            .to_owned();
+        return Ok(Some(Probe::Http {
+            path,
+            port: port_of(http)?,
+        }));
     }
-    .and_then(|port| u16::try_from(port).ok())
-    .ok_or_else(|| problems.invalid(format!("{field} names no usable port")))?;
-    Ok(Some(HttpProbe { path, port }))
+    if let Some(grpc) = probe.get("grpc") {
+        let service = grpc
+            .get("service")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        return Ok(Some(Probe::Grpc {
+            port: port_of(grpc)?,
+            service,
+        }));
+    }
+    Err(problems.unsupported(format!("a {field} other than httpGet or grpc")))
 }
 
 fn parse_volume(volume: &Value) -> Option<VolumeSource> {

@@ -1,5 +1,6 @@
 //! End to end: what `proglog-operator render` produces for a 3-replica `LogCluster` with TLS
-//! (the operator's own CA) and the ACL runs as a cluster, and survives a certificate roll.
+//! (the operator's own CA) and the ACL runs as a cluster, and survives a certificate roll; a
+//! plaintext one keeps its peer port to the cluster's certificates.
 //!
 //! # What it does
 //!
@@ -38,7 +39,17 @@
 //! 6. Waits until the nodes refuse the first render's (now expired) operator certificate, so
 //!    every TLS handshake from then on, the test's and the nodes' own peer connections alike,
 //!    needs a renewed certificate; then produces through the client Service again and reads
-//!    everything back from every pod.
+//!    everything back from every pod. Each node also reports (`ClusterStatus`) the SHA-256 of
+//!    the certificate and trust bundle it has loaded: the renewed files'.
+//!
+//! A second test renders a plaintext `LogCluster` (no TLS for clients, no ACL), runs it the
+//! same way (its readiness probe is gRPC health), and checks that the cluster forms over the
+//! peer port's mutual TLS all the same, that a plaintext client produces and reads back, and
+//! that a caller without the cluster's certificate (plaintext, TLS without a certificate, or a
+//! certificate with a node's name from another CA) gets no `Vote`, `Fetch` or `RemoveVoter`
+//! answered on any pod's peer port, while the client port serves neither service; the leader,
+//! epoch and voters stay as they were. The rendered NetworkPolicy is not enforced here (no
+//! network plugin): the peer port's mutual TLS alone keeps them out.
 //!
 //! The first render is made with `--now` nine minutes in the past, with ten-minute
 //! certificates renewed nine minutes before their end: its certificates are valid while the
@@ -101,7 +112,7 @@ use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_tests::kube_objects::{self, Objects, object_name};
 use proglog_tests::netns::NetLab;
 use proglog_tests::node_process::node_binary;
-use proglog_tests::pod_spec::{PodPlan, PodSite, service_dns_names};
+use proglog_tests::pod_spec::{PodPlan, PodSite, Probe, service_dns_names};
 use proglog_tests::pods::{self, MountPoints, PodLaunch, PodProcess, PodSandbox, install_binary};
 use proglog_tests::tls_probe::{self, ClientPem};
 use rustls::pki_types::CertificateDer;
@@ -143,6 +154,9 @@ const SANDBOX_PARENT: &str = "/var/tmp";
 const PEER_TLS_SWITCHED: &str = "calls to peers now use the reloaded certificate";
 /// Hostname of the client pod's namespace.
 const CLIENT_POD: &str = "e2e-client";
+
+/// One lab at a time: the tests of this file take the same addresses and names.
+static LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn log_cluster_input() -> String {
     format!(
@@ -432,7 +446,7 @@ async fn wait_ready(cluster: &mut Cluster, pods: &[Pod]) {
         let readiness = pod.plan.readiness.as_ref().expect("a readiness probe");
         loop {
             assert_running(cluster);
-            if http_status(pod.ip, readiness.port, &readiness.path).await == Some(200) {
+            if probe_passes(pod.ip, readiness).await {
                 break;
             }
             assert!(
@@ -443,12 +457,40 @@ async fn wait_ready(cluster: &mut Cluster, pods: &[Pod]) {
             tokio::time::sleep(POLL_INTERVAL).await;
         }
         if let Some(liveness) = &pod.plan.liveness {
-            assert_eq!(
-                http_status(pod.ip, liveness.port, &liveness.path).await,
-                Some(200),
+            assert!(
+                probe_passes(pod.ip, liveness).await,
                 "liveness of {}",
                 pod.plan.name
             );
+        }
+    }
+}
+
+/// Runs `probe` against the pod at `ip` as the kubelet would (plaintext, as the kubelet's
+/// probes are).
+async fn probe_passes(ip: Ipv4Addr, probe: &Probe) -> bool {
+    match probe {
+        Probe::Http { path, port } => http_status(ip, *port, path).await == Some(200),
+        Probe::Grpc { port, service } => {
+            use tonic_health::pb::HealthCheckRequest;
+            use tonic_health::pb::health_check_response::ServingStatus;
+            use tonic_health::pb::health_client::HealthClient;
+            let check = async {
+                let channel = Endpoint::from_shared(format!("http://{ip}:{port}"))?
+                    .connect()
+                    .await?;
+                let answer = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: service.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                anyhow::Ok(answer.status == ServingStatus::Serving as i32)
+            };
+            matches!(
+                tokio::time::timeout(CALL_TIMEOUT, check).await,
+                Ok(Ok(true))
+            )
         }
     }
 }
@@ -752,21 +794,25 @@ fn configured_file_sha256(pod: &Pod, objects: &Objects, variable: &str) -> Strin
     proglog_node::security::sha256_hex(&bytes)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
-    if let Err(reason) = NetLab::available().and_then(|()| pods::available()) {
-        println!("skipped: {reason}");
-        return;
-    }
-    let clock = Instant::now();
-    let started = unix_now();
-    let first_certs_end = started + FIRST_CERTS_LEFT_SECS;
-    let input = log_cluster_input();
-    let first =
-        kube_objects::render(&input, Some(&rfc3339(first_certs_end - CERT_VALIDITY_SECS))).unwrap();
+/// A rendered cluster's pods, started in a lab of network namespaces with a client host.
+struct Launched {
+    cluster: Cluster,
+    pods: Vec<Pod>,
+    stateful_set: Value,
+    host_ip: Ipv4Addr,
+    /// The client Service's port.
+    port: u16,
+    /// The pods' peer and admin port (on the headless Service only).
+    peer_port: u16,
+    service_names: Vec<String>,
+    client_host: usize,
+}
 
+/// Starts the pods of the StatefulSet in `objects` as the kubelet would: see the module
+/// documentation.
+fn launch(objects: &Objects) -> Launched {
     // The pods' names and DNS names come from the StatefulSet and its Services.
-    let stateful_set = first.single("StatefulSet").unwrap().clone();
+    let stateful_set = objects.single("StatefulSet").unwrap().clone();
     let set_name = object_name(&stateful_set).unwrap().to_owned();
     let namespace = kube_objects::str_at(&stateful_set, "/metadata/namespace")
         .unwrap()
@@ -776,7 +822,7 @@ async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
         .and_then(Value::as_u64)
         .unwrap();
     assert_eq!(replicas, REPLICAS as u64);
-    let (headless, client_service) = services(&first, &stateful_set);
+    let (headless, client_service) = services(objects, &stateful_set);
     let subdomain = object_name(&headless).unwrap();
     let port = service_port(&client_service, "rpc", &stateful_set);
     // The peer and admin services: on the headless Service (pod to pod), not the client one.
@@ -820,12 +866,12 @@ async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
             pod_ip: lab.ip(ordinal),
             host_ip,
         };
-        let plan = PodPlan::from_stateful_set(&first, &stateful_set, site).unwrap();
+        let plan = PodPlan::from_stateful_set(objects, &stateful_set, site).unwrap();
         assert_eq!(plan.name, format!("{set_name}-{ordinal}"));
         let pod_sandbox = PodSandbox {
             dir: sandbox.path().join("pods").join(&plan.name),
         };
-        pod_sandbox.sync_volumes(&plan, &first).unwrap();
+        pod_sandbox.sync_volumes(&plan, objects).unwrap();
         pods.push(Pod {
             plan,
             sandbox: pod_sandbox,
@@ -849,6 +895,42 @@ async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
         let process = PodProcess::start(&launch, &mut cluster.mount_points).unwrap();
         cluster.pods.push(process);
     }
+    Launched {
+        cluster,
+        pods,
+        stateful_set,
+        host_ip,
+        port,
+        peer_port,
+        service_names,
+        client_host,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
+    if let Err(reason) = NetLab::available().and_then(|()| pods::available()) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let _lab = LAB.lock().await;
+    let clock = Instant::now();
+    let started = unix_now();
+    let first_certs_end = started + FIRST_CERTS_LEFT_SECS;
+    let input = log_cluster_input();
+    let first =
+        kube_objects::render(&input, Some(&rfc3339(first_certs_end - CERT_VALIDITY_SECS))).unwrap();
+
+    let Launched {
+        mut cluster,
+        pods,
+        stateful_set,
+        host_ip,
+        port,
+        peer_port,
+        service_names,
+        client_host,
+    } = launch(&first);
     let pids: Vec<u32> = cluster.pods.iter().map(PodProcess::pid).collect();
 
     // The test's own TLS files: the rendered CA and an application certificate from it.
@@ -1091,4 +1173,237 @@ async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
     assert_eq!(same_pids, pids, "the nodes were not restarted");
     assert_running(&mut cluster);
     drop(cluster);
+}
+
+/// A plaintext LogCluster: no TLS for clients, no ACL.
+fn plaintext_input() -> String {
+    format!(
+        "apiVersion: proglog.dev/v1alpha1
+kind: LogCluster
+metadata:
+  name: {CLUSTER}
+  namespace: {NAMESPACE}
+spec:
+  replicas: {REPLICAS}
+  log:
+    segmentBytes: {SEGMENT_BYTES}
+"
+    )
+}
+
+/// A CA of nobody's and a certificate from it for `common_name`, client and server.
+fn foreign_credentials(common_name: &str) -> Credentials {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "someone else's CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let mut chain = cert.pem().into_bytes();
+    chain.extend_from_slice(ca_cert.pem().as_bytes());
+    Credentials {
+        cert: chain,
+        key: key.serialize_pem().into_bytes(),
+    }
+}
+
+/// What a caller without the cluster's certificate gets from `Vote`, `Fetch` and
+/// `RemoveVoter` on `endpoint`: each call's error, or a panic if one succeeds.
+async fn peer_calls_refused(endpoint: Endpoint, what: &str) -> Vec<String> {
+    use proglog_proto::log::v1::peer_client::PeerClient;
+    use proglog_proto::log::v1::{FetchRequest, RemoveVoterRequest, VoteRequest};
+    let mut refusals = Vec::new();
+    let channel = match tokio::time::timeout(CALL_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(err)) => return vec![format!("{what}: connect: {err}")],
+        Err(_) => return vec![format!("{what}: connect timed out")],
+    };
+    let mut peer = PeerClient::new(channel.clone());
+    let vote = peer.vote(VoteRequest {
+        candidate_epoch: u64::MAX / 2,
+        candidate_id: format!("{CLUSTER}-1"),
+        last_offset_epoch: u64::MAX / 2,
+        end_offset: u64::MAX / 2,
+        voter_id: format!("{CLUSTER}-0"),
+        ..VoteRequest::default()
+    });
+    match tokio::time::timeout(CALL_TIMEOUT, vote).await {
+        Ok(Ok(answer)) => panic!("{what}: a vote was answered: {answer:?}"),
+        Ok(Err(status)) => refusals.push(format!("{what}: Vote: {status}")),
+        Err(_) => refusals.push(format!("{what}: Vote timed out")),
+    }
+    let fetch = peer.fetch(FetchRequest {
+        replica_id: format!("{CLUSTER}-2"),
+        max_bytes: 1 << 20,
+        fetch_id: 1,
+        ..FetchRequest::default()
+    });
+    match tokio::time::timeout(CALL_TIMEOUT, fetch).await {
+        Ok(Ok(answer)) => panic!("{what}: a fetch was answered: {answer:?}"),
+        Ok(Err(status)) => refusals.push(format!("{what}: Fetch: {status}")),
+        Err(_) => refusals.push(format!("{what}: Fetch timed out")),
+    }
+    let mut admin = AdminClient::new(channel);
+    let remove = admin.remove_voter(RemoveVoterRequest {
+        node_id: format!("{CLUSTER}-2"),
+    });
+    match tokio::time::timeout(CALL_TIMEOUT, remove).await {
+        Ok(Ok(answer)) => panic!("{what}: a voter removal was answered: {answer:?}"),
+        Ok(Err(status)) => refusals.push(format!("{what}: RemoveVoter: {status}")),
+        Err(_) => refusals.push(format!("{what}: RemoveVoter timed out")),
+    }
+    refusals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendered_plaintext_cluster_keeps_its_peer_port_to_the_clusters_certificates() {
+    if let Err(reason) = NetLab::available().and_then(|()| pods::available()) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let _lab = LAB.lock().await;
+    let objects = kube_objects::render(&plaintext_input(), Some(&rfc3339(unix_now()))).unwrap();
+    let Launched {
+        mut cluster,
+        pods,
+        port,
+        peer_port,
+        ..
+    } = launch(&objects);
+    wait_ready(&mut cluster, &pods).await;
+    let operator = operator_credentials(&objects);
+    let ca_pem =
+        kube_objects::secret_data(secret_with_key(&objects, "ca.key")).unwrap()["ca.crt"].clone();
+    let status = |pod: &Pod| {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca_pem))
+            .identity(Identity::from_pem(&operator.cert, &operator.key))
+            .domain_name(pod.fqdn());
+        let address = format!("https://{}:{peer_port}", pod.ip);
+        async move {
+            let channel = Endpoint::from_shared(address)?
+                .tls_config(tls)?
+                .connect_timeout(CALL_TIMEOUT)
+                .connect()
+                .await?;
+            let mut admin = AdminClient::new(channel);
+            let call = admin.cluster_status(ClusterStatusRequest {});
+            anyhow::Ok(
+                tokio::time::timeout(CALL_TIMEOUT, call)
+                    .await??
+                    .into_inner(),
+            )
+        }
+    };
+    // The cluster forms over mutual TLS on the peer port, though clients speak plaintext.
+    let deadline = Instant::now() + DEADLINE;
+    let (leader, epoch) = loop {
+        assert_running(&mut cluster);
+        let mut seen = BTreeSet::new();
+        for pod in &pods {
+            match status(pod).await {
+                Ok(answer) if !answer.leader_id.is_empty() && answer.voters.len() == REPLICAS => {
+                    seen.insert((answer.leader_id, answer.epoch));
+                }
+                _ => {
+                    seen.insert((String::new(), 0));
+                }
+            }
+        }
+        if seen.len() == 1 && seen.first().is_some_and(|(leader, _)| !leader.is_empty()) {
+            break seen.pop_first().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader on every pod within {DEADLINE:?}: {seen:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+    // A plaintext client produces and reads back through any pod.
+    let mut client = Client::connect(&format!("{}:{port}", pods[2].ip))
+        .await
+        .unwrap();
+    let offset = client
+        .produce(proglog_node::client::Produce {
+            value: "plain".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut reader = Client::connect(&format!("{}:{port}", pods[0].ip))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match reader.consume(offset).await {
+            Ok(record) => {
+                assert_eq!(record.value, "plain".as_bytes());
+                break;
+            }
+            Err(err) => assert!(Instant::now() < deadline, "offset {offset}: {err:#}"),
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+
+    // Without the cluster's certificate, nobody votes, fetches or removes a voter.
+    let impostor = foreign_credentials(&format!("{CLUSTER}-1"));
+    for pod in &pods {
+        let peer = format!("https://{}:{peer_port}", pod.ip);
+        let mut refusals = Vec::new();
+        let plain = Endpoint::from_shared(format!("http://{}:{peer_port}", pod.ip)).unwrap();
+        refusals.extend(peer_calls_refused(plain, "plaintext on the peer port").await);
+        let anonymous = Endpoint::from_shared(peer.clone())
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&ca_pem))
+                    .domain_name(pod.fqdn()),
+            )
+            .unwrap();
+        refusals.extend(peer_calls_refused(anonymous, "TLS without a certificate").await);
+        let foreign = Endpoint::from_shared(peer)
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&ca_pem))
+                    .identity(Identity::from_pem(&impostor.cert, &impostor.key))
+                    .domain_name(pod.fqdn()),
+            )
+            .unwrap();
+        refusals.extend(peer_calls_refused(foreign, "a node's name from another CA").await);
+        // The client port serves neither service.
+        let client_port = Endpoint::from_shared(format!("http://{}:{port}", pod.ip)).unwrap();
+        let on_client_port = peer_calls_refused(client_port, "the client port").await;
+        assert!(
+            on_client_port
+                .iter()
+                .all(|refusal| refusal.contains("Unimplemented")
+                    || refusal.contains("not implemented")),
+            "{on_client_port:?}"
+        );
+        assert_eq!(refusals.len(), 9, "{refusals:?}");
+        println!(
+            "{}: all {} calls without the cluster's certificate refused",
+            pod.plan.name,
+            refusals.len()
+        );
+    }
+    // Nothing moved: the same leader in the same epoch, every voter still there.
+    for pod in &pods {
+        let answer = status(pod).await.unwrap();
+        assert_eq!((answer.leader_id, answer.epoch), (leader.clone(), epoch));
+        assert_eq!(answer.voters.len(), REPLICAS);
+    }
 }
