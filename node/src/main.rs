@@ -170,8 +170,10 @@ struct Cli {
     /// Where gossip (member discovery) listens, UDP and TCP; `off` disables gossip.
     #[arg(long, env = "PROGLOG_GOSSIP_ADDR", default_value = "0.0.0.0:8401")]
     gossip_addr: String,
-    /// The gossip address peers should use (for example the pod IP), when it differs.
-    #[arg(long, env = "PROGLOG_GOSSIP_ADVERTISE_ADDR")]
+    /// The gossip address peers should use (for example the pod IP), when it differs:
+    /// `ip:port`, or `[ip]:port` for either family (so `[$(POD_IP)]:8401` works for IPv4 and
+    /// IPv6 pods alike).
+    #[arg(long, env = "PROGLOG_GOSSIP_ADVERTISE_ADDR", value_parser = parse_socket_addr)]
     gossip_advertise_addr: Option<SocketAddr>,
     /// Gossip addresses of nodes to join, `host:port` (comma separated); retried until one
     /// answers. In Kubernetes: the pods' names under the headless Service.
@@ -209,6 +211,29 @@ fn parse_gossip_key(value: &str) -> Result<GossipKey, String> {
     proglog_node::discovery::parse_key(value)
         .map(GossipKey)
         .map_err(|err| err.to_string())
+}
+
+/// `ip:port`, `[ipv6]:port`, or `[ipv4]:port`.
+fn parse_socket_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let bracketed = value
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("]:"))
+        .and_then(|(ip, port)| Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?)));
+    bracketed.ok_or_else(|| format!("`{value}` is not `ip:port` or `[ip]:port`"))
+}
+
+/// `addr`, or the IPv4 wildcard on its port when it is the IPv6 wildcard (`[::]`, which takes
+/// IPv4 and IPv6 connections) on a host without IPv6 (a kernel booted with `ipv6.disable=1`).
+fn usable_bind(addr: SocketAddr) -> SocketAddr {
+    static IPV6: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let unspecified_v6 = addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    if unspecified_v6 && !*IPV6.get_or_init(|| std::net::UdpSocket::bind("[::]:0").is_ok()) {
+        return SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+    }
+    addr
 }
 
 fn parse_peer(value: &str) -> Result<(String, String), String> {
@@ -255,8 +280,8 @@ enum FormatArg {
 impl Cli {
     fn into_config(self) -> Result<NodeConfig, String> {
         let mut config = NodeConfig::new(self.id, self.data_dir);
-        config.rpc_addr = self.rpc_addr;
-        config.http_addr = self.http_addr;
+        config.rpc_addr = usable_bind(self.rpc_addr);
+        config.http_addr = usable_bind(self.http_addr);
         config.advertise_addr = self.advertise_addr;
         config.log.durability = self.durability;
         config.log.flush_interval = Duration::from_millis(self.flush_interval_ms);
@@ -300,7 +325,7 @@ impl Cli {
         if let (Some(model), Some(policy)) = (self.acl_model, self.acl_policy) {
             config.acl = Some(AclConfig { model, policy });
         }
-        config.peer_addr = self.peer_addr;
+        config.peer_addr = self.peer_addr.map(usable_bind);
         if let (Some(cert), Some(key), Some(ca)) =
             (self.peer_tls_cert, self.peer_tls_key, self.peer_tls_ca)
         {
@@ -318,12 +343,12 @@ impl Cli {
             None
         } else {
             Some(GossipConfig {
-                bind_addr: self.gossip_addr.parse().map_err(|err| {
+                bind_addr: usable_bind(self.gossip_addr.parse().map_err(|err| {
                     format!(
                         "invalid configuration `gossip-addr`: `{}` is not host:port or `off`: {err}",
                         self.gossip_addr
                     )
-                })?,
+                })?),
                 advertise_addr: self.gossip_advertise_addr,
                 seeds: self.join,
                 key: self.gossip_key.map(|key| key.0),
@@ -502,5 +527,35 @@ fn main() -> ExitCode {
             eprintln!("proglog-node: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_addresses_take_brackets_for_either_family() {
+        let v4: SocketAddr = "10.1.2.3:8401".parse().unwrap();
+        let v6: SocketAddr = "[fd00::1]:8401".parse().unwrap();
+        assert_eq!(parse_socket_addr("10.1.2.3:8401"), Ok(v4));
+        assert_eq!(parse_socket_addr("[10.1.2.3]:8401"), Ok(v4));
+        assert_eq!(parse_socket_addr("[fd00::1]:8401"), Ok(v6));
+        assert!(parse_socket_addr("fd00::1:8401").is_err());
+        assert!(parse_socket_addr("[10.1.2.3]").is_err());
+        assert!(parse_socket_addr("[pod]:8401").is_err());
+    }
+
+    #[test]
+    fn the_ipv6_wildcard_is_kept_where_ipv6_works() {
+        let any: SocketAddr = "[::]:8400".parse().unwrap();
+        let expected = if std::net::UdpSocket::bind("[::]:0").is_ok() {
+            any
+        } else {
+            "0.0.0.0:8400".parse().unwrap()
+        };
+        assert_eq!(usable_bind(any), expected);
+        let v4: SocketAddr = "0.0.0.0:8400".parse().unwrap();
+        assert_eq!(usable_bind(v4), v4);
     }
 }

@@ -48,15 +48,17 @@ pub struct AclSource<'a> {
 
 /// `NAME-config`: the settings every node shares, as `PROGLOG_*` variables (the node's flags
 /// of the same names). Per-pod values (id, advertised addresses, certificate files) are set
-/// in the StatefulSet from the pod's own name and IP.
+/// in the StatefulSet from the pod's own name and IP. The listeners bind the IPv6 wildcard,
+/// which takes IPv4 connections too (the node falls back to `0.0.0.0` where the kernel has no
+/// IPv6), so the same objects serve IPv4, IPv6 and dual-stack clusters.
 pub fn config_map(view: &ClusterView<'_>) -> Result<ConfigMap, SpecError> {
     let spec = view.spec();
     let ports = &spec.ports;
     let mut data = BTreeMap::from([
         ("PROGLOG_DATA_DIR", DATA_DIR.to_owned()),
-        ("PROGLOG_RPC_ADDR", format!("0.0.0.0:{}", ports.rpc)),
-        ("PROGLOG_HTTP_ADDR", format!("0.0.0.0:{}", ports.metrics)),
-        ("PROGLOG_GOSSIP_ADDR", format!("0.0.0.0:{}", ports.gossip)),
+        ("PROGLOG_RPC_ADDR", format!("[::]:{}", ports.rpc)),
+        ("PROGLOG_HTTP_ADDR", format!("[::]:{}", ports.metrics)),
+        ("PROGLOG_GOSSIP_ADDR", format!("[::]:{}", ports.gossip)),
         ("PROGLOG_JOIN", view.seed_peers().join(",")),
         ("PROGLOG_INITIAL_VOTERS", view.initial_voter_ids().join(",")),
         (
@@ -78,7 +80,7 @@ pub fn config_map(view: &ClusterView<'_>) -> Result<ConfigMap, SpecError> {
     }
     // The peer and admin services on their own port, always mutual TLS with the cluster's CA;
     // the operator's certificate may administer (an ACL, when on, decides instead).
-    data.insert("PROGLOG_PEER_ADDR", format!("0.0.0.0:{}", spec.ports.peer));
+    data.insert("PROGLOG_PEER_ADDR", format!("[::]:{}", spec.ports.peer));
     data.insert("PROGLOG_PEER_TLS_CA", format!("{TLS_MOUNT}/{CA_CERT}"));
     data.insert("PROGLOG_ADMIN_SUBJECTS", OPERATOR_COMMON_NAME.to_owned());
     if spec.tls.enabled {
@@ -217,9 +219,9 @@ mod tests {
         let data = data(&config);
         assert_eq!(config.metadata.name.as_deref(), Some("events-config"));
         assert_eq!(data["PROGLOG_DATA_DIR"], "/var/lib/proglog/data");
-        assert_eq!(data["PROGLOG_RPC_ADDR"], "0.0.0.0:8400");
-        assert_eq!(data["PROGLOG_HTTP_ADDR"], "0.0.0.0:9400");
-        assert_eq!(data["PROGLOG_GOSSIP_ADDR"], "0.0.0.0:8401");
+        assert_eq!(data["PROGLOG_RPC_ADDR"], "[::]:8400");
+        assert_eq!(data["PROGLOG_HTTP_ADDR"], "[::]:9400");
+        assert_eq!(data["PROGLOG_GOSSIP_ADDR"], "[::]:8401");
         assert_eq!(data["PROGLOG_INITIAL_VOTERS"], "events-0,events-1,events-2");
         assert_eq!(
             data["PROGLOG_JOIN"].split(',').count(),
@@ -235,7 +237,7 @@ mod tests {
         assert!(!data.contains_key("PROGLOG_TLS_CLIENT_CA"));
         assert!(!data.contains_key("PROGLOG_ACL_MODEL"));
         // Clients in plaintext, peers over mutual TLS on their own port, the operator admin.
-        assert_eq!(data["PROGLOG_PEER_ADDR"], "0.0.0.0:8402");
+        assert_eq!(data["PROGLOG_PEER_ADDR"], "[::]:8402");
         assert_eq!(data["PROGLOG_PEER_TLS_CA"], "/etc/proglog/tls/ca.crt");
         assert_eq!(data["PROGLOG_ADMIN_SUBJECTS"], "proglog-operator");
     }
