@@ -3,6 +3,8 @@
 //!
 //! # How to run it
 //!
+//! `tests/e2e/kind.sh` does all of it (it needs Docker, kind, kubectl, Helm and cargo). By hand:
+//!
 //! ```sh
 //! kind create cluster --name proglog
 //! docker build -f docker/node.Dockerfile -t proglog-node:e2e .
@@ -27,9 +29,13 @@
 //!    `LogCluster` with `PROGLOG_E2E_IMAGE` (default: the operator's default node image) and
 //!    small volumes; waits until its `Ready` condition is `True` and it names a leader.
 //! 3. Produces records through the client Service and consumes them back.
-//! 4. Scales to 5, waits for Ready with five voters (`status.members` roles), then back to 3,
-//!    waits for Ready with three members, and consumes every record again.
-//! 5. Deletes the `LogCluster` and waits until its StatefulSet is gone (owner references), then
+//! 4. With `PROGLOG_E2E_PREVIOUS_IMAGE` set, the cluster starts on that image; after step 3 it
+//!    is upgraded to `PROGLOG_E2E_IMAGE` (every pod rolled, Ready again) and every record is
+//!    read again.
+//! 5. Scales to 5 while a producer writes a record every 100 ms, waits for Ready with five
+//!    voters (`status.members` roles), then back to 3, waits for Ready with three members,
+//!    stops the producer, and consumes every acknowledged record.
+//! 6. Deletes the `LogCluster` and waits until its StatefulSet is gone (owner references), then
 //!    deletes the namespace.
 //!
 //! Each wait polls with a deadline and fails with the last status seen.
@@ -41,9 +47,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, CustomResourceExt};
 use proglog_operator::crd::{LogCluster, condition};
@@ -183,6 +189,58 @@ async fn consume_all(offsets: &[(u64, Vec<u8>)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Produces one record every 100 ms through the port-forward until `stop` is set; returns the
+/// acknowledged records and how many produces failed (a leader change or a pod going away
+/// refuses some, which producers retry).
+async fn produce_until(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<(Vec<(u64, Vec<u8>)>, usize)> {
+    let mut log = log_client().await?;
+    let mut written = Vec::new();
+    let mut failed = 0;
+    let mut index = 0u32;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        index += 1;
+        let value = format!("under load {index}").into_bytes();
+        let produce = log.produce(ProduceRequest {
+            record: Some(Record {
+                value: value.clone().into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        match tokio::time::timeout(Duration::from_secs(10), produce).await {
+            Ok(Ok(answer)) => written.push((answer.into_inner().offset, value)),
+            _ => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((written, failed))
+}
+
+/// Waits until every pod of the cluster runs `image`.
+async fn wait_image(client: &Client, namespace: &str, image: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("app.kubernetes.io/instance={NAME},app.kubernetes.io/component=node");
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        let list = pods.list(&ListParams::default().labels(&selector)).await?;
+        let images: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|pod| pod.spec.as_ref()?.containers.first()?.image.clone())
+            .collect();
+        if !images.is_empty() && images.iter().all(|running| running == image) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "pods still run {images:?}, not {image}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 async fn set_replicas(api: &Api<LogCluster>, replicas: i32) -> anyhow::Result<()> {
     api.patch(
         NAME,
@@ -205,6 +263,10 @@ async fn a_log_cluster_forms_serves_scales_and_goes_away() -> anyhow::Result<()>
     let namespace =
         std::env::var("PROGLOG_E2E_NAMESPACE").unwrap_or_else(|_| "proglog-e2e".to_owned());
     let image = std::env::var("PROGLOG_E2E_IMAGE").ok();
+    // Set: the cluster starts on this image and is upgraded to PROGLOG_E2E_IMAGE.
+    let previous = std::env::var("PROGLOG_E2E_PREVIOUS_IMAGE")
+        .ok()
+        .filter(|previous| !previous.is_empty());
     let client = client(&kubeconfig).await?;
 
     apply_crd(&client).await?;
@@ -221,7 +283,7 @@ async fn a_log_cluster_forms_serves_scales_and_goes_away() -> anyhow::Result<()>
     let clusters: Api<LogCluster> = Api::namespaced(client.clone(), &namespace);
     let mut spec = json!({"replicas": 3, "storage": {"size": "1Gi"},
                           "imagePullPolicy": "IfNotPresent"});
-    if let Some(image) = &image {
+    if let Some(image) = previous.as_ref().or(image.as_ref()) {
         spec["image"] = json!(image);
     }
     clusters
@@ -259,13 +321,43 @@ async fn a_log_cluster_forms_serves_scales_and_goes_away() -> anyhow::Result<()>
     consume_all(&written).await?;
     drop(forward);
 
-    // Scale up: the new pods are promoted once caught up; then back down.
+    // An upgrade from the previous image: a roll, one pod at a time, keeps every record.
+    if let (Some(previous), Some(image)) = (&previous, &image) {
+        eprintln!("upgrading from {previous} to {image}");
+        clusters
+            .patch(
+                NAME,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"image": image}})),
+            )
+            .await?;
+        wait_image(&client, &namespace, image).await?;
+        wait_ready(&clusters, 3, 3).await?;
+        let forward = PortForward::start(&kubeconfig, &namespace).await?;
+        consume_all(&written).await?;
+        drop(forward);
+    }
+
+    // Scale up under produce load: the new pods are promoted once caught up; then back down.
+    // Every acknowledged record is still there afterwards.
+    let forward = PortForward::start(&kubeconfig, &namespace).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(produce_until(std::sync::Arc::clone(&stop)));
     set_replicas(&clusters, 5).await?;
     wait_ready(&clusters, 5, 5).await?;
     set_replicas(&clusters, 3).await?;
     wait_ready(&clusters, 3, 3).await?;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (under_load, failed) = load.await??;
+    eprintln!(
+        "{} records acknowledged while scaling, {failed} produces refused",
+        under_load.len()
+    );
+    ensure!(!under_load.is_empty(), "no produce succeeded while scaling");
+    drop(forward);
     let forward = PortForward::start(&kubeconfig, &namespace).await?;
     consume_all(&written).await?;
+    consume_all(&under_load).await?;
     drop(forward);
 
     // Delete: the garbage collector removes the children through their owner references.
