@@ -759,9 +759,25 @@ fn key_pair_from_pem(text: &str) -> Result<KeyPair, String> {
                 .ok_or("the EC key names no curve (its SEC1 parameters are missing)")?;
             pkcs8::wrap(&pkcs8::ec_public_key(curve), &pem.contents)
         }
+        "ENCRYPTED PRIVATE KEY" => {
+            return Err(format!(
+                "the key is encrypted with a passphrase, which the operator does not have: \
+                 {accepted}, unencrypted (`openssl pkey -in KEY -out PLAIN`)"
+            ));
+        }
         other => return Err(format!("a `{other}` key is not supported: {accepted}")),
     };
-    KeyPair::try_from(pkcs8.as_slice()).map_err(|err| format!("the key does not load: {err}"))
+    KeyPair::try_from(pkcs8.as_slice()).map_err(|err| {
+        if pkcs8::names_p521(&pkcs8) {
+            "a P-521 EC key is not supported: give a P-256 or P-384 key (cert-manager: \
+             privateKey.algorithm ECDSA with size 256 or 384), or RSA"
+                .to_owned()
+        } else {
+            format!(
+                "the key does not load ({err}): give an RSA (2048 to 8192 bits), P-256 or P-384 key"
+            )
+        }
+    })
 }
 
 /// Just enough DER to put a PKCS#1 or SEC1 key into a PKCS#8 `PrivateKeyInfo` (RFC 5208).
@@ -784,6 +800,15 @@ mod pkcs8 {
         content.extend_from_slice(algorithm);
         content.extend(tlv(0x04, key));
         tlv(0x30, &content)
+    }
+
+    /// OID secp521r1 (1.3.132.0.35), whole: the EC curve ring cannot use.
+    const SECP521R1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
+
+    /// Whether a PKCS#8 key names the P-521 curve anywhere.
+    pub fn names_p521(key: &[u8]) -> bool {
+        key.windows(SECP521R1.len())
+            .any(|window| window == SECP521R1)
     }
 
     /// The curve OID (tag, length and value) in a SEC1 `ECPrivateKey`'s `[0]` parameters.
@@ -1463,6 +1488,15 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.contains("PKCS#1"), "{err}");
+        // An encrypted key, and a curve ring cannot use, say so and what to give instead.
+        let err = key_pair_from_pem(include_str!("../tests/fixtures/keys/encrypted-pkcs8.key"))
+            .err()
+            .unwrap();
+        assert!(err.contains("encrypted"), "{err}");
+        let err = key_pair_from_pem(include_str!("../tests/fixtures/keys/p521-sec1.key"))
+            .err()
+            .unwrap();
+        assert!(err.contains("P-521") && err.contains("P-256"), "{err}");
     }
 
     #[test]
