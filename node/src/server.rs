@@ -227,11 +227,19 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     let health = tonic_health::server::HealthReporter::new();
     health.set_serving::<LogServer<LogService>>().await;
     let health_server = health_service(health.clone(), stop.clone());
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proglog_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions, as grpc-go registers it: `v1`, and `v1alpha` for the tools
+    // that still speak only that (Python's grpcio-reflection, Postman, older grpcurl).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proglog_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .context("build the reflection service")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("build the v1alpha reflection service")?;
 
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&store),
@@ -322,6 +330,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     let client_router = builder!()
         .add_service(health_server)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             LogServer::new(service)
                 .max_decoding_message_size(max_message)

@@ -676,6 +676,30 @@ async fn health_serves_and_reflection_lists_the_log_service() -> anyhow::Result<
     for expected in ["log.v1.Log", "grpc.health.v1.Health"] {
         assert!(names.contains(&expected), "{expected} not in {names:?}");
     }
+
+    // The same through v1alpha, which older tools speak.
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let mut alpha = AlphaClient::new(node.channel().await?);
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let mut responses = within(
+        "v1alpha ServerReflectionInfo",
+        alpha.server_reflection_info(stream::iter(vec![request])),
+    )
+    .await??
+    .into_inner();
+    let response = within("v1alpha reflection response", responses.message())
+        .await??
+        .context("no v1alpha reflection response")?;
+    let Some(AlphaResponse::ListServicesResponse(list)) = response.message_response else {
+        bail!("v1alpha reflection answered ListServices with {response:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"log.v1.Log"), "log.v1.Log not in {names:?}");
     Ok(())
 }
 
