@@ -8,7 +8,11 @@ answer. On success it prints one JSON line, {"produced": [{"offset": ..., "value
 ...}, ...]} (values as UTF-8 text), so the caller can read the same records back with another
 client, and exits 0. On failure it prints what was wrong to stderr and exits non-zero.
 
-Needs `pip install grpcio grpcio-tools`.
+It also lists the node's services through gRPC reflection with grpcio-reflection (which
+speaks `grpc.reflection.v1alpha`) and checks that `log.v1.Log` is among them.
+
+Needs grpcio, grpcio-tools and grpcio-reflection: the test that runs it
+(`tests/tests/node_api.rs`) installs pinned versions into a virtual environment of its own.
 """
 
 import json
@@ -18,11 +22,14 @@ import tempfile
 
 try:
     import grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
     from grpc_tools import protoc
 except ImportError as err:
     print(
         f"grpcio_client.py: cannot import grpc ({err}); "
-        "pip install grpcio grpcio-tools",
+        "pip install grpcio grpcio-tools grpcio-reflection",
         file=sys.stderr,
     )
     sys.exit(3)
@@ -69,6 +76,10 @@ def run(addr, log_pb2, log_pb2_grpc):
     with grpc.insecure_channel(addr) as channel:
         grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT)
         stub = log_pb2_grpc.LogStub(channel)
+
+        # Reflection, as grpcio-reflection (v1alpha) sees it.
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        check("log.v1.Log" in services, f"reflection lists {services}, not log.v1.Log")
 
         # Produce (unary): offsets are consecutive.
         unary = [(f"python-unary-{i}", i + 1) for i in range(5)]

@@ -888,11 +888,68 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The Python packages of the interop script, pinned.
+const PYTHON_REQUIREMENTS: &str =
+    "grpcio==1.85.1\ngrpcio-tools==1.85.1\ngrpcio-reflection==1.85.1\n";
+
+/// A virtual environment under `target/` holding [`PYTHON_REQUIREMENTS`], made on first use
+/// (from PyPI) and kept while the pins stay the same, so the test needs Python 3 and nothing
+/// installed beforehand. Returns its interpreter.
+fn python_env() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-interop");
+    let python = dir.join("bin").join("python3");
+    let installed = dir.join("installed.txt");
+    if python.exists()
+        && std::fs::read_to_string(&installed).ok().as_deref() == Some(PYTHON_REQUIREMENTS)
+    {
+        return Ok(python);
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    let run = |command: &mut std::process::Command, what: &str| -> anyhow::Result<()> {
+        let output = command
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("{what} (is Python 3 with venv installed?)"))?;
+        ensure!(
+            output.status.success(),
+            "{what} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    run(
+        std::process::Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&dir),
+        "python3 -m venv",
+    )?;
+    let requirements = dir.join("requirements.txt");
+    std::fs::write(&requirements, PYTHON_REQUIREMENTS)?;
+    run(
+        std::process::Command::new(dir.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
+        "pip install of the interop script's packages",
+    )?;
+    std::fs::write(&installed, PYTHON_REQUIREMENTS)?;
+    Ok(python)
+}
+
 #[tokio::test]
 async fn python_grpcio_client_interoperates() -> anyhow::Result<()> {
+    let python = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::task::spawn_blocking(python_env),
+    )
+    .await
+    .context("setting up the Python environment took longer than 10 minutes")???;
     let node = NodeProcess::start_default().await?;
     let root = workspace_root();
-    let mut command = std::process::Command::new("python3");
+    let mut command = std::process::Command::new(python);
     command
         .arg(root.join("tests/python/grpcio_client.py"))
         .arg(node.rpc_addr().to_string())
