@@ -171,8 +171,8 @@ struct Cli {
     #[arg(long, env = "PROGLOG_GOSSIP_ADDR", default_value = "0.0.0.0:8401")]
     gossip_addr: String,
     /// The gossip address peers should use (for example the pod IP), when it differs:
-    /// `ip:port`, or `[ip]:port` for either family (so `[$(POD_IP)]:8401` works for IPv4 and
-    /// IPv6 pods alike).
+    /// `ip:port` or `[ip]:port`; an IPv6 address may also come without brackets before its
+    /// `:port`, so `$(POD_IP):8401` works for IPv4 and IPv6 pods alike.
     #[arg(long, env = "PROGLOG_GOSSIP_ADVERTISE_ADDR", value_parser = parse_socket_addr)]
     gossip_advertise_addr: Option<SocketAddr>,
     /// Gossip addresses of nodes to join, `host:port` (comma separated); retried until one
@@ -213,16 +213,23 @@ fn parse_gossip_key(value: &str) -> Result<GossipKey, String> {
         .map_err(|err| err.to_string())
 }
 
-/// `ip:port`, `[ipv6]:port`, or `[ipv4]:port`.
+/// `ip:port`, `[ip]:port` for either family, or an IPv6 address without brackets followed by
+/// `:port` (what `$(POD_IP):8401` becomes on an IPv6 pod: the port is required, so the last
+/// group is the port).
 fn parse_socket_addr(value: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = value.parse() {
         return Ok(addr);
     }
     let bracketed = value
         .strip_prefix('[')
-        .and_then(|rest| rest.split_once("]:"))
-        .and_then(|(ip, port)| Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?)));
-    bracketed.ok_or_else(|| format!("`{value}` is not `ip:port` or `[ip]:port`"))
+        .and_then(|rest| rest.split_once("]:"));
+    let (ip, port) = bracketed
+        .or_else(|| value.rsplit_once(':').filter(|(ip, _)| ip.contains(':')))
+        .ok_or_else(|| format!("`{value}` is not `ip:port` or `[ip]:port`"))?;
+    match (ip.parse(), port.parse()) {
+        (Ok(ip), Ok(port)) => Ok(SocketAddr::new(ip, port)),
+        _ => Err(format!("`{value}` is not `ip:port` or `[ip]:port`")),
+    }
 }
 
 /// `addr`, or the IPv4 wildcard on its port when it is the IPv6 wildcard (`[::]`, which takes
@@ -541,8 +548,11 @@ mod tests {
         assert_eq!(parse_socket_addr("10.1.2.3:8401"), Ok(v4));
         assert_eq!(parse_socket_addr("[10.1.2.3]:8401"), Ok(v4));
         assert_eq!(parse_socket_addr("[fd00::1]:8401"), Ok(v6));
-        assert!(parse_socket_addr("fd00::1:8401").is_err());
+        // $(POD_IP):8401 on an IPv6 pod.
+        assert_eq!(parse_socket_addr("fd00::1:8401"), Ok(v6));
+        assert!(parse_socket_addr("fd00::1").is_err());
         assert!(parse_socket_addr("[10.1.2.3]").is_err());
+        assert!(parse_socket_addr("10.1.2.3").is_err());
         assert!(parse_socket_addr("[pod]:8401").is_err());
     }
 

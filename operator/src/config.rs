@@ -16,7 +16,7 @@ pub enum LogFormat {
 /// Everything `run` needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunConfig {
-    /// Where `/metrics`, `/healthz` and `/readyz` are served. Default `0.0.0.0:8080`.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served. Default `[::]:8080` (IPv4 and IPv6).
     pub metrics_addr: SocketAddr,
     /// Elect one reconciling replica through a Lease. Default true.
     pub leader_election: bool,
@@ -90,7 +90,7 @@ mod tests {
 
     fn config() -> RunConfig {
         RunConfig {
-            metrics_addr: "0.0.0.0:8080".parse().unwrap(),
+            metrics_addr: "[::]:8080".parse().unwrap(),
             leader_election: true,
             lease_name: "proglog-operator".into(),
             lease_namespace: Some("proglog-system".into()),

@@ -45,9 +45,17 @@ impl HttpServer {
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, BindError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BindError { addr, source })?;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            // The IPv6 wildcard (which takes IPv4 too) on a kernel without IPv6: IPv4 only.
+            Err(_) if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) => {
+                let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+                TcpListener::bind(v4)
+                    .await
+                    .map_err(|source| BindError { addr: v4, source })?
+            }
+            Err(source) => return Err(BindError { addr, source }),
+        };
         Ok(HttpServer {
             listener,
             metrics,

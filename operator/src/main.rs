@@ -64,7 +64,7 @@ struct RunArgs {
     #[arg(
         long,
         env = "PROGLOG_OPERATOR_METRICS_ADDR",
-        default_value = "0.0.0.0:8080"
+        default_value = "[::]:8080"
     )]
     metrics_addr: SocketAddr,
     /// Elect one reconciling replica through a Lease.

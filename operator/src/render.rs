@@ -268,6 +268,7 @@ pub fn render(
             existing_operator: inputs.secret_data(&view.operator_tls_secret_name()),
             // Offline: no node reports, so a CA replacement stops at the step it is at.
             loaded: None,
+            running: None,
         })
         .map_err(tls_error)?;
         if let Some(secret) = resources::ca_secret(&view, &pki)? {

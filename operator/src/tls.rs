@@ -21,11 +21,12 @@
 //!
 //! When the CA itself is replaced (the operator's renewed, or the user's Secret changed), the
 //! kubelet updates each pod's copy of `NAME-tls` at its own time, so the new CA goes out in
-//! three steps, each waiting until every node reports (in `ClusterStatus`) that it has loaded
-//! the previous one, as Strimzi does: a bundle trusting old and new CA, with certificates
-//! unchanged; then certificates from the new CA; then the bundle without the old CA. No two
-//! nodes, and neither the operator, ever distrust each other on the way (see [`Rotation`]). An
-//! outgoing CA that has ended leaves the bundle at once.
+//! steps, as Strimzi does: first a bundle trusting old and new CA, with certificates unchanged;
+//! once every running node reports (in `ClusterStatus`) that it has loaded that bundle,
+//! certificates from the new CA. The old CA stays in the bundle until it ends, so what it
+//! signed keeps working. No two nodes, and neither the operator, distrust each other on the way
+//! (see [`Rotation`]), unless the old CA comes within half of `renewBefore` of its end with a
+//! node still behind: then the certificates go out anyway, or they would all end together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -194,6 +195,8 @@ pub struct PkiRequest<'a> {
     pub existing_operator: Option<&'a SecretData>,
     /// What each node reports it has loaded, when the caller asked them (see [`Rotation`]).
     pub loaded: Option<&'a [LoadedTls]>,
+    /// The nodes whose pods run, whose reports a replacement waits for (`None`: every node).
+    pub running: Option<&'a [String]>,
 }
 
 /// What one node reports it has loaded (its `ClusterStatus`): the SHA-256 of its peer
@@ -211,11 +214,11 @@ pub struct LoadedTls {
 /// Where a CA replacement stands. The kubelet updates each pod's copy of a Secret at its own
 /// time, so a new CA goes out in steps that never leave two parties distrusting each other:
 /// first a trust bundle holding the old and the new CA (certificates stay as they are); once
-/// every node has loaded that bundle, certificates from the new CA; once every node has loaded
-/// its new certificate, the bundle without the old CA.
+/// every running node has loaded that bundle, certificates from the new CA. The old CA stays
+/// in the bundle until it ends, so certificates it signed (clients' too) keep working.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Rotation {
-    /// No CA is being replaced.
+    /// No CA is being replaced (or its certificates are out).
     #[default]
     Steady,
     /// The bundle trusting old and new CA is out; these nodes have not loaded it yet, and
@@ -224,10 +227,11 @@ pub enum Rotation {
         /// The nodes that have not.
         nodes: Vec<String>,
     },
-    /// Certificates from the new CA are out; these nodes have not loaded theirs yet, and the
-    /// old CA stays trusted until they have.
-    AwaitingCertificates {
-        /// The nodes that have not.
+    /// The old CA ends within half of `renewBefore` and these nodes have still not loaded the
+    /// bundle: certificates from the new CA went out anyway, since waiting longer would let
+    /// every certificate from the old one end at once.
+    Forced {
+        /// The nodes that had not loaded the bundle.
         nodes: Vec<String>,
     },
     /// A replacement is under way and the next step depends on what the nodes have loaded:
@@ -391,7 +395,9 @@ pub fn plan(request: &PkiRequest<'_>) -> Result<Pki, TlsError> {
         target.insert(cert_key, ByteString(cert_pem));
         target.insert(key_key, ByteString(key_pem));
     }
-    let (bundle, rotation) = finish_rotation(request, stage, &ca, &nodes_secret);
+    let Stage {
+        bundle, rotation, ..
+    } = stage;
     nodes_secret.insert(CA_CERT.to_owned(), ByteString(bundle.clone()));
     operator_secret.insert(CA_CERT.to_owned(), ByteString(bundle));
     Ok(Pki {
@@ -408,7 +414,7 @@ pub fn plan(request: &PkiRequest<'_>) -> Result<Pki, TlsError> {
 
 /// The step of a CA replacement this pass is at (see [`Rotation`]).
 struct Stage {
-    /// The trust bundle to publish: the CA first, then the outgoing CAs' certificates.
+    /// The trust bundle to publish: the CA's own, then the outgoing CAs' certificates.
     bundle: Vec<u8>,
     /// The outgoing CAs (valid, still in the published bundle), to keep their certificates.
     outgoing: Vec<Signer>,
@@ -417,7 +423,27 @@ struct Stage {
     rotation: Rotation,
 }
 
-/// Decides the step from the published bundle (`ca.crt` of `NAME-tls`) and the node reports.
+/// Whether a certificate stored under `key` in `data` was not signed by `ca` (or is absent or
+/// unreadable: it will be issued from the CA anyway).
+fn not_from(data: Option<&SecretData>, key: &str, ca: &Ca) -> bool {
+    let Some(cert) = data.and_then(|data| data.get(key)) else {
+        return false;
+    };
+    let ca_key = ca.public_key.clone();
+    parse(&cert.0, move |cert| {
+        let (_, spki) =
+            <x509_parser::x509::SubjectPublicKeyInfo<'_> as x509_parser::prelude::FromDer<
+                '_,
+                _,
+            >>::from_der(&ca_key)
+            .map_err(|err| err.to_string())?;
+        Ok(cert.verify_signature(Some(&spki)).is_err())
+    })
+    .unwrap_or(false)
+}
+
+/// Decides the step from the published bundle (`ca.crt` of `NAME-tls`), the certificates in
+/// the Secrets and the node reports.
 fn stage(request: &PkiRequest<'_>, ca: &Ca, now: i64) -> Stage {
     let fresh = Stage {
         bundle: ca.trust_bundle.clone(),
@@ -425,8 +451,8 @@ fn stage(request: &PkiRequest<'_>, ca: &Ca, now: i64) -> Stage {
         reissue: true,
         rotation: Rotation::Steady,
     };
-    let current = certificate_blocks(&ca.trust_bundle);
-    let Some((ca_der, ca_text)) = current.first() else {
+    let current = certificate_blocks(&ca.chain);
+    let Some((ca_der, _)) = current.first() else {
         return fresh;
     };
     let published = request
@@ -438,20 +464,37 @@ fn stage(request: &PkiRequest<'_>, ca: &Ca, now: i64) -> Stage {
         // Nothing runs with a bundle yet: publish everything at once.
         return fresh;
     }
-    let mut bundle = ca_text.clone();
+    // The CA's own bundle (a chain stays whole), then every published CA that is not in it
+    // and has not ended: an outgoing CA stays trusted until it ends, so what it signed
+    // (clients' certificates included) keeps working.
+    let mut bundle = Vec::new();
+    let mut seen: Vec<&[u8]> = Vec::new();
+    for (der, text) in &current {
+        if !seen.contains(&der.as_slice()) {
+            bundle.extend_from_slice(text);
+            seen.push(der);
+        }
+    }
     let mut outgoing = Vec::new();
-    let mut outgoing_ders: Vec<&[u8]> = Vec::new();
     for (der, text) in &published {
-        if der == ca_der || outgoing_ders.contains(&der.as_slice()) {
+        if seen.contains(&der.as_slice()) {
             continue;
         }
         if let Some(signer) = Signer::of_valid(der, now) {
             bundle.extend_from_slice(text);
             outgoing.push(signer);
-            outgoing_ders.push(der);
+            seen.push(der);
         }
     }
-    if outgoing.is_empty() {
+    // Certificates still from another CA: a replacement is under way.
+    let pending = request.nodes.iter().any(|node| {
+        not_from(
+            request.existing_nodes,
+            &format!("{}.crt", node.common_name),
+            ca,
+        )
+    }) || not_from(request.existing_operator, TLS_CERT, ca);
+    if outgoing.is_empty() || !pending {
         return Stage {
             bundle,
             outgoing,
@@ -459,87 +502,70 @@ fn stage(request: &PkiRequest<'_>, ca: &Ca, now: i64) -> Stage {
             rotation: Rotation::Steady,
         };
     }
+    // The nodes whose report counts: those that run (a pod that starts later reads the
+    // Secret as it is then).
+    let required: Vec<String> = request
+        .nodes
+        .iter()
+        .map(|node| node.common_name.clone())
+        .filter(|node| request.running.is_none_or(|running| running.contains(node)))
+        .collect();
     let trusted = published.iter().any(|(der, _)| der == ca_der);
-    let rotation = if !trusted {
+    let behind = if !trusted {
         // Step one: the bundle with both goes out now; every node must load it.
-        Rotation::AwaitingTrust {
-            nodes: node_names(request),
-        }
+        required
     } else {
         match request.loaded {
-            None => Rotation::NeedsReports,
+            None => {
+                return Stage {
+                    bundle,
+                    outgoing,
+                    reissue: false,
+                    rotation: Rotation::NeedsReports,
+                };
+            }
             Some(loaded) => {
                 let digest = sha256_hex(&bundle);
-                let behind: Vec<String> = node_names(request)
+                required
                     .into_iter()
                     .filter(|node| {
                         !loaded.iter().any(|report| {
                             report.node == *node && report.trust_bundle_sha256 == digest
                         })
                     })
-                    .collect();
-                if behind.is_empty() {
-                    // Step two (decided in `finish_rotation` once the certificates are known).
-                    Rotation::AwaitingCertificates { nodes: Vec::new() }
-                } else {
-                    Rotation::AwaitingTrust { nodes: behind }
-                }
+                    .collect()
             }
         }
     };
+    if behind.is_empty() {
+        // Step two: every node trusts the CA, so certificates come from it now.
+        return Stage {
+            bundle,
+            outgoing,
+            reissue: true,
+            rotation: Rotation::Steady,
+        };
+    }
+    // An outgoing CA about to end cannot wait any longer: what it signed would end with it,
+    // all at once.
+    let renew_before = seconds(request.lifetimes.renew_before);
+    let ending = outgoing
+        .iter()
+        .any(|old| old.not_after.saturating_sub(now) <= renew_before / 2);
+    if ending {
+        return Stage {
+            bundle,
+            outgoing,
+            reissue: true,
+            rotation: Rotation::Forced { nodes: behind },
+        };
+    }
     Stage {
-        reissue: matches!(rotation, Rotation::AwaitingCertificates { .. }),
         bundle,
         outgoing,
-        rotation,
+        reissue: false,
+        rotation: Rotation::AwaitingTrust { nodes: behind },
     }
-}
-
-/// The bundle to publish and where the replacement stands, once the certificates are decided:
-/// when every node trusts the new CA and has loaded its certificate from it, the outgoing CAs
-/// leave the bundle.
-fn finish_rotation(
-    request: &PkiRequest<'_>,
-    stage: Stage,
-    ca: &Ca,
-    nodes_secret: &SecretData,
-) -> (Vec<u8>, Rotation) {
-    if !stage.reissue || stage.outgoing.is_empty() {
-        return (stage.bundle, stage.rotation);
-    }
-    let loaded = request.loaded.unwrap_or_default();
-    let behind: Vec<String> = node_names(request)
-        .into_iter()
-        .filter(|node| {
-            let Some(cert) = nodes_secret.get(&format!("{node}.crt")) else {
-                return true;
-            };
-            let digest = sha256_hex(&cert.0);
-            !loaded
-                .iter()
-                .any(|report| report.node == *node && report.certificate_sha256 == digest)
-        })
-        .collect();
-    if behind.is_empty() {
-        let only_ca = certificate_blocks(&ca.trust_bundle)
-            .into_iter()
-            .next()
-            .map_or_else(|| ca.trust_bundle.clone(), |(_, text)| text);
-        (only_ca, Rotation::Steady)
-    } else {
-        (
-            stage.bundle,
-            Rotation::AwaitingCertificates { nodes: behind },
-        )
-    }
-}
-
-fn node_names(request: &PkiRequest<'_>) -> Vec<String> {
-    request
-        .nodes
-        .iter()
-        .map(|node| node.common_name.clone())
-        .collect()
 }
 
 /// The `CERTIFICATE` blocks of a PEM bundle, each as its DER and its text (newline ended);
@@ -592,6 +618,8 @@ struct Ca {
     not_after: i64,
     /// The CA certificate, plus the previous CA's while that is valid (PEM).
     trust_bundle: Vec<u8>,
+    /// The CA's own certificate (with the chain above it, for a user's CA), PEM.
+    chain: Vec<u8>,
 }
 
 /// What checking a certificate against a CA needs: the CA's key and end.
@@ -692,6 +720,7 @@ fn operator_ca(
         CA_KEY.to_owned(),
         ByteString(key_pair.serialize_pem().into_bytes()),
     );
+    let cert_pem_for_chain = cert_pem.clone();
     let mut bundle = cert_pem;
     if let Some(outgoing) = outgoing {
         append_pem(&mut bundle, &outgoing.0);
@@ -704,6 +733,7 @@ fn operator_ca(
             public_key,
             not_after: end,
             trust_bundle: bundle,
+            chain: cert_pem_for_chain,
         },
         data,
         Some(reason),
@@ -889,6 +919,7 @@ fn load_ca(cert_pem: &[u8], key_pem: &[u8]) -> Result<Ca, IssueReason> {
         public_key,
         not_after: end,
         trust_bundle: cert_pem.to_vec(),
+        chain: cert_pem.to_vec(),
     })
 }
 
@@ -1155,6 +1186,7 @@ mod tests {
             existing_nodes: previous.map(|pki| &pki.nodes_secret),
             existing_operator: previous.map(|pki| &pki.operator_secret),
             loaded: None,
+            running: None,
         }
     }
 
@@ -1292,7 +1324,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_ca_goes_out_in_three_steps_each_waiting_for_every_node() {
+    fn a_replaced_ca_goes_out_in_steps_each_waiting_for_every_running_node() {
         let nodes = [node("events-0", "prod"), node("events-1", "prod")];
         let both = ["events-0", "events-1"].map(str::to_owned).to_vec();
         let ca_end = T0 + 3650 * DAY;
@@ -1342,8 +1374,15 @@ mod tests {
             }
         );
         assert!(waiting.issued.is_empty());
+        // A node whose pod does not run is not waited for: it reads the Secret when it starts.
+        let running = ["events-0".to_owned()];
+        asked.running = Some(&running);
+        let without_it = plan(&asked).unwrap();
+        assert_eq!(without_it.issued.len(), 3, "{:?}", without_it.issued);
+        asked.running = None;
 
-        // Step two: every node trusts the new CA, so certificates come from it now.
+        // Step two: every node trusts the new CA, so certificates come from it now; the old CA
+        // stays in the bundle, so what it signed keeps working.
         let all = reports(&second, &second, &["events-0", "events-1"]);
         asked.loaded = Some(&all);
         let third = plan(&asked).unwrap();
@@ -1355,44 +1394,45 @@ mod tests {
                 (OPERATOR_COMMON_NAME, &IssueReason::IssuerChanged),
             ]
         );
-        assert_eq!(bundle_size(&third), 2);
         assert_eq!(third.nodes_secret[CA_CERT], second.nodes_secret[CA_CERT]);
-        assert_eq!(
-            third.rotation,
-            Rotation::AwaitingCertificates {
-                nodes: both.clone()
-            }
-        );
+        assert_eq!(third.rotation, Rotation::Steady);
 
-        // Step three: once every node serves its new certificate, the old CA leaves.
-        let mut asked = request(at + 120, &nodes, Some(&third));
-        let half = reports(&third, &third, &["events-0"])
-            .into_iter()
-            .chain(reports(&third, &second, &["events-1"]))
-            .collect::<Vec<_>>();
-        asked.loaded = Some(&half);
-        let still = plan(&asked).unwrap();
+        // Done: no report is asked for again, and nothing changes until the old CA ends.
+        let fourth = plan(&request(at + 180, &nodes, Some(&third))).unwrap();
+        assert_eq!(fourth.rotation, Rotation::Steady);
+        assert!(fourth.issued.is_empty(), "{:?}", fourth.issued);
+        assert_eq!(fourth.nodes_secret, third.nodes_secret);
+        let ended = plan(&request(ca_end + 1, &nodes, Some(&fourth))).unwrap();
+        assert_eq!(bundle_size(&ended), 1);
+        assert_eq!(ended.rotation, Rotation::Steady);
+    }
+
+    #[test]
+    fn a_replacement_still_waiting_when_the_old_ca_nears_its_end_goes_ahead() {
+        let nodes = [node("events-0", "prod"), node("events-1", "prod")];
+        let ca_end = T0 + 3650 * DAY;
+        let at = ca_end - 30 * DAY;
+        let start = plan(&request(T0, &nodes, None)).unwrap();
+        let first = plan(&request(at - DAY, &nodes, Some(&start))).unwrap();
+        let second = plan(&request(at, &nodes, Some(&first))).unwrap();
+        // events-1 never reports; 16 days before the old CA ends (renewBefore is 30 days),
+        // the replacement still waits; 14 days before, it goes ahead.
+        let one = reports(&second, &second, &["events-0"]);
+        let mut asked = request(ca_end - 16 * DAY, &nodes, Some(&second));
+        asked.loaded = Some(&one);
+        assert!(matches!(
+            plan(&asked).unwrap().rotation,
+            Rotation::AwaitingTrust { .. }
+        ));
+        asked.now = timestamp(ca_end - 14 * DAY);
+        let forced = plan(&asked).unwrap();
         assert_eq!(
-            still.rotation,
-            Rotation::AwaitingCertificates {
+            forced.rotation,
+            Rotation::Forced {
                 nodes: vec!["events-1".to_owned()]
             }
         );
-        assert_eq!(bundle_size(&still), 2);
-        let done = reports(&third, &third, &["events-0", "events-1"]);
-        asked.loaded = Some(&done);
-        let fourth = plan(&asked).unwrap();
-        assert!(fourth.issued.is_empty(), "{:?}", fourth.issued);
-        assert_eq!(fourth.rotation, Rotation::Steady);
-        assert_eq!(bundle_size(&fourth), 1);
-        let fifth = plan(&request(at + 180, &nodes, Some(&fourth))).unwrap();
-        assert_eq!(fifth.rotation, Rotation::Steady);
-        assert_eq!(fifth.nodes_secret, fourth.nodes_secret);
-
-        // An outgoing CA that has ended leaves the bundle whatever the nodes report.
-        let ended = plan(&request(ca_end + 1, &nodes, Some(&second))).unwrap();
-        assert_eq!(bundle_size(&ended), 1);
-        assert_eq!(ended.rotation, Rotation::Steady);
+        assert_eq!(forced.issued.len(), 3, "{:?}", forced.issued);
     }
 
     #[test]

@@ -831,10 +831,18 @@ fn published_bundle(env: &Env) -> String {
     String::from_utf8(secret.data.unwrap()["ca.crt"].0.clone()).unwrap()
 }
 
+/// The first certificate of a PEM bundle (the CA's own, in a published bundle).
+fn first_certificate(bundle: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    let end = bundle.find(END).unwrap() + END.len();
+    format!("{}\n", &bundle[..end])
+}
+
 /// Runs passes while the kubelet updates one pod's copy of the Secret after each (in turn,
 /// so each pod lags the Secret by up to two passes), checking after every step that nobody
 /// distrusts anybody; returns the passes until the replacement is over: no `ReplacingCa`
-/// progress, a bundle of one CA (not `old_bundle`'s), loaded by every node.
+/// progress, a bundle that is not `old_bundle`, every node's and the operator's certificate
+/// from the new CA, and every node holding the Secret's current files.
 async fn replace_ca_step_by_step(env: &Env, old_bundle: &str) -> usize {
     let pods = nodes(3);
     for pass in 1..=30 {
@@ -844,17 +852,25 @@ async fn replace_ca_step_by_step(env: &Env, old_bundle: &str) -> usize {
         env.kubelet_sync(pod);
         env.assert_mutual_trust(&format!("after pass {pass} and {pod}'s volume update"));
         let bundle = published_bundle(env);
-        let loaded_everywhere = env
-            .admin
-            .tls
-            .lock()
-            .unwrap()
-            .values()
-            .all(|files| files.bundle == bundle.as_bytes());
+        let new_ca = first_certificate(&bundle);
+        let loaded = env.admin.tls.lock().unwrap().clone();
+        let current_everywhere = loaded.iter().all(|(pod, files)| {
+            files.bundle == bundle.as_bytes()
+                && fixtures::trusts(new_ca.as_bytes(), &files.cert)
+                && {
+                    let store = env.store.lock().unwrap();
+                    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+                        store.get(&format!("{SECRETS}/events-tls")).unwrap().clone(),
+                    )
+                    .unwrap();
+                    secret.data.unwrap()[&format!("{pod}.crt")].0 == files.cert
+                }
+        });
+        let operator_from_new_ca = fixtures::trusts(new_ca.as_bytes(), &env.operator_files().1);
         if env.condition("Progressing").1 != "ReplacingCa"
-            && bundle.matches("BEGIN CERTIFICATE").count() == 1
             && bundle != old_bundle
-            && loaded_everywhere
+            && current_everywhere
+            && operator_from_new_ca
         {
             return pass;
         }
@@ -899,6 +915,17 @@ async fn the_operator_replaces_its_ca_without_a_moment_of_distrust() {
         env.admin.refused.lock().unwrap()
     );
     println!("the CA was replaced in {passes} passes");
+    // The old CA stays trusted until it ends (day 100), then leaves the bundle.
+    advance(&env, 11);
+    env.pass().await.0.unwrap();
+    for pod in nodes(3) {
+        env.kubelet_sync(&pod);
+    }
+    env.assert_mutual_trust("after the old CA ended");
+    assert_eq!(
+        published_bundle(&env).matches("BEGIN CERTIFICATE").count(),
+        1
+    );
 }
 
 #[tokio::test]

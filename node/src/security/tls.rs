@@ -290,8 +290,9 @@ impl ReloadableTlsConfig {
         }
         let server = Arc::new(load_server_config(&files, &self.config)?);
         log_certificate("TLS certificate reloaded", &files, &self.config);
-        self.files.send_replace(Arc::new(files.clone()));
-        *self.current.write() = (files, server);
+        // The server config first: what is reported as loaded is already in force.
+        *self.current.write() = (files.clone(), server);
+        self.files.send_replace(Arc::new(files));
         Ok(true)
     }
 

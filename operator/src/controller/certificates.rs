@@ -82,16 +82,20 @@ fn annotation_time(secret: &Option<Secret>, key: &str) -> Option<Timestamp> {
         .ok()
 }
 
-/// What each node reports it has loaded; a node that does not answer reports nothing, so
-/// the replacement waits for it.
+/// What each ready node reports it has loaded; a node that does not answer reports nothing,
+/// so the replacement waits for it.
 async fn loaded(
     ctx: &Context,
     view: &ClusterView<'_>,
     nodes: &[tls::Identity],
+    ready: &[String],
     credentials: Option<&Arc<ClientCredentials>>,
 ) -> Vec<LoadedTls> {
     let mut loaded = Vec::with_capacity(nodes.len());
-    for node in nodes {
+    for node in nodes
+        .iter()
+        .filter(|node| ready.contains(&node.common_name))
+    {
         let target = node_target(view, &node.common_name, credentials);
         match ctx.admin.cluster_status(&target).await {
             Ok(status) => loaded.push(LoadedTls {
@@ -111,11 +115,13 @@ async fn loaded(
 }
 
 /// Runs the part for the pods `0..node_count` (more than `spec.replicas` while a scale-down
-/// is still removing pods, so those keep valid certificates).
+/// is still removing pods, so those keep valid certificates). A CA replacement waits for the
+/// `ready` pods' reports (a pod that is not ready reads the Secret as it is when it starts).
 pub async fn reconcile(
     ctx: &Context,
     view: &ClusterView<'_>,
     node_count: u32,
+    ready: &[String],
     paused: bool,
     now: Timestamp,
 ) -> Result<CertificateReport, PartError> {
@@ -172,12 +178,13 @@ pub async fn reconcile(
         existing_nodes: data(&nodes_existing),
         existing_operator: data(&operator_existing),
         loaded: None,
+        running: Some(ready),
     };
     let mut pki = tls::plan(&request).map_err(PartError::Tls)?;
     if pki.rotation == Rotation::NeedsReports {
         // A CA replacement waits on what the nodes have loaded: ask each one.
         let credentials = credentials(data(&operator_existing));
-        let loaded = loaded(ctx, view, &nodes, credentials.as_ref()).await;
+        let loaded = loaded(ctx, view, &nodes, ready, credentials.as_ref()).await;
         request.loaded = Some(&loaded);
         pki = tls::plan(&request).map_err(PartError::Tls)?;
     }

@@ -557,8 +557,13 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
     let mut progress = Progress::default();
 
     // Certificates: always, since the nodes' peer listener is always mutual TLS.
+    let ready_pods: Vec<String> = pods
+        .iter()
+        .filter(|pod| pod.ready)
+        .map(|pod| pod.name.clone())
+        .collect();
     let (certificates, certificates_error) =
-        match certificates::reconcile(ctx, &view, node_count, paused, now).await {
+        match certificates::reconcile(ctx, &view, node_count, &ready_pods, paused, now).await {
             Ok(report) => (Some(report), None),
             Err(error) => {
                 let message = error.to_string();
@@ -598,6 +603,20 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
     let credentials = certificates
         .as_ref()
         .and_then(|report| report.credentials.clone());
+    if let Some(Rotation::Forced { nodes }) = certificates.as_ref().map(|report| &report.rotation) {
+        publish(
+            ctx,
+            &cluster,
+            EventType::Warning,
+            "CaReplacementForced",
+            format!(
+                "the outgoing CA ends within half of renewBefore: certificates from the new CA \
+                 went out before {} reported the bundle that trusts it",
+                nodes.join(", ")
+            ),
+        )
+        .await;
+    }
     let replacing_ca = certificates
         .as_ref()
         .and_then(|report| match &report.rotation {
@@ -606,8 +625,9 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
                 "replacing the CA: waiting for {} to load the bundle that trusts both CAs",
                 nodes.join(", ")
             )),
-            Rotation::AwaitingCertificates { nodes } => Some(format!(
-                "replacing the CA: waiting for {} to load certificates from the new CA",
+            Rotation::Forced { nodes } => Some(format!(
+                "replacing the CA: the old CA ends soon, so certificates from the new one went \
+                 out before {} loaded the bundle that trusts it",
                 nodes.join(", ")
             )),
             Rotation::NeedsReports => {
@@ -926,7 +946,14 @@ async fn reconcile_cluster(original: &LogCluster, ctx: &Context) -> Result<Actio
         });
     }
     ctx.clear_failures(&key);
-    Ok(Action::requeue(if progress.reason.is_some() {
+    // Status writes start no pass, so a cluster that is not Ready (no leader yet, a member
+    // out of sync) is looked at again soon, not at the steady interval.
+    let settled = new_status.leader.is_some()
+        && new_status
+            .members
+            .iter()
+            .all(|member| member.in_sync != Some(false));
+    Ok(Action::requeue(if progress.reason.is_some() || !settled {
         PROGRESS_REQUEUE
     } else {
         STEADY_REQUEUE
@@ -1166,6 +1193,8 @@ pub fn clusters_naming<K: Resource>(
 /// `None`), their children, and their pods (whose readiness moves rolls and scale-ups on).
 pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, stop: CancellationToken) {
     let client = ctx.client.clone();
+    let metrics = Arc::clone(&ctx.metrics);
+    let stop_metrics = Arc::clone(&ctx.metrics);
     fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -1233,13 +1262,26 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<&str>, stop: CancellationT
         })
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
-                Err(err) => tracing::debug!(error = %err, "reconcile did not complete"),
+        .for_each(|result| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(cluster = %object, "reconciled"),
+                    // A deleted cluster's requeue finds nothing: its series go with it.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                        metrics.report_lags(
+                            object.namespace.as_deref().unwrap_or_default(),
+                            &object.name,
+                            &[],
+                        );
+                    }
+                    Err(err) => tracing::debug!(error = %err, "reconcile did not complete"),
+                }
             }
         })
         .await;
+    // Another replica takes over: this one exports no cluster's lag any more.
+    stop_metrics.member_lag.clear();
 }
 
 #[cfg(test)]

@@ -21,9 +21,11 @@ pub const OPERATOR_POD_LABELS: [(&str, &str); 2] = [
     ("app.kubernetes.io/component", "operator"),
 ];
 
-fn port(number: i32, protocol: &str) -> NetworkPolicyPort {
+/// A container port by its name: a name resolves on each pod, so pods rolling from one port
+/// number to another are all covered while the roll lasts.
+fn port(name: &str, protocol: &str) -> NetworkPolicyPort {
     NetworkPolicyPort {
-        port: Some(IntOrString::Int(number)),
+        port: Some(IntOrString::String(name.to_owned())),
         protocol: Some(protocol.to_owned()),
         ..NetworkPolicyPort::default()
     }
@@ -38,7 +40,6 @@ fn selector(labels: BTreeMap<String, String>) -> Option<LabelSelector> {
 
 /// `NAME-peers`: see the module documentation.
 pub fn network_policy(view: &ClusterView<'_>) -> Result<NetworkPolicy, SpecError> {
-    let ports = &view.spec().ports;
     let own_pods = NetworkPolicyPeer {
         pod_selector: selector(view.selector_labels()),
         ..NetworkPolicyPeer::default()
@@ -70,19 +71,19 @@ pub fn network_policy(view: &ClusterView<'_>) -> Result<NetworkPolicy, SpecError
                 NetworkPolicyIngressRule {
                     from: Some(vec![own_pods]),
                     ports: Some(vec![
-                        port(ports.peer, "TCP"),
-                        port(ports.gossip, "TCP"),
-                        port(ports.gossip, "UDP"),
+                        port("peer", "TCP"),
+                        port("gossip-tcp", "TCP"),
+                        port("gossip-udp", "UDP"),
                     ]),
                 },
                 NetworkPolicyIngressRule {
                     from: Some(vec![operator]),
-                    ports: Some(vec![port(ports.peer, "TCP")]),
+                    ports: Some(vec![port("peer", "TCP")]),
                 },
                 // Clients and Prometheus, from anywhere.
                 NetworkPolicyIngressRule {
                     from: None,
-                    ports: Some(vec![port(ports.rpc, "TCP"), port(ports.metrics, "TCP")]),
+                    ports: Some(vec![port("rpc", "TCP"), port("metrics", "TCP")]),
                 },
             ]),
             ..NetworkPolicySpec::default()
@@ -101,26 +102,48 @@ mod tests {
         let policy = network_policy(&view(&cluster)).unwrap();
         let spec = policy.spec.unwrap();
         let rules = spec.ingress.unwrap();
-        let ports = |rule: &NetworkPolicyIngressRule| -> Vec<(i32, String)> {
+        let ports = |rule: &NetworkPolicyIngressRule| -> Vec<(String, String)> {
             rule.ports
                 .iter()
                 .flatten()
                 .map(|port| match (&port.port, &port.protocol) {
-                    (Some(IntOrString::Int(number)), Some(protocol)) => (*number, protocol.clone()),
+                    (Some(IntOrString::String(name)), Some(protocol)) => {
+                        (name.clone(), protocol.clone())
+                    }
                     other => panic!("{other:?}"),
                 })
                 .collect()
         };
-        let peer = cluster.spec.ports.peer;
         let open: Vec<&NetworkPolicyIngressRule> =
             rules.iter().filter(|rule| rule.from.is_none()).collect();
         assert_eq!(open.len(), 1);
-        assert!(!ports(open[0]).iter().any(|(number, _)| *number == peer));
         assert!(
             !ports(open[0])
                 .iter()
-                .any(|(number, _)| *number == cluster.spec.ports.gossip)
+                .any(|(name, _)| name.starts_with("peer"))
         );
+        assert!(
+            !ports(open[0])
+                .iter()
+                .any(|(name, _)| name.starts_with("gossip"))
+        );
+        // Every name is a port of the node container.
+        let statefulset = crate::resources::stateful_set(&view(&cluster), "hash").unwrap();
+        let container_ports: Vec<String> =
+            statefulset.spec.unwrap().template.spec.unwrap().containers[0]
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|port| port.name.clone())
+                .collect();
+        for rule in &rules {
+            for (name, _) in ports(rule) {
+                assert!(
+                    container_ports.contains(&name),
+                    "{name} is not in {container_ports:?}"
+                );
+            }
+        }
         for rule in rules.iter().filter(|rule| rule.from.is_some()) {
             for from in rule.from.iter().flatten() {
                 let labels = from

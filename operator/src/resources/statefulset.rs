@@ -206,7 +206,7 @@ fn node_container(view: &ClusterView<'_>, mounts: Vec<VolumeMount>) -> Container
         ),
         value_env(
             "PROGLOG_GOSSIP_ADVERTISE_ADDR",
-            format!("[$(POD_IP)]:{}", ports.gossip),
+            format!("$(POD_IP):{}", ports.gossip),
         ),
     ];
     let cert = format!("{TLS_MOUNT}/$(PROGLOG_ID).crt");
@@ -528,7 +528,7 @@ mod tests {
         );
         assert_eq!(
             env["PROGLOG_GOSSIP_ADVERTISE_ADDR"].value.as_deref(),
-            Some("[$(POD_IP)]:8401")
+            Some("$(POD_IP):8401")
         );
         // $(VAR) only expands variables defined earlier in the list.
         let order: Vec<_> = container
