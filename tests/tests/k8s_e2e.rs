@@ -158,18 +158,10 @@ const CLIENT_POD: &str = "e2e-client";
 /// One lab at a time: the tests of this file take the same addresses and names.
 static LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The TLS and ACL `LogCluster` of the first test, with its user policy ConfigMap.
 fn log_cluster_input() -> String {
     format!(
-        "apiVersion: proglog.dev/v1alpha1
-kind: LogCluster
-metadata:
-  name: {CLUSTER}
-  namespace: {NAMESPACE}
-spec:
-  replicas: {REPLICAS}
-  log:
-    segmentBytes: {SEGMENT_BYTES}
-  tls:
+        "{}  tls:
     enabled: true
     issuer: {{kind: Operator}}
     certValidity: {CERT_VALIDITY_SECS}s
@@ -187,7 +179,8 @@ data:
   policy.csv: |
     p, {APP_SUBJECT}, *, produce
     p, {APP_SUBJECT}, *, consume
-"
+",
+        plaintext_input()
     )
 }
 
@@ -1187,7 +1180,8 @@ async fn rendered_cluster_runs_replicates_and_rolls_its_certificates() {
     drop(cluster);
 }
 
-/// A plaintext LogCluster: no TLS for clients, no ACL.
+/// The LogCluster both tests start from: plaintext for clients and no ACL, as the second test
+/// runs it; the first adds TLS and an ACL.
 fn plaintext_input() -> String {
     format!(
         "apiVersion: proglog.dev/v1alpha1
