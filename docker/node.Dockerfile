@@ -8,8 +8,12 @@
 # variables (every node flag reads one). The tag the operator uses by default is the
 # workspace version (Cargo.toml).
 
+# The base images are build arguments (CI passes local stand-ins built from Debian packages,
+# see .ci/images.sh); the defaults are the public images.
 ARG RUST_VERSION=1.95
-FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+ARG BUILDER_IMAGE=docker.io/library/rust:${RUST_VERSION}-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # Debug info is stripped (the workspace's release profile keeps it for profiling); symbol
@@ -23,7 +27,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && chown -R 65532:65532 /out/proglog
 
 # glibc from Debian 12, like the build image; no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="proglog-node" \
       org.opencontainers.image.description="proglog: a replicated commit log node and its CLI" \
       org.opencontainers.image.source="https://github.com/proglog/proglog" \

@@ -6,8 +6,12 @@
 # The chart runs it with `run` as user 65532 with a read-only root file system; settings
 # come as flags or PROGLOG_OPERATOR_* variables. `render -f FILE` works in it too.
 
+# The base images are build arguments (CI passes local stand-ins built from Debian packages,
+# see .ci/images.sh); the defaults are the public images.
 ARG RUST_VERSION=1.95
-FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+ARG BUILDER_IMAGE=docker.io/library/rust:${RUST_VERSION}-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src
 COPY . .
 ENV CARGO_PROFILE_RELEASE_STRIP=debuginfo
@@ -17,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && mkdir -p /out \
  && cp target/release/proglog-operator /out/
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="proglog-operator" \
       org.opencontainers.image.description="proglog: the Kubernetes operator of LogCluster resources" \
       org.opencontainers.image.source="https://github.com/proglog/proglog" \
