@@ -208,4 +208,27 @@ mod tests {
         assert!(text.contains("proglog_operator_reconcile_errors_total{kind=\"server\"} 1"));
         assert_eq!(metrics.errors_of("server"), 1);
     }
+
+    #[test]
+    fn member_lag_series_follow_the_members_and_go_with_the_cluster() {
+        let metrics = Metrics::new();
+        let lags = |members: &[(&str, u64)]| -> Vec<(String, u64)> {
+            members
+                .iter()
+                .map(|(member, lag)| ((*member).to_owned(), *lag))
+                .collect()
+        };
+        metrics.report_lags("prod", "events", &lags(&[("events-0", 0), ("events-1", 7)]));
+        metrics.report_lags("prod", "other", &lags(&[("other-0", 0)]));
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("member=\"events-1\"} 7"), "{text}");
+        metrics.report_lags("prod", "events", &lags(&[("events-0", 0)]));
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("events-1"), "{text}");
+        // A deleted cluster reports nothing: its series go, the other cluster's stay.
+        metrics.report_lags("prod", "events", &[]);
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("cluster=\"events\""), "{text}");
+        assert!(text.contains("member=\"other-0\"} 0"), "{text}");
+    }
 }

@@ -423,21 +423,25 @@ struct Stage {
     rotation: Rotation,
 }
 
+/// Whether the CA whose SubjectPublicKeyInfo (DER) is `ca_key` signed `cert`.
+fn signed_by(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    ca_key: &[u8],
+) -> Result<bool, String> {
+    use x509_parser::prelude::FromDer;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(ca_key)
+        .map_err(|err| format!("CA key: {err}"))?;
+    Ok(cert.verify_signature(Some(&spki)).is_ok())
+}
+
 /// Whether a certificate stored under `key` in `data` was not signed by `ca` (or is absent or
 /// unreadable: it will be issued from the CA anyway).
 fn not_from(data: Option<&SecretData>, key: &str, ca: &Ca) -> bool {
     let Some(cert) = data.and_then(|data| data.get(key)) else {
         return false;
     };
-    let ca_key = ca.public_key.clone();
-    parse(&cert.0, move |cert| {
-        let (_, spki) =
-            <x509_parser::x509::SubjectPublicKeyInfo<'_> as x509_parser::prelude::FromDer<
-                '_,
-                _,
-            >>::from_der(&ca_key)
-            .map_err(|err| err.to_string())?;
-        Ok(cert.verify_signature(Some(&spki)).is_err())
+    parse(&cert.0, |cert| {
+        signed_by(cert, &ca.public_key).map(|signed| !signed)
     })
     .unwrap_or(false)
 }
@@ -932,15 +936,8 @@ fn check_leaf(
     now: i64,
     renew_before: i64,
 ) -> Result<i64, IssueReason> {
-    let ca_key = ca.public_key.clone();
-    let facts = parse(cert_pem, move |cert| {
-        let (_, ca_spki) =
-                <x509_parser::x509::SubjectPublicKeyInfo<'_> as x509_parser::prelude::FromDer<
-                    '_,
-                    _,
-                >>::from_der(&ca_key)
-                .map_err(|err| format!("CA key: {err}"))?;
-        let signed_by_ca = cert.verify_signature(Some(&ca_spki)).is_ok();
+    let facts = parse(cert_pem, |cert| {
+        let signed_by_ca = signed_by(cert, &ca.public_key)?;
         Ok(LeafFacts {
             not_after: not_after(cert),
             names: names_of(cert)?,
@@ -1513,12 +1510,7 @@ mod tests {
             let pki = plan(&request).unwrap_or_else(|err| panic!("{err}\n{key}"));
             let leaf = &pki.nodes_secret["events-0.crt"].0;
             let ca_key = load_ca(cert.as_bytes(), key.as_bytes()).unwrap().public_key;
-            let signed = parse(leaf, move |leaf| {
-                let (_, spki) = <x509_parser::x509::SubjectPublicKeyInfo<'_> as x509_parser::prelude::FromDer<'_, _>>::from_der(&ca_key)
-                    .map_err(|err| err.to_string())?;
-                Ok(leaf.verify_signature(Some(&spki)).is_ok())
-            })
-            .unwrap();
+            let signed = parse(leaf, |leaf| signed_by(leaf, &ca_key)).unwrap();
             assert!(signed, "a node certificate not signed by the user CA");
         }
         // Something else is refused, naming what is accepted.
