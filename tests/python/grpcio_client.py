@@ -8,6 +8,11 @@ answer. On success it prints one JSON line, {"produced": [{"offset": ..., "value
 ...}, ...]} (values as UTF-8 text), so the caller can read the same records back with another
 client, and exits 0. On failure it prints what was wrong to stderr and exits non-zero.
 
+With `--read-all HOST:PORT` it only reads: unary Consume from offset 0, each call at the offset
+after the record before (a read at a control record's offset answers with the next data
+record), until OUT_OF_RANGE, and prints {"records": [{"offset": ..., "value": ..., "type": ...},
+...]}.
+
 It also lists the node's services through gRPC reflection with grpcio-reflection (which
 speaks `grpc.reflection.v1alpha`) and checks that `log.v1.Log` is among them.
 
@@ -184,15 +189,51 @@ def run(addr, log_pb2, log_pb2_grpc):
     return produced
 
 
+def read_all(addr, log_pb2, log_pb2_grpc):
+    """Every record from offset 0 to the end, by unary Consume, as a proglog client reads."""
+    records = []
+    offset = 0
+    with grpc.insecure_channel(addr) as channel:
+        grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT)
+        stub = log_pb2_grpc.LogStub(channel)
+        while True:
+            try:
+                response = stub.Consume(
+                    log_pb2.ConsumeRequest(offset=offset), timeout=CALL_TIMEOUT
+                )
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    return records
+                raise
+            record = response.record
+            check(
+                record.offset >= offset,
+                f"Consume({offset}) answered with the earlier offset {record.offset}",
+            )
+            records.append(
+                {
+                    "offset": record.offset,
+                    "value": record.value.decode(errors="replace"),
+                    "type": record.type,
+                }
+            )
+            offset = record.offset + 1
+
+
 def main():
-    if len(sys.argv) != 2:
-        print("usage: grpcio_client.py HOST:PORT", file=sys.stderr)
+    args = sys.argv[1:]
+    mode = run
+    if args[:1] == ["--read-all"]:
+        mode = read_all
+        args = args[1:]
+    if len(args) != 1:
+        print("usage: grpcio_client.py [--read-all] HOST:PORT", file=sys.stderr)
         return 2
-    addr = sys.argv[1]
+    addr = args[0]
     with tempfile.TemporaryDirectory(prefix="proglog-py-stubs-") as out_dir:
         try:
             log_pb2, log_pb2_grpc = generate_stubs(out_dir)
-            produced = run(addr, log_pb2, log_pb2_grpc)
+            result = mode(addr, log_pb2, log_pb2_grpc)
         except CheckFailed as err:
             print(f"grpcio_client.py: check failed against {addr}: {err}", file=sys.stderr)
             return 1
@@ -205,7 +246,8 @@ def main():
         except grpc.FutureTimeoutError:
             print(f"grpcio_client.py: cannot connect to {addr}", file=sys.stderr)
             return 1
-    print(json.dumps({"produced": produced}))
+    key = "records" if mode is read_all else "produced"
+    print(json.dumps({key: result}))
     return 0
 
 

@@ -24,6 +24,7 @@
 //!   groups.
 //! - `node_process`: a real `proglog-node` process on port 0 with a temporary data directory
 //!   (start, connect, SIGTERM, restart, kill on drop), for the tests that talk to it over gRPC.
+//! - `python`: the Python gRPC interop script and the pinned virtual environment it runs in.
 //! - `loopback`: a cluster of such processes on fixed loopback ports, and the calls the cluster
 //!   tests make to it (status, produce, consume, voter changes, metrics).
 
@@ -36,4 +37,5 @@ pub mod pod_spec;
 pub mod pod_volumes;
 pub mod pods;
 pub mod ports;
+pub mod python;
 pub mod tls_probe;

@@ -176,14 +176,32 @@ pub async fn consume_at(client: &mut LogClient<tonic::transport::Channel>, offse
         .unwrap()
 }
 
-/// Every record below the node's high watermark, by offset.
+/// Every record a producer wrote below the node's high watermark, by offset, read as a client
+/// reads: each `Consume` at the offset after the record before (reads move past control
+/// records), until the end.
 pub async fn committed_records(node: &NodeProcess) -> BTreeMap<u64, Record> {
     let high_watermark = status(node).await.unwrap().high_watermark;
     let mut client = LogClient::new(node.channel().await.unwrap());
     let mut records = BTreeMap::new();
-    for offset in 0..high_watermark {
-        let record = consume_at(&mut client, offset).await;
-        records.insert(offset, record);
+    let mut offset = 0;
+    while offset < high_watermark {
+        let request = ConsumeRequest {
+            offset,
+            ..Default::default()
+        };
+        let record = match client.consume(request).await {
+            Ok(response) => response.into_inner().record.unwrap(),
+            // Only control records from here to the end.
+            Err(status) if status.code() == tonic::Code::OutOfRange => break,
+            Err(status) => panic!("consume of {offset} from {}: {status}", node.id()),
+        };
+        assert!(
+            record.offset >= offset && !CONTROL_TYPES.contains(&record.r#type),
+            "{record:?} answers a read of {offset} on {}",
+            node.id()
+        );
+        offset = record.offset + 1;
+        records.insert(record.offset, record);
     }
     records
 }

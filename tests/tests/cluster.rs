@@ -11,21 +11,24 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::{
-    Acks, ClusterStatusRequest, ProduceRequest, Record, TransferLeadershipRequest,
+    Acks, ClusterStatusRequest, ConsumeRequest, GetOffsetsRequest, ProduceRequest, Record,
+    TransferLeadershipRequest,
 };
 use proglog_tests::loopback::{
-    CONTROL_TYPES, IDS, change_voters, committed_records, consume_at, leader_counts_as_voter,
-    metrics, node_options, offsets, plan_ports, produce, start_cluster, start_cluster_of, status,
+    IDS, change_voters, committed_records, consume_at, leader_counts_as_voter, metrics,
+    node_options, offsets, plan_ports, produce, start_cluster, start_cluster_of, status,
     wait_for_high_watermark, wait_for_leader, wait_until, wipe_and_restart,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
 use proglog_tests::ports::free_port;
+use proglog_tests::python::run_grpcio_client;
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,21 +90,22 @@ async fn a_killed_leader_is_replaced_and_no_acknowledged_record_is_lost() {
             );
         }
     }
-    let shortest = logs.iter().map(BTreeMap::len).min().unwrap() as u64;
-    for offset in 0..shortest {
-        let first = &logs[0][&offset];
-        for log in &logs[1..] {
-            assert_eq!(
-                log[&offset], *first,
-                "replicas disagree at committed offset {offset}"
-            );
-        }
+    // Below the lowest high watermark, every node holds the same records.
+    let common = [&nodes[0], &nodes[1], &nodes[2]];
+    let mut lowest = u64::MAX;
+    for node in common {
+        lowest = lowest.min(status(node).await.unwrap().high_watermark);
+    }
+    for (index, log) in logs.iter().enumerate().skip(1) {
+        assert!(
+            log.range(..lowest).eq(logs[0].range(..lowest)),
+            "{} and {} disagree on the committed records below {lowest}",
+            IDS[0],
+            IDS[index]
+        );
     }
     let mut seen = HashSet::new();
     for record in logs[0].values() {
-        if CONTROL_TYPES.contains(&record.r#type) {
-            continue;
-        }
         let value = String::from_utf8(record.value.to_vec()).unwrap();
         assert!(
             attempted.contains(&value),
@@ -663,4 +667,216 @@ async fn a_voter_that_lost_its_data_is_an_observer_until_added_again() {
         consume_at(&mut on_wiped, after).await.value,
         "while it is an observer".as_bytes()
     );
+}
+
+/// Clients see only what producers wrote. A unary `Consume` at an offset that holds a control
+/// record answers with the first data record after it, or `OUT_OF_RANGE` naming the next offset
+/// when none follows yet. A client reading every record from 0 by unary `Consume` after a
+/// failover and a voter change (proglog's Rust test client, and Python's grpcio) gets the
+/// producers' records and nothing else, through every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_control_records_answer_with_the_next_data_record() {
+    let mut nodes = start_cluster().await;
+    let all = [0, 1, 2];
+    let leader = wait_for_leader(&nodes, &all).await;
+    let first = produce(&nodes[leader], "first").await.unwrap();
+    assert!(
+        first > 0,
+        "the log starts with the cluster's control records"
+    );
+    wait_for_high_watermark(&nodes, first + 1).await;
+    for node in &nodes {
+        let mut client = LogClient::new(node.channel().await.unwrap());
+        let record = consume_at(&mut client, 0).await;
+        assert_eq!(
+            (record.offset, record.value.as_ref()),
+            (first, "first".as_bytes()),
+            "Consume(0) through {}",
+            node.id()
+        );
+    }
+
+    // A leadership change leaves a control record at the end of the log.
+    let epoch = status(&nodes[leader]).await.unwrap().epoch;
+    AdminClient::new(nodes[leader].channel().await.unwrap())
+        .transfer_leadership(TransferLeadershipRequest {})
+        .await
+        .unwrap();
+    wait_until("a leader of a later epoch", || async {
+        let mut led = false;
+        for node in &nodes {
+            led |= status(node)
+                .await
+                .is_some_and(|status| status.role == "leader" && status.epoch > epoch);
+        }
+        led
+    })
+    .await;
+    let new_leader = wait_for_leader(&nodes, &all).await;
+    let (_, end) = offsets(&nodes[new_leader]).await;
+    assert!(
+        end > first + 1,
+        "no control record after {first}: end {end}"
+    );
+    wait_for_high_watermark(&nodes, end).await;
+    for node in &nodes {
+        let mut client = LogClient::new(node.channel().await.unwrap());
+        let status = client
+            .consume(ConsumeRequest {
+                offset: first + 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert!(
+            status.message().contains(&format!("offset {end}")),
+            "through {}: {status:?}",
+            node.id()
+        );
+    }
+
+    // A voter set change leaves another; then a second record.
+    change_voters(&nodes, &all, false, IDS[2]).await;
+    change_voters(&nodes, &all, true, IDS[2]).await;
+    let leader = wait_for_leader(&nodes, &all).await;
+    let second = produce(&nodes[leader], "second").await.unwrap();
+    wait_for_high_watermark(&nodes, second + 1).await;
+    for node in &nodes {
+        let data: Vec<(u64, Vec<u8>)> = committed_records(node)
+            .await
+            .into_values()
+            .map(|record| (record.offset, record.value.to_vec()))
+            .collect();
+        assert_eq!(
+            data,
+            [(first, b"first".to_vec()), (second, b"second".to_vec())],
+            "through {}",
+            node.id()
+        );
+        let report = run_grpcio_client(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &["--read-all".to_owned(), node.rpc_addr().to_string()],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let read: Vec<(u64, String, u64)> = report["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|record| {
+                (
+                    record["offset"].as_u64().unwrap(),
+                    record["value"].as_str().unwrap().to_owned(),
+                    record["type"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            read,
+            [
+                (first, "first".to_owned(), 0),
+                (second, "second".to_owned(), 0)
+            ],
+            "Python's grpcio through {}",
+            node.id()
+        );
+    }
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
+}
+
+/// Read your writes through any node: once a produce is acknowledged with offset N, the end of
+/// the log that any node answers (`GetOffsets`) is past N and a read of N there returns it,
+/// though followers learn the leader's high watermark only with their next fetch. The CLI's
+/// `produce` then `consume --from 0`, through each node, shows every acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_through_any_node_see_every_acknowledged_write() {
+    let mut nodes = start_cluster().await;
+    let all = [0, 1, 2];
+    let leader = wait_for_leader(&nodes, &all).await;
+    let mut producer = LogClient::new(nodes[leader].channel().await.unwrap());
+    let mut readers = Vec::new();
+    for node in &nodes {
+        readers.push(LogClient::new(node.channel().await.unwrap()));
+    }
+    for round in 0..30 {
+        let value = format!("write-{round}");
+        let offset = producer
+            .produce(ProduceRequest {
+                record: Some(Record {
+                    value: value.clone().into_bytes().into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .offset;
+        // Each round asks a different node first, so followers are asked at once too.
+        for step in 0..3 {
+            let index = (round + step) % 3;
+            let reader = &mut readers[index];
+            let end = reader
+                .get_offsets(GetOffsetsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .end_offset;
+            assert!(
+                end > offset,
+                "round {round}: {} says the log ends at {end}, before the acknowledged {offset}",
+                IDS[index]
+            );
+        }
+        let index = (round + 1) % 3;
+        let record = consume_at(&mut readers[index], offset).await;
+        assert_eq!(
+            record.value,
+            value.as_bytes(),
+            "round {round} on {}",
+            IDS[index]
+        );
+    }
+
+    let cli = proglog_tests::node_process::node_binary()
+        .unwrap()
+        .with_file_name("proglog");
+    let mut acknowledged = Vec::new();
+    for round in 0..6 {
+        let through = &nodes[round % 3];
+        let value = format!("cli-{round}");
+        let output = tokio::process::Command::new(&cli)
+            .arg("--addr")
+            .arg(through.rpc_addr().to_string())
+            .args(["produce", &value])
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        acknowledged.push(value);
+        for node in &nodes {
+            let output = tokio::process::Command::new(&cli)
+                .arg("--addr")
+                .arg(node.rpc_addr().to_string())
+                .args(["consume", "--from", "0"])
+                .kill_on_drop(true)
+                .output()
+                .await
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            let values: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| line.split_once('\t').map(|(_, value)| value.to_owned()))
+                .filter(|value| value.starts_with("cli-"))
+                .collect();
+            assert_eq!(values, acknowledged, "consume through {}", node.id());
+        }
+    }
+    for node in &mut nodes {
+        node.terminate().await.unwrap();
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +21,7 @@ use proglog_proto::log::v1::{
     Record,
 };
 use proglog_tests::node_process::{NodeOptions, NodeProcess};
+use proglog_tests::python::run_grpcio_client;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -883,97 +884,15 @@ async fn small_segments_within_the_documented_range_start() -> anyhow::Result<()
     Ok(())
 }
 
-/// The workspace root, where `tests/python/grpcio_client.py` lives.
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The Python packages of the interop script, pinned.
-const PYTHON_REQUIREMENTS: &str =
-    "grpcio==1.85.1\ngrpcio-tools==1.85.1\ngrpcio-reflection==1.85.1\n";
-
-/// A virtual environment under `target/` holding [`PYTHON_REQUIREMENTS`], made on first use
-/// (from PyPI) and kept while the pins stay the same, so the test needs Python 3 and nothing
-/// installed beforehand. Returns its interpreter.
-fn python_env() -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-interop");
-    let python = dir.join("bin").join("python3");
-    let installed = dir.join("installed.txt");
-    if python.exists()
-        && std::fs::read_to_string(&installed).ok().as_deref() == Some(PYTHON_REQUIREMENTS)
-    {
-        return Ok(python);
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
-    }
-    let run = |command: &mut std::process::Command, what: &str| -> anyhow::Result<()> {
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("{what} (is Python 3 with venv installed?)"))?;
-        ensure!(
-            output.status.success(),
-            "{what} failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    };
-    run(
-        std::process::Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&dir),
-        "python3 -m venv",
-    )?;
-    let requirements = dir.join("requirements.txt");
-    std::fs::write(&requirements, PYTHON_REQUIREMENTS)?;
-    run(
-        std::process::Command::new(dir.join("bin").join("pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(&requirements),
-        "pip install of the interop script's packages",
-    )?;
-    std::fs::write(&installed, PYTHON_REQUIREMENTS)?;
-    Ok(python)
-}
-
 #[tokio::test]
 async fn python_grpcio_client_interoperates() -> anyhow::Result<()> {
-    let python = tokio::time::timeout(
-        Duration::from_secs(600),
-        tokio::task::spawn_blocking(python_env),
-    )
-    .await
-    .context("setting up the Python environment took longer than 10 minutes")???;
     let node = NodeProcess::start_default().await?;
-    let root = workspace_root();
-    let mut command = std::process::Command::new(python);
-    command
-        .arg(root.join("tests/python/grpcio_client.py"))
-        .arg(node.rpc_addr().to_string())
-        .current_dir(&root)
-        .stdin(Stdio::null());
-    // Every call of the script has its own 10 s timeout, so it ends by itself; the deadline
-    // here only bounds how long this test waits for it.
-    let output = tokio::time::timeout(
+    let report = run_grpcio_client(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &[node.rpc_addr().to_string()],
         Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || command.output()),
     )
-    .await
-    .context("the Python client took longer than 60 s")??
-    .context("run python3 (is Python 3 installed?)")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the Python client failed ({}):\n{stderr}\n{stdout}",
-        output.status
-    );
-
-    let report: serde_json::Value = serde_json::from_str(stdout.trim())
-        .with_context(|| format!("the Python client printed no JSON report: {stdout}"))?;
+    .await?;
     let produced = report["produced"]
         .as_array()
         .context("the report has no `produced` list")?;

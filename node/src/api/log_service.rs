@@ -129,6 +129,56 @@ impl LogService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    /// The end of the log as this node serves it, once it holds every record acknowledged
+    /// before the call (read your writes through any node). A follower asks the leader for its
+    /// high watermark (`ReadIndex`, as an etcd follower asks for a read index) and waits until
+    /// its own visible end reaches it, for at most [`READ_INDEX_WAIT`]; the leader answers at
+    /// once. Only questions about the end pay this: a read below the visible end needs no
+    /// confirmation.
+    async fn confirmed_end(&self) -> Result<u64, Status> {
+        let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT;
+        let Some(leader) = self.store.route_to_leader(false).await? else {
+            return Ok(self.store.visible_end());
+        };
+        let consensus = self.store.consensus();
+        let epoch = consensus.view().epoch;
+        let target = match self
+            .peers
+            .read_index(&leader, consensus.node_id(), epoch, deadline)
+            .await
+        {
+            Ok(answer) => answer.high_watermark,
+            // A leader of an earlier version: this node's own end is the best answer there is.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                return Ok(self.store.visible_end());
+            }
+            Err(status) => {
+                return Err(Status::unavailable(format!(
+                    "cannot confirm the end of the log with the leader {leader} ({}); retry",
+                    status.message()
+                )));
+            }
+        };
+        let mut visible = self.store.subscribe();
+        loop {
+            let end = *visible.borrow_and_update();
+            if end >= target {
+                return Ok(end);
+            }
+            match tokio::time::timeout_at(deadline, visible.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::unavailable("the node is shutting down")),
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "node {} is behind the leader {leader}: it serves offsets below {end}, \
+                         the leader has committed up to {target}; retry, or read from the leader",
+                        self.settings.id
+                    )));
+                }
+            }
+        }
+    }
+
     /// A client of the leader's `Log` service, to forward a produce there.
     fn leader_client(&self, leader: &str) -> Result<LogClient<Channel>, Status> {
         let channel = self.peers.channel_to(leader).map_err(|reason| {
@@ -141,6 +191,10 @@ impl LogService {
             .max_encoding_message_size(limit))
     }
 }
+
+/// How long a question about the log's end waits for this node to catch up with the leader's
+/// high watermark (followers learn it within a fetch round trip).
+const READ_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Marks a produce a follower forwarded to the leader, so it is never forwarded again.
 pub const FORWARDED_METADATA: &str = "proglog-forwarded-by";
@@ -255,7 +309,7 @@ impl LogApi for LogService {
     ) -> Result<Response<ProduceResponse>, Status> {
         let acks_leader = acks_leader(request.get_ref().acks)?;
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
-        if let Some(leader) = self.store.produce_route(forwarded).await? {
+        if let Some(leader) = self.store.route_to_leader(forwarded).await? {
             let mut client = self.leader_client(&leader)?;
             return client.produce(forwarded_request(request)).await;
         }
@@ -273,21 +327,49 @@ impl LogApi for LogService {
     ) -> Result<Response<ConsumeResponse>, Status> {
         let request = request.into_inner();
         let offset = start_offset(&self.store, &request).await?;
-        let (start, end) = (self.store.start_offset(), self.store.visible_end());
+        let mut end = self.store.visible_end();
+        if offset >= end {
+            end = self.confirmed_end().await?;
+        }
+        let start = self.store.start_offset();
         if offset < start || offset >= end {
             return Err(out_of_range(offset, start, end));
         }
-        let batches = self.store.read(offset, 0).await?;
-        let record = batches
-            .iter()
-            .flat_map(|batch| batch.records())
-            .find(|record| record.offset == offset)
-            .ok_or_else(|| {
-                Status::internal(format!("offset {offset} was not in the batch read for it"))
-            })?;
-        Ok(Response::new(ConsumeResponse {
-            record: Some(to_proto(record)),
-        }))
+        // The first record a producer wrote at or after `offset`: control records (leader
+        // changes, voter sets) are the log's own, and a read moves past them as a Kafka
+        // consumer's position does.
+        let mut next = offset;
+        while next < end {
+            let before = next;
+            for batch in self.store.read(next, 0).await? {
+                if batch.next_offset() <= next {
+                    continue;
+                }
+                if batch.is_control() {
+                    next = batch.next_offset();
+                    continue;
+                }
+                if let Some(record) = batch
+                    .records()
+                    .find(|record| record.offset >= next && record.offset < end)
+                {
+                    return Ok(Response::new(ConsumeResponse {
+                        record: Some(to_proto(record)),
+                    }));
+                }
+                next = end;
+                break;
+            }
+            if next == before {
+                return Err(Status::data_loss(format!(
+                    "the batch read for offset {next} holds no readable record at or after it"
+                )));
+            }
+        }
+        Err(Status::out_of_range(format!(
+            "offset {offset} holds the cluster's own control records and no record follows \
+             them yet; the next record will be at offset {end} or after"
+        )))
     }
 
     type ConsumeStreamStream = QueueStream<ConsumeResponse>;
@@ -298,7 +380,11 @@ impl LogApi for LogService {
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
         let request = request.into_inner();
         let mut next = start_offset(&self.store, &request).await?;
-        let (start, end) = (self.store.start_offset(), self.store.visible_end());
+        let mut end = self.store.visible_end();
+        if next > end {
+            end = self.confirmed_end().await?;
+        }
+        let start = self.store.start_offset();
         if next < start || next > end {
             let status = out_of_range(next, start, end);
             return Err(Status::out_of_range(format!(
@@ -440,7 +526,7 @@ impl LogApi for LogService {
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
-        if let Some(leader) = self.store.produce_route(forwarded).await? {
+        if let Some(leader) = self.store.route_to_leader(forwarded).await? {
             return self.forward_produce_stream(&leader, request).await;
         }
         let slot = self.budget.open()?;
@@ -545,7 +631,7 @@ impl LogApi for LogService {
     ) -> Result<Response<ProduceBatchResponse>, Status> {
         let acks_leader = acks_leader(request.get_ref().acks)?;
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
-        if let Some(leader) = self.store.produce_route(forwarded).await? {
+        if let Some(leader) = self.store.route_to_leader(forwarded).await? {
             let mut client = self.leader_client(&leader)?;
             return client.produce_batch(forwarded_request(request)).await;
         }
@@ -571,9 +657,10 @@ impl LogApi for LogService {
         &self,
         _request: Request<GetOffsetsRequest>,
     ) -> Result<Response<GetOffsetsResponse>, Status> {
+        let end_offset = self.confirmed_end().await?;
         Ok(Response::new(GetOffsetsResponse {
             start_offset: self.store.start_offset(),
-            end_offset: self.store.visible_end(),
+            end_offset,
         }))
     }
 }

@@ -39,12 +39,8 @@ impl PeerService {
         }
     }
 
-    async fn handle(
-        &self,
-        identity: Option<PeerIdentity>,
-        from: String,
-        message: Message,
-    ) -> Result<Option<Message>, Status> {
+    /// Refuses a call from anyone but the cluster member `from` says it is.
+    fn check_caller(&self, identity: Option<&PeerIdentity>, from: &str) -> Result<(), Status> {
         if from.is_empty() {
             return Err(Status::invalid_argument(
                 "the sender's node id is empty; peers must say who they are",
@@ -52,7 +48,7 @@ impl PeerService {
         }
         // With mutual TLS a peer is who its certificate says: a member of this cluster (a
         // voter, or a member discovery knows), whatever the ACL says, and only for itself.
-        if let Some(identity) = identity.as_ref().filter(|id| id.certificates().is_some()) {
+        if let Some(identity) = identity.filter(|id| id.certificates().is_some()) {
             let Some(name) = identity.common_name() else {
                 return Err(Status::unauthenticated(
                     "the client certificate has no common name: peers are named by it",
@@ -71,6 +67,16 @@ impl PeerService {
                 )));
             }
         }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        identity: Option<PeerIdentity>,
+        from: String,
+        message: Message,
+    ) -> Result<Option<Message>, Status> {
+        self.check_caller(identity.as_ref(), &from)?;
         self.consensus
             .handle(from, message)
             .await
@@ -87,6 +93,27 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    async fn read_index(
+        &self,
+        request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
+        let request = request.into_inner();
+        self.check_caller(identity.as_ref(), &request.replica_id)?;
+        let view = self.consensus.view();
+        match view.leader_epoch {
+            Some(epoch) => Ok(Response::new(pb::ReadIndexResponse {
+                epoch,
+                high_watermark: view.high_watermark,
+            })),
+            None => Err(Status::failed_precondition(format!(
+                "node {} does not lead (epoch {} asked); ask the leader",
+                self.consensus.node_id(),
+                request.epoch
+            ))),
+        }
+    }
+
     async fn vote(
         &self,
         request: Request<pb::VoteRequest>,
@@ -433,6 +460,43 @@ impl GrpcPeerTransport {
             .rpc_addr(to)
             .ok_or_else(|| format!("no address known for node {to} yet"))?;
         self.rpc.lock().to(to, addr)
+    }
+
+    /// Asks node `leader` for its high watermark (see the `ReadIndex` call), as node `from`
+    /// believing it leads `epoch`, until `deadline`.
+    pub async fn read_index(
+        &self,
+        leader: &str,
+        from: &str,
+        epoch: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<pb::ReadIndexResponse, Status> {
+        let (channel, fallback) = self
+            .peer_channels(leader)
+            .map_err(|reason| Status::unavailable(format!("cannot reach {leader}: {reason}")))?;
+        let request = pb::ReadIndexRequest {
+            replica_id: from.to_owned(),
+            epoch,
+        };
+        let ask = |channel: Channel| {
+            let request = request.clone();
+            async move {
+                let mut client = PeerClient::new(channel);
+                match tokio::time::timeout_at(deadline, client.read_index(request)).await {
+                    Ok(answer) => answer.map(Response::into_inner),
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "no answer from {leader} in time"
+                    ))),
+                }
+            }
+        };
+        match (ask(channel).await, fallback) {
+            // Nothing listens there: a node of an earlier version, on its RPC port.
+            (Err(status), Some(fallback)) if status.code() == tonic::Code::Unavailable => {
+                ask(fallback).await
+            }
+            (answer, _) => answer,
+        }
     }
 
     /// A channel to node `to`'s peer service, and, when that is a listener of its own, one to

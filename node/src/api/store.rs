@@ -282,12 +282,13 @@ impl LogStore {
         }
     }
 
-    /// Where a produce goes: `Ok(None)` when this node leads, `Ok(Some(leader))` when another
-    /// node does. During an election it waits (up to `LEADER_WAIT`) for one to be known, so a
-    /// produce sent during a failover succeeds late rather than failing. A request that was
+    /// Where a produce (or a question about the log's end) goes: `Ok(None)` when this node
+    /// leads, `Ok(Some(leader))` when another node does. During an election it waits (up to
+    /// `LEADER_WAIT`) for one to be known, so a call sent during a failover succeeds late
+    /// rather than failing. A request that was
     /// already forwarded once is never forwarded again (`forwarded`), so views that disagree
     /// for a moment cannot bounce it between nodes.
-    pub async fn produce_route(&self, forwarded: bool) -> Result<Option<NodeId>, Status> {
+    pub async fn route_to_leader(&self, forwarded: bool) -> Result<Option<NodeId>, Status> {
         let mut view = self.consensus.subscribe();
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {

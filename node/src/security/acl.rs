@@ -310,7 +310,13 @@ mod tests {
             method_access("/log.v1.Log/Truncate"),
             MethodAccess::Unknown("Truncate")
         );
-        for method in ["Fetch", "Vote", "BeginQuorumEpoch", "EndQuorumEpoch"] {
+        for method in [
+            "Fetch",
+            "Vote",
+            "BeginQuorumEpoch",
+            "EndQuorumEpoch",
+            "ReadIndex",
+        ] {
             assert_eq!(
                 method_access(&format!("/log.v1.Peer/{method}")),
                 MethodAccess::Requires(Action::Replicate),

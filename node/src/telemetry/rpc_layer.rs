@@ -39,7 +39,13 @@ pub(crate) const KNOWN_METHODS: &[(&str, &[&str])] = &[
     ),
     (
         "log.v1.Peer",
-        &["Vote", "BeginQuorumEpoch", "EndQuorumEpoch", "Fetch"],
+        &[
+            "Vote",
+            "BeginQuorumEpoch",
+            "EndQuorumEpoch",
+            "Fetch",
+            "ReadIndex",
+        ],
     ),
     (
         "log.v1.Admin",
