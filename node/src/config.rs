@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::security::{AclConfig, TlsConfig};
-use crate::storage::{Durability, LogOptions};
+use crate::storage::LogOptions;
 
 /// Format of the node's own log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,15 +218,36 @@ impl Default for ReplicationConfig {
     }
 }
 
-/// A configuration value that cannot work.
+/// A configuration value that cannot work. It reads as the flag and its environment variable,
+/// then what is wrong, what is allowed and how to fix it: `invalid --segment-bytes
+/// (PROGLOG_SEGMENT_BYTES): 10 is outside 4096..=2147483648 (4 KiB to 2 GiB)`.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration `{key}`: {reason}")]
+#[error("invalid {}: {reason}", flag_and_env(.key))]
 pub struct ConfigError {
     /// The flag (without dashes) to fix.
     pub key: &'static str,
     /// What is wrong and what is allowed.
     pub reason: String,
 }
+
+/// `--flag (PROGLOG_FLAG)` for a flag's name, or the name as it is for what is not one.
+fn flag_and_env(key: &str) -> String {
+    if key
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        format!(
+            "--{key} (PROGLOG_{})",
+            key.to_ascii_uppercase().replace('-', "_")
+        )
+    } else {
+        format!("configuration ({key})")
+    }
+}
+
+/// The largest `--max-record-bytes`: a record and its batch's overhead within the 1 GiB batch
+/// limit.
+pub const MAX_RECORD_BYTES_LIMIT: u32 = (1 << 30) - 4096;
 
 impl NodeConfig {
     /// The stream memory budget in force: `stream_memory_bytes`, or its default.
@@ -271,7 +292,14 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| Err(ConfigError { key, reason });
         if self.id.is_empty() || self.id.len() > 128 {
-            return invalid("id", "must be 1 to 128 characters".into());
+            return invalid(
+                "id",
+                format!(
+                    "`{}` has {} characters; give a node id of 1 to 128",
+                    self.id,
+                    self.id.len()
+                ),
+            );
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(3600))
             .contains(&self.retention_check_interval)
@@ -287,19 +315,34 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data-dir", "must name a directory".into());
         }
+        if !(1..=MAX_RECORD_BYTES_LIMIT).contains(&self.log.max_record_bytes) {
+            return invalid(
+                "max-record-bytes",
+                format!(
+                    "{} is outside 1..={MAX_RECORD_BYTES_LIMIT} (1 GiB less a batch's overhead)",
+                    self.log.max_record_bytes
+                ),
+            );
+        }
         if let Err(err) = self.log.validate() {
-            let key = match &err {
-                crate::storage::StorageError::InvalidOption { key, .. } => match *key {
-                    "segment_bytes" => "segment-bytes",
-                    "max_record_bytes" => "max-record-bytes",
-                    "retention_bytes" => "retention-bytes",
-                    "retention_age" => "retention-hours",
-                    "flush_interval" => "flush-interval-ms",
-                    other => other,
+            return Err(match err {
+                crate::storage::StorageError::InvalidOption { key, reason } => {
+                    // The flag that sets it; the batch limit follows --max-record-bytes.
+                    let key = match key {
+                        "segment_bytes" => "segment-bytes",
+                        "max_record_bytes" | "max_batch_bytes" => "max-record-bytes",
+                        "retention_bytes" => "retention-bytes",
+                        "retention_age" => "retention-hours",
+                        "flush_interval" => "flush-interval-ms",
+                        other => other,
+                    };
+                    ConfigError { key, reason }
+                }
+                other => ConfigError {
+                    key: "log options",
+                    reason: other.to_string(),
                 },
-                _ => "log",
-            };
-            return invalid(key, err.to_string());
+            });
         }
         if self.peer_tls.is_some() && self.peer_addr.is_none() {
             return invalid(
@@ -417,12 +460,6 @@ impl NodeConfig {
                     "{} is already --rpc-addr; pick another port",
                     self.http_addr
                 ),
-            );
-        }
-        if self.log.durability == Durability::Interval && self.log.flush_interval.is_zero() {
-            return invalid(
-                "flush-interval-ms",
-                "must be positive with --durability interval".into(),
             );
         }
         if let Some(tls) = &self.tls

@@ -294,17 +294,12 @@ impl Cli {
         config.log.flush_interval = Duration::from_millis(self.flush_interval_ms);
         config.log.segment_bytes = self.segment_bytes;
         config.log.max_record_bytes = self.max_record_bytes;
-        // A batch holds at least one record, so keep room for the largest, but a batch must
-        // also fit in a segment: small segments get small batches.
-        let fits_in_segment = self
-            .segment_bytes
-            .saturating_sub(proglog_node::storage::SEGMENT_HEADER_LEN as u64)
-            .min(u64::from(u32::MAX)) as u32;
+        // A batch holds at least one record, so keep room for the largest. A segment holds at
+        // least one batch, so small segments need no smaller batches.
         config.log.max_batch_bytes = config
             .log
             .max_batch_bytes
-            .max(self.max_record_bytes.saturating_add(4096))
-            .min(fits_in_segment);
+            .max(self.max_record_bytes.saturating_add(4096));
         config.log.retention_bytes = self.retention_bytes;
         config.log.retention_age = self
             .retention_hours
@@ -352,7 +347,7 @@ impl Cli {
             Some(GossipConfig {
                 bind_addr: usable_bind(self.gossip_addr.parse().map_err(|err| {
                     format!(
-                        "invalid configuration `gossip-addr`: `{}` is not host:port or `off`: {err}",
+                        "invalid --gossip-addr (PROGLOG_GOSSIP_ADDR): `{}` is not host:port or `off`: {err}",
                         self.gossip_addr
                     )
                 })?),

@@ -104,6 +104,78 @@ fn appends_roll_and_survive_clean_and_unclean_reopen() {
     assert_eq!(log.epoch_end_offset(2), Some((2, 700)));
 }
 
+/// A segment holds at least one batch of the largest size allowed, as Kafka's do: with
+/// segments smaller than the batch limit, a batch larger than a segment goes alone into a
+/// segment of its own, which reads, rolls, recovers (clean and after a crash) and is removed by
+/// retention like any other.
+#[test]
+fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let options = LogOptions {
+        segment_bytes: 4 * 1024,
+        max_batch_bytes: 128 * 1024,
+        max_record_bytes: 100 * 1024,
+        preallocate: true,
+        ..small_options()
+    };
+    let big = vec![7u8; 100 * 1024];
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options.clone()).unwrap();
+    append_range(&log, 1, 0, 10, 2);
+    let info = log.append(1, &[Record::new(&big, 5_000)]).unwrap();
+    assert_eq!(info.base_offset, 10);
+    append_range(&log, 1, 11, 40, 2);
+    let segments = log.segment_count();
+    assert!(segments >= 3, "{segments} segments");
+    let read = |log: &Log| {
+        let batches = log.read(10, 0).unwrap();
+        let record = batches[0].records().next().unwrap();
+        (record.offset, record.value.to_vec())
+    };
+    assert_eq!(read(&log), (10, big.clone()));
+    log.close().unwrap();
+
+    let log = Log::open(dir.path(), options.clone()).unwrap();
+    assert_eq!(log.end_offset(), 40);
+    assert_eq!(read(&log), (10, big.clone()));
+    // Another large batch in the active segment, then a crash (no checkpoint).
+    let info = log.append(2, &[Record::new(&big, 6_000)]).unwrap();
+    assert_eq!(info.base_offset, 40);
+    drop(log);
+    let log = Log::open(dir.path(), options.clone()).unwrap();
+    assert!(log.recovery_report().torn_tail.is_none());
+    assert_eq!(log.end_offset(), 41);
+    let batches = log.read(40, 0).unwrap();
+    assert_eq!(
+        batches[0].records().next().unwrap().value.as_ref(),
+        &big[..]
+    );
+    append_range(&log, 2, 41, 50, 3);
+    let around: Vec<(u64, Vec<u8>)> = read_all(&log, 11)
+        .into_iter()
+        .filter(|(offset, _)| *offset != 40)
+        .collect();
+    let expected: Vec<(u64, Vec<u8>)> = (11..50)
+        .filter(|offset| *offset != 40)
+        .map(|offset| (offset, value(offset)))
+        .collect();
+    assert!(
+        around == expected,
+        "the records around the large ones differ"
+    );
+    // Retention by size removes whole segments, a large one too: every segment before the
+    // second large one goes, and that one stays because the log without it would be smaller
+    // than the limit (Kafka's rule).
+    let limited = LogOptions {
+        retention_bytes: Some(16 * 1024),
+        ..options
+    };
+    log.close().unwrap();
+    let log = Log::open(dir.path(), limited).unwrap();
+    log.apply_retention(0, log.end_offset()).unwrap();
+    assert_eq!(log.start_offset(), 40);
+    assert_holds(&log, 41, 50);
+}
+
 #[test]
 fn out_of_range_reads_name_the_valid_range() {
     let dir = tempfile::tempdir().unwrap();

@@ -253,9 +253,10 @@ pub struct PodTemplate {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LogSpec {
-    /// Size at which a segment is closed and a new one starts, in bytes. Node default 1 GiB.
+    /// Size at which a segment is closed and a new one starts, in bytes: 4 KiB to 2 GiB. Node
+    /// default 1 GiB. A record larger than a segment gets a segment of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 4096))]
+    #[schemars(range(min = 4096, max = 2147483648_i64))]
     pub segment_bytes: Option<i64>,
     /// Delete the oldest segments while the log is larger than this. Default: keep all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,9 +270,10 @@ pub struct LogSpec {
     /// `never`.
     #[serde(default)]
     pub durability: Durability,
-    /// Largest record accepted, in bytes. Node default 1 MiB.
+    /// Largest record accepted, in bytes: 1 to 1 GiB less 4 KiB (a batch's overhead). Node
+    /// default 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1073741824))]
+    #[schemars(range(min = 1, max = 1073737728))]
     pub max_record_bytes: Option<i64>,
 }
 

@@ -814,29 +814,67 @@ async fn get_servers_names_this_node_as_leader() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every refused setting says which flag (and environment variable) it was, what was given,
+/// what is allowed, and never a name the user cannot set.
 #[tokio::test]
-async fn bad_configuration_exits_non_zero_naming_the_flag() -> anyhow::Result<()> {
-    let cases: Vec<(NodeOptions, &str)> = vec![
+async fn bad_configuration_exits_non_zero_naming_the_flag_and_what_works() -> anyhow::Result<()> {
+    let cases: Vec<(NodeOptions, &str, &str)> = vec![
         (
             NodeOptions::default().flag("--segment-bytes", "10"),
-            "segment-bytes",
+            "--segment-bytes (PROGLOG_SEGMENT_BYTES): 10 is outside 4096..=2147483648",
+            "",
         ),
         (
             NodeOptions::default().flag("--segment-bytes", "ten"),
-            "segment-bytes",
+            "--segment-bytes",
+            "ten",
         ),
         (
             NodeOptions::default().flag("--max-record-bytes", "0"),
-            "max-record-bytes",
+            "--max-record-bytes (PROGLOG_MAX_RECORD_BYTES): 0 is outside 1..=",
+            "",
+        ),
+        (
+            NodeOptions::default().flag("--max-record-bytes", "2000000000"),
+            "--max-record-bytes (PROGLOG_MAX_RECORD_BYTES): 2000000000 is outside 1..=1073737728",
+            "",
+        ),
+        (
+            NodeOptions::default().flag("--retention-hours", "0"),
+            "--retention-hours (PROGLOG_RETENTION_HOURS): is 0",
+            "leave it unset",
+        ),
+        (
+            NodeOptions::default().flag("--retention-bytes", "0"),
+            "--retention-bytes (PROGLOG_RETENTION_BYTES): is 0",
+            "leave it unset",
+        ),
+        (
+            NodeOptions::default()
+                .flag("--durability", "interval")
+                .flag("--flush-interval-ms", "0"),
+            "--flush-interval-ms (PROGLOG_FLUSH_INTERVAL_MS): is 0",
+            "at least 1 ms",
+        ),
+        (
+            NodeOptions::default().flag("--stream-memory-bytes", "1"),
+            "--stream-memory-bytes (PROGLOG_STREAM_MEMORY_BYTES): 1 is outside",
+            "--max-record-bytes",
         ),
         (
             NodeOptions::default().flag("--durability", "sometimes"),
-            "durability",
+            "--durability",
+            "always",
         ),
-        (NodeOptions::default().id(""), "`id`"),
+        (
+            NodeOptions::default().id(""),
+            "--id (PROGLOG_ID)",
+            "1 to 128",
+        ),
         (
             NodeOptions::default().env("PROGLOG_SEGMENT_BYTES", "10"),
-            "segment-bytes",
+            "--segment-bytes (PROGLOG_SEGMENT_BYTES)",
+            "4096..=2147483648",
         ),
         (
             NodeOptions {
@@ -844,9 +882,10 @@ async fn bad_configuration_exits_non_zero_naming_the_flag() -> anyhow::Result<()
                 ..NodeOptions::default()
             },
             "rpc-addr",
+            "",
         ),
     ];
-    for (options, flag) in cases {
+    for (options, names, allowed) in cases {
         let exited = options.run_to_exit().await?;
         let stderr = exited.stderr.join("\n");
         assert!(
@@ -856,12 +895,26 @@ async fn bad_configuration_exits_non_zero_naming_the_flag() -> anyhow::Result<()
             options.envs,
             exited.status
         );
-        assert!(
-            stderr.contains(flag),
-            "{:?} {:?}: stderr does not name `{flag}`:\n{stderr}",
-            options.args,
-            options.envs
-        );
+        for expected in [names, allowed] {
+            assert!(
+                stderr.contains(expected),
+                "{:?} {:?}: stderr does not say `{expected}`:\n{stderr}",
+                options.args,
+                options.envs
+            );
+        }
+        for internal in [
+            "max_batch_bytes",
+            "max_record_bytes",
+            "segment_bytes",
+            "retention_age",
+        ] {
+            assert!(
+                !stderr.contains(internal),
+                "{:?}: stderr names `{internal}`, which no flag sets:\n{stderr}",
+                options.args
+            );
+        }
         assert!(
             !stderr.contains("\"serving\""),
             "started serving:\n{stderr}"
@@ -870,17 +923,30 @@ async fn bad_configuration_exits_non_zero_naming_the_flag() -> anyhow::Result<()
     Ok(())
 }
 
+/// A segment holds at least one batch of the largest size allowed, so segments smaller than
+/// the record limit work with every default: a 1 MiB record goes into a log of 1 MiB and of
+/// 4 KiB segments, and is there after a crash.
 #[tokio::test]
-async fn small_segments_within_the_documented_range_start() -> anyhow::Result<()> {
-    let mut node = NodeProcess::start(
-        NodeOptions::default()
-            .flag("--segment-bytes", "1048576")
-            .flag("--max-record-bytes", "1024"),
-    )
-    .await?;
-    let mut client = node.log_client().await?;
-    assert_eq!(produce(&mut client, record("fits")).await?, 0);
-    assert!(node.terminate().await?.success());
+async fn small_segments_start_with_the_default_record_limit_and_take_the_largest_record()
+-> anyhow::Result<()> {
+    for segment_bytes in ["1048576", "4096"] {
+        let mut node =
+            NodeProcess::start(NodeOptions::default().flag("--segment-bytes", segment_bytes))
+                .await?;
+        let mut client = node.log_client().await?;
+        let largest = vec![b'x'; 1 << 20];
+        assert_eq!(produce(&mut client, record("small")).await?, 0);
+        assert_eq!(produce(&mut client, record(largest.clone())).await?, 1);
+        assert_eq!(produce(&mut client, record("after")).await?, 2);
+        assert_eq!(consume(&mut client, 1).await?.value, largest);
+        // After a crash, recovery reads the large batch back too.
+        node.kill().await?;
+        node.restart().await?;
+        let mut client = node.log_client().await?;
+        assert_eq!(consume(&mut client, 1).await?.value, largest);
+        assert_eq!(consume(&mut client, 2).await?.value, &b"after"[..]);
+        assert!(node.terminate().await?.success());
+    }
     Ok(())
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::batch::{BATCH_HEADER_LEN, RECORD_HEADER_LEN};
 use super::error::{Result, StorageError};
-use super::segment::SEGMENT_HEADER_LEN;
 
 /// When appended data is made durable with `fdatasync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,7 +54,9 @@ impl fmt::Display for Durability {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogOptions {
     /// A new segment is started when the active one would grow past this many bytes.
-    /// Segment files are preallocated to this size. Default 1 GiB; 4 KiB to 2 GiB.
+    /// Segment files are preallocated to this size. Default 1 GiB; 4 KiB to 2 GiB. A segment
+    /// holds at least one batch, as Kafka's do: a batch larger than this goes alone into a
+    /// segment of its own, so it may be smaller than `max_batch_bytes`.
     pub segment_bytes: u64,
     /// A new segment is started when the active one is older than this (so retention by age can
     /// delete whole segments). Default 7 days; `None` rolls by size only.
@@ -117,7 +118,10 @@ impl LogOptions {
         if !(4 * KIB..=2 * GIB).contains(&self.segment_bytes) {
             return invalid(
                 "segment_bytes",
-                format!("{} is outside 4096..=2147483648", self.segment_bytes),
+                format!(
+                    "{} is outside 4096..=2147483648 (4 KiB to 2 GiB)",
+                    self.segment_bytes
+                ),
             );
         }
         let min_batch = (BATCH_HEADER_LEN + RECORD_HEADER_LEN) as u32;
@@ -130,23 +134,14 @@ impl LogOptions {
                 ),
             );
         }
-        // A batch must fit an empty segment, or it could never be written.
-        if u64::from(self.max_batch_bytes) + SEGMENT_HEADER_LEN as u64 > self.segment_bytes {
-            return invalid(
-                "max_batch_bytes",
-                format!(
-                    "{} does not fit in a segment of segment_bytes {} (minus its {SEGMENT_HEADER_LEN}-byte header)",
-                    self.max_batch_bytes, self.segment_bytes
-                ),
-            );
-        }
         let max_record = self.max_batch_bytes - min_batch;
         if self.max_record_bytes == 0 || self.max_record_bytes > max_record {
             return invalid(
                 "max_record_bytes",
                 format!(
-                    "{} must be at least 1 and at most max_batch_bytes minus batch overhead ({max_record})",
-                    self.max_record_bytes
+                    "{} is outside 1..={max_record} (a record and its batch's header must fit \
+                     in the largest batch, {} bytes)",
+                    self.max_record_bytes, self.max_batch_bytes
                 ),
             );
         }
@@ -159,7 +154,9 @@ impl LogOptions {
         if self.durability == Durability::Interval && self.flush_interval.is_zero() {
             return invalid(
                 "flush_interval",
-                "must be positive when durability is interval".into(),
+                "is 0, which would sync nothing: give a period of at least 1 ms with \
+                 durability `interval`"
+                    .into(),
             );
         }
         for (key, value) in [
@@ -167,13 +164,20 @@ impl LogOptions {
             ("retention_age", self.retention_age),
         ] {
             if value.is_some_and(|age| age.is_zero()) {
-                return invalid(key, "must be positive, or unset to disable".into());
+                return invalid(
+                    key,
+                    "is 0, which would delete or roll every segment at once: give a positive \
+                     age, or leave it unset to keep segments regardless of age"
+                        .into(),
+                );
             }
         }
         if self.retention_bytes == Some(0) {
             return invalid(
                 "retention_bytes",
-                "must be positive, or unset to disable".into(),
+                "is 0, which would delete every sealed segment at once: give a positive size, \
+                 or leave it unset to keep the log whatever its size"
+                    .into(),
             );
         }
         Ok(())
@@ -190,6 +194,16 @@ mod tests {
     }
 
     #[test]
+    fn segments_may_be_smaller_than_a_batch() {
+        LogOptions {
+            segment_bytes: 4096,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
     fn each_invalid_field_is_named() {
         let cases: Vec<(&str, LogOptions)> = vec![
             (
@@ -203,14 +217,6 @@ mod tests {
                 "max_batch_bytes",
                 LogOptions {
                     max_batch_bytes: 10,
-                    ..Default::default()
-                },
-            ),
-            (
-                "max_batch_bytes",
-                LogOptions {
-                    segment_bytes: 8192,
-                    max_batch_bytes: 8192,
                     ..Default::default()
                 },
             ),
