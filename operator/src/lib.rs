@@ -21,7 +21,7 @@
 //! - `leader`: leader election through a Lease, so one replica reconciles at a time.
 //! - `config`: `proglog-operator run`'s settings, checked before anything starts.
 //!
-//! See `shared/design/operator.md` for what the operator promises.
+//! What the operator promises, and the tests that prove it, are in `docs/kubernetes.md`.
 
 pub mod admin;
 pub mod config;

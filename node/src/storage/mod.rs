@@ -24,8 +24,7 @@
 //! <dir>/<base:020>.index             sparse offset/time index with a CRC'd footer
 //! ```
 //!
-//! Guarantees, and the tests that prove them, are listed in `shared/design/storage.md` and the
-//! README.
+//! Guarantees, and the tests that prove them, are listed in `docs/storage.md`.
 
 mod batch;
 pub mod checkpoint;
