@@ -4,15 +4,18 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The client API's proto belongs to the client crate, which generates its own types from
+    // it; the node's server, peer and admin code come from here.
+    let includes = ["proto", "../client/proto"];
     let protos = [
-        "proto/log/v1/log.proto",
-        "proto/log/v1/peer.proto",
-        "proto/log/v1/admin.proto",
+        "log/v1/log.proto",
+        "log/v1/peer.proto",
+        "log/v1/admin.proto",
     ];
-    for proto in protos {
-        println!("cargo:rerun-if-changed={proto}");
+    for include in includes {
+        println!("cargo:rerun-if-changed={include}/log/v1");
     }
-    let descriptors = protox::compile(protos, ["proto"])?;
+    let descriptors = protox::compile(protos, includes)?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("proglog_descriptor.bin"),

@@ -12,7 +12,6 @@
 //!   the only module that knows serf.
 //! - [`api`]: the gRPC services over the log (proglog's `log.v1.Log`), and the async adapter
 //!   to storage.
-//! - [`client`]: the Rust client the CLI, benches and tests share.
 //! - [`config`]: [`config::NodeConfig`], validated before anything starts.
 //! - [`dev`]: `proglog-node dev`, a local cluster in one command.
 //! - [`server`]: start, serve until shutdown, drain, close.
@@ -22,11 +21,11 @@
 //!   `/metrics`, `/healthz` and `/readyz` HTTP server, optional OpenTelemetry trace export.
 //! - `fuzzing`: entry points shared by the fuzz targets and the corpus replay test.
 //!
-//! Next (see `shared/design/architecture.md`): `replication/`, `discovery/`,
-//! `client/`, each depending only on the layers below it.
+//! Each module depends only on the ones listed before it (`storage` at the bottom, `server`
+//! wiring them together). The binaries: `proglog-node` (a node, or `dev`: a local cluster),
+//! `proglog` (the CLI, built on the `proglog-client` crate) and `proglog-storage-bench`.
 
 pub mod api;
-pub mod client;
 pub mod config;
 pub mod dev;
 pub mod discovery;

@@ -1,12 +1,14 @@
 //! # proglog-proto
 //!
 //! The `.proto` files of proglog's services and the code tonic and prost generate from them.
-//! This crate holds nothing else: no logic, so that clients can depend on it alone.
+//! This crate holds nothing else: no logic. Clients use `proglog-client`, which generates
+//! the client API's types itself.
 //!
 //! ## Layout
 //!
-//! - `proto/log/v1/log.proto`: the client API, package `log.v1`, wire-compatible with
-//!   proglog's `Log` service; proglog's additions are new fields (numbers 16 and up) and RPCs.
+//! - `../client/proto/log/v1/log.proto` (the client crate's): the client API, package
+//!   `log.v1`, wire-compatible with proglog's `Log` service; proglog's additions are new fields
+//!   (numbers 16 and up) and RPCs.
 //! - `proto/log/v1/peer.proto`: the peer service nodes replicate with (KIP-595's messages).
 //! - `proto/log/v1/admin.proto`: cluster status and leadership transfer, for operators.
 //! - [`log::v1`]: the generated messages, client and server.

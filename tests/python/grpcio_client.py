@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Interop check: Python grpcio (the reference gRPC implementation's wrapper) against a node.
 
-Generates the `log.v1` stubs from proto/proto/log/v1/log.proto at run time (grpc_tools.protoc,
+Generates the `log.v1` stubs from client/proto/log/v1/log.proto at run time (grpc_tools.protoc,
 into a temporary directory), then against the node at argv[1] (host:port) runs Produce,
 Consume, ProduceStream and ConsumeStream (reading N records, then cancelling) and checks every
 answer. On success it prints one JSON line, {"produced": [{"offset": ..., "value": ..., "type":
@@ -40,7 +40,7 @@ except ImportError as err:
     sys.exit(3)
 
 PROTO_ROOT = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto", "proto")
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "proto")
 )
 PROTO_FILE = "log/v1/log.proto"
 # Seconds any one call may take.

@@ -106,7 +106,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use proglog_node::client::{Client, TlsOptions};
+use proglog_client::{Client, TlsOptions};
 use proglog_proto::log::v1::ClusterStatusRequest;
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_tests::kube_objects::{self, Objects, object_name};
@@ -1342,7 +1342,7 @@ async fn a_rendered_plaintext_cluster_keeps_its_peer_port_to_the_clusters_certif
         .await
         .unwrap();
     let offset = client
-        .produce(proglog_node::client::Produce {
+        .produce(proglog_client::Produce {
             value: "plain".into(),
             ..Default::default()
         })

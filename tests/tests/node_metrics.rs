@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use proglog_node::client::{Client, ClientError, Produce};
+use proglog_client::{Client, ClientError, Produce};
 use proglog_tests::node_process::NodeProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

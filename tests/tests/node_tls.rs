@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use proglog_node::client::{Client, ClientError, ClusterClient, Produce, TlsOptions};
+use proglog_client::{Client, ClientError, ClusterClient, Produce, TlsOptions};
 use proglog_tests::node_process::{NodeOptions, NodeProcess, node_binary};
 use proglog_tests::tls_probe::{self, ClientPem};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};

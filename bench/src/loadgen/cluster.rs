@@ -24,7 +24,7 @@ use bytes::Bytes;
 use clap::Args;
 use futures_util::future::join_all;
 use proglog_bench::stats::Latencies;
-use proglog_node::client::{Client, ClientError, Produce};
+use proglog_client::{Client, ClientError, Produce};
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::{ClusterStatusRequest, ClusterStatusResponse};
 use rustix::process::{Pid, Signal, kill_process};

@@ -1,4 +1,4 @@
-//! Cases over gRPC with the shared client (`proglog_node::client::Client`), used unchanged for
+//! Cases over gRPC with the shared client (`proglog_client::Client`), used unchanged for
 //! proglog and the echo floor, so both pay exactly the same client-side costs.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use proglog_bench::stats::{Latencies, Outcome};
-use proglog_node::client::{Client, Produce};
+use proglog_client::{Client, Produce};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 

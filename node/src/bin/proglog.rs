@@ -19,8 +19,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
-use proglog_node::client::{Client, ClusterClient, Produce, TlsOptions};
-use proglog_proto::log::v1::{Record, Server};
+use proglog_client::log::v1::{Record, Server};
+use proglog_client::{Client, ClusterClient, Produce, TlsOptions};
 
 /// Produce to and consume from a proglog node.
 #[derive(Debug, Parser)]

@@ -505,7 +505,7 @@ mod tests {
         for (service, proto) in [
             (
                 "log.v1.Log",
-                include_str!("../../../proto/proto/log/v1/log.proto"),
+                include_str!("../../../client/proto/log/v1/log.proto"),
             ),
             (
                 "log.v1.Peer",
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn streaming_methods_of_the_proto_are_the_streaming_ones() {
-        let proto = include_str!("../../../proto/proto/log/v1/log.proto");
+        let proto = include_str!("../../../client/proto/log/v1/log.proto");
         let mut streaming_in_proto: Vec<&str> = proto
             .lines()
             .filter_map(|line| line.trim().strip_prefix("rpc "))

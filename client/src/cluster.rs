@@ -6,8 +6,8 @@
 //! does not let read the members (`GetServers` counts as `consume`, so a produce-only client)
 //! uses the seeds alone the same way.
 
-use super::{Client, ClientError, TlsOptions};
-use proglog_proto::log::v1::Server;
+use crate::log::v1::Server;
+use crate::{Client, ClientError, TlsOptions};
 
 /// Connections chosen per call: the leader for writes, members in turn for reads.
 #[derive(Debug)]

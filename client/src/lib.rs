@@ -1,8 +1,54 @@
-//! The Rust client of proglog's `log.v1.Log` API, shared by the CLI, the benches and the tests.
+//! # proglog-client
 //!
-//! Thin on purpose: typed calls over the generated tonic client with errors that say what to
-//! do. [`ClusterClient`] picks the node per call: the leader for produces, members in turn for
-//! reads.
+//! The Rust client of [proglog](https://github.com/proglog/proglog), a distributed commit log
+//! for Kubernetes. It holds the generated `log.v1` types (the wire API, compatible with the Go
+//! proglog's `log.v1.Log` service) and two clients over them:
+//!
+//! - [`Client`]: typed calls to one node, with errors that say what to do.
+//! - [`ClusterClient`]: learns a cluster's members from any of them, sends produces to the
+//!   leader itself and spreads reads over the members.
+//!
+//! It depends on tonic, prost and tokio only.
+//!
+//! ## What a client can rely on
+//!
+//! - A produce is acknowledged with its offset once a majority of the cluster holds it
+//!   (durably, under the nodes' default durability). Any node takes a produce: followers
+//!   forward it to the leader.
+//! - Reads see your writes through any node: once a produce was acknowledged with offset N,
+//!   every node's end of the log ([`Client::offsets`]) is past N and a read there returns N.
+//! - Reads deliver only records that producers wrote. The log also holds the cluster's own
+//!   control records (leader changes, voter sets); streams skip them and [`Client::consume`]
+//!   at such an offset answers with the next record, so offsets have gaps. Read the next
+//!   record at `record.offset + 1` of the one you got.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use proglog_client::{ClusterClient, Produce, TlsOptions};
+//!
+//! # async fn run() -> Result<(), proglog_client::ClientError> {
+//! let seeds = vec!["127.0.0.1:8400".to_owned()];
+//! let mut cluster = ClusterClient::connect(&seeds, &TlsOptions::default()).await?;
+//! let offset = cluster
+//!     .leader()
+//!     .await?
+//!     .produce(Produce::new("hello"))
+//!     .await?;
+//! let record = cluster.reader().await?.consume(offset).await?;
+//! assert_eq!(record.value, "hello");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/produce_consume.rs` runs the same against a cluster:
+//! `cargo run -p proglog-client --example produce_consume -- 127.0.0.1:8400`.
+//!
+//! ## Layout
+//!
+//! - [`log::v1`]: the generated messages and the `Log` service's tonic client.
+//! - [`Client`], [`Produce`], [`TlsOptions`], [`ClientError`]: one node (this file).
+//! - [`ClusterClient`]: a whole cluster (`cluster.rs`).
 
 mod cluster;
 
@@ -11,22 +57,30 @@ pub use cluster::ClusterClient;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use prost::bytes::Bytes;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use proglog_proto::log::v1::log_client::LogClient;
-use proglog_proto::log::v1::{
+use log::v1::log_client::LogClient;
+use log::v1::{
     ConsumeRequest, GetOffsetsRequest, GetServersRequest, ProduceBatchRequest, ProduceRequest,
     Record, Server,
 };
 
+/// Package `log.v1`, generated from `proto/log/v1/log.proto`.
+pub mod log {
+    /// The `log.v1` messages and the `Log` service's client.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("log.v1");
+    }
+}
+
 /// What went wrong talking to a node.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum ClientError {
     /// The address is not a valid endpoint.
-    #[error("invalid address `{addr}`: {reason} (expected HOST:PORT, for example 127.0.0.1:8400)")]
     InvalidAddress {
         /// The address given.
         addr: String,
@@ -34,34 +88,64 @@ pub enum ClientError {
         reason: String,
     },
     /// No connection could be made.
-    #[error("cannot connect to {addr} (is a proglog node listening there?)")]
     Connect {
         /// The address tried.
         addr: String,
         /// The transport error.
-        #[source]
         source: tonic::transport::Error,
     },
     /// A TLS file could not be read.
-    #[error("cannot read {option} {}: {source}", path.display())]
     TlsFile {
         /// The option naming the file, as the CLI spells it (`--tls-ca`).
         option: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
         source: std::io::Error,
     },
     /// The TLS options do not make a usable configuration.
-    #[error("invalid TLS options: {reason}")]
     TlsOptions {
         /// What is wrong.
         reason: String,
     },
     /// The node answered with an error status.
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(Status),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::InvalidAddress { addr, reason } => write!(
+                f,
+                "invalid address `{addr}`: {reason} (expected HOST:PORT, for example 127.0.0.1:8400)"
+            ),
+            ClientError::Connect { addr, .. } => {
+                write!(
+                    f,
+                    "cannot connect to {addr} (is a proglog node listening there?)"
+                )
+            }
+            ClientError::TlsFile {
+                option,
+                path,
+                source,
+            } => write!(f, "cannot read {option} {}: {source}", path.display()),
+            ClientError::TlsOptions { reason } => write!(f, "invalid TLS options: {reason}"),
+            ClientError::Status(status) => {
+                write!(f, "{}: {}", code_name(status.code()), status.message())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect { source, .. } => Some(source),
+            ClientError::TlsFile { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 impl From<Status> for ClientError {
@@ -163,6 +247,14 @@ pub struct Produce {
 }
 
 impl Produce {
+    /// A record holding `value`, stamped by the node, of type 0.
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        Produce {
+            value: value.into(),
+            ..Produce::default()
+        }
+    }
+
     fn into_proto(self) -> Record {
         Record {
             value: self.value,
@@ -267,7 +359,9 @@ impl Client {
         Ok(responses.map(|response| response.map(|r| r.offset).map_err(ClientError::from)))
     }
 
-    /// Reads the record at `offset`.
+    /// Reads the record at `offset`, or, when a control record sits there, the first record a
+    /// producer wrote after it (its `offset` says which). `OUT_OF_RANGE` past the end, naming
+    /// the valid range.
     pub async fn consume(&mut self, offset: u64) -> Result<Record, ClientError> {
         let response = self
             .inner
@@ -331,11 +425,9 @@ impl Client {
         request: ConsumeRequest,
     ) -> Result<impl Stream<Item = Result<Record, ClientError>>, ClientError> {
         let responses = self.inner.consume_stream(request).await?.into_inner();
-        Ok(responses.filter_map(|response| {
-            futures_util::future::ready(match response {
-                Ok(response) => response.record.map(Ok),
-                Err(status) => Some(Err(ClientError::from(status))),
-            })
+        Ok(responses.filter_map(|response| match response {
+            Ok(response) => response.record.map(Ok),
+            Err(status) => Some(Err(ClientError::from(status))),
         }))
     }
 
