@@ -8,7 +8,8 @@
 //! - [`ClusterClient`]: learns a cluster's members from any of them, sends produces to the
 //!   leader itself and spreads reads over the members.
 //!
-//! It depends on tonic, prost and tokio only.
+//! It depends on tonic (its client side only, with tonic-prost), prost and tokio-stream, and
+//! nothing of the node: no storage engine, gossip, ACL or telemetry code.
 //!
 //! ## What a client can rely on
 //!
@@ -76,6 +77,10 @@ pub mod log {
         tonic::include_proto!("log.v1");
     }
 }
+
+/// The largest answer taken from a node: a record of the largest size a node may be set to
+/// accept (1 GiB less a batch's overhead), with room for its framing.
+const MAX_MESSAGE_BYTES: usize = (1 << 30) + (64 << 10);
 
 /// What went wrong talking to a node.
 #[derive(Debug)]
@@ -312,7 +317,7 @@ impl Client {
                 source,
             })?;
         Ok(Client {
-            inner: LogClient::new(channel).max_decoding_message_size(64 << 20),
+            inner: LogClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
         })
     }
 

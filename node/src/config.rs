@@ -245,6 +245,9 @@ fn flag_and_env(key: &str) -> String {
     }
 }
 
+/// The largest `--retention-hours`.
+pub const MAX_RETENTION_HOURS: u64 = 1_000_000;
+
 /// The largest `--max-record-bytes`: a record and its batch's overhead within the 1 GiB batch
 /// limit.
 pub const MAX_RECORD_BYTES_LIMIT: u32 = (1 << 30) - 4096;
@@ -321,6 +324,18 @@ impl NodeConfig {
                 format!(
                     "{} is outside 1..={MAX_RECORD_BYTES_LIMIT} (1 GiB less a batch's overhead)",
                     self.log.max_record_bytes
+                ),
+            );
+        }
+        if let Some(age) = self.log.retention_age
+            && age > Duration::from_secs(MAX_RETENTION_HOURS * 3600)
+        {
+            return invalid(
+                "retention-hours",
+                format!(
+                    "{} is outside 1..={MAX_RETENTION_HOURS} (about 114 years); leave it unset \
+                     to keep records regardless of age",
+                    age.as_secs() / 3600
                 ),
             );
         }

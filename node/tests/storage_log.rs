@@ -197,6 +197,24 @@ fn out_of_range_reads_name_the_valid_range() {
     assert!(message.contains("0..10"), "{message}");
 }
 
+/// A retention age too large for milliseconds in an `i64` keeps everything: it must never
+/// wrap into a negative age that deletes every segment.
+#[test]
+fn a_huge_retention_age_keeps_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        retention_age: Some(Duration::from_secs(3_000_000_000_000 * 3600)),
+        segment_max_age: None,
+        ..small_options()
+    };
+    let log = Log::open(dir.path(), options).unwrap();
+    append_range(&log, 1, 0, 300, 4);
+    assert!(log.segment_count() > 3);
+    log.apply_retention(super_now(), log.end_offset()).unwrap();
+    assert_eq!(log.start_offset(), 0);
+    assert_holds(&log, 0, 300);
+}
+
 #[test]
 fn truncate_suffix_cuts_anywhere_and_appends_continue() {
     let dir = tempfile::tempdir().unwrap();

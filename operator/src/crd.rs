@@ -262,9 +262,10 @@ pub struct LogSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub retention_bytes: Option<i64>,
-    /// Delete segments whose newest record is older than this many hours. Default: keep all.
+    /// Delete segments whose newest record is older than this many hours (at most 1000000).
+    /// Default: keep all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub retention_hours: Option<i64>,
     /// When appends reach the disk: `always` (fsync before acknowledging), `interval` or
     /// `never`.

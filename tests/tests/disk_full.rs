@@ -199,9 +199,12 @@ async fn a_full_disk_makes_the_node_read_only_until_space_returns() {
 /// it has, says its disk is full, and catches up by itself once space is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_with_a_full_disk_serves_what_it_has_and_catches_up() {
-    use proglog_proto::log::v1::TransferLeadershipRequest;
     use proglog_proto::log::v1::admin_client::AdminClient;
-    use proglog_tests::loopback::{node_options, offsets, plan_ports, wait_for_leader, wait_until};
+    use proglog_proto::log::v1::log_client::LogClient;
+    use proglog_proto::log::v1::{GetOffsetsRequest, TransferLeadershipRequest};
+    use proglog_tests::loopback::{
+        node_options, offsets, plan_ports, status, wait_for_leader, wait_until,
+    };
     const FULL: usize = 2;
     let disk = match SmallDisk::mount(6 << 20) {
         Ok(disk) => disk,
@@ -249,10 +252,19 @@ async fn a_follower_with_a_full_disk_serves_what_it_has_and_catches_up() {
     })
     .await;
     let (_, leader_end) = offsets(&nodes[leader]).await;
-    let (_, stalled_end) = offsets(&nodes[FULL]).await;
+    let stalled_end = status(&nodes[FULL]).await.unwrap().high_watermark;
     assert!(
         stalled_end < leader_end,
         "the full follower holds {stalled_end} of {leader_end}"
+    );
+    // Asked where the log ends, it cannot answer with every acknowledged record in its answer,
+    // so it says it is behind rather than give a stale end.
+    let mut client = LogClient::new(nodes[FULL].channel().await.unwrap());
+    let refused = client.get_offsets(GetOffsetsRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("behind the leader"),
+        "{refused:?}"
     );
     // It serves what it has.
     let held: BTreeMap<u64, Bytes> = acknowledged
@@ -268,7 +280,9 @@ async fn a_follower_with_a_full_disk_serves_what_it_has_and_catches_up() {
     // Space comes back: it catches up by itself.
     std::fs::remove_file(&filler).unwrap();
     wait_until("the follower catches up", || async {
-        offsets(&nodes[FULL]).await.1 >= leader_end
+        status(&nodes[FULL])
+            .await
+            .is_some_and(|status| status.high_watermark >= leader_end)
     })
     .await;
     assert_eq!(metric(&nodes[FULL], "proglog_disk_full").await, Some(0.0));

@@ -845,6 +845,11 @@ async fn bad_configuration_exits_non_zero_naming_the_flag_and_what_works() -> an
             "leave it unset",
         ),
         (
+            NodeOptions::default().flag("--retention-hours", "3000000000000"),
+            "--retention-hours (PROGLOG_RETENTION_HOURS): 3000000000000 is outside 1..=1000000",
+            "leave it unset",
+        ),
+        (
             NodeOptions::default().flag("--retention-bytes", "0"),
             "--retention-bytes (PROGLOG_RETENTION_BYTES): is 0",
             "leave it unset",

@@ -132,31 +132,52 @@ impl LogService {
     /// The end of the log as this node serves it, once it holds every record acknowledged
     /// before the call (read your writes through any node). A follower asks the leader for its
     /// high watermark (`ReadIndex`, as an etcd follower asks for a read index) and waits until
-    /// its own visible end reaches it, for at most [`READ_INDEX_WAIT`]; the leader answers at
-    /// once. Only questions about the end pay this: a read below the visible end needs no
-    /// confirmation.
+    /// its own visible end reaches it; the leader answers from its own high watermark once it
+    /// may (see [`crate::replication::replica::Replica::read_index`]: its epoch's first record
+    /// committed, and a majority fetched from it within the lease). At most
+    /// [`READ_INDEX_WAIT`] in all, else `UNAVAILABLE` saying why. Only questions about the end
+    /// pay this: a read below the visible end needs no confirmation.
     async fn confirmed_end(&self) -> Result<u64, Status> {
         let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT;
-        let Some(leader) = self.store.route_to_leader(false).await? else {
-            return Ok(self.store.visible_end());
-        };
         let consensus = self.store.consensus();
-        let epoch = consensus.view().epoch;
-        let target = match self
-            .peers
-            .read_index(&leader, consensus.node_id(), epoch, deadline)
-            .await
-        {
-            Ok(answer) => answer.high_watermark,
-            // A leader of an earlier version: this node's own end is the best answer there is.
-            Err(status) if status.code() == tonic::Code::Unimplemented => {
-                return Ok(self.store.visible_end());
+        let target = loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(
+                    "no leader could confirm the end of the log in time; retry",
+                ));
             }
-            Err(status) => {
-                return Err(Status::unavailable(format!(
-                    "cannot confirm the end of the log with the leader {leader} ({}); retry",
-                    status.message()
-                )));
+            let Some(leader) = self.store.route_to_leader(false).await? else {
+                match consensus.wait_read_index(deadline).await {
+                    Ok(Some((_, high_watermark))) => break high_watermark,
+                    // It stopped leading meanwhile: ask the one that does.
+                    Ok(None) => continue,
+                    Err(reason) => return Err(Status::unavailable(format!("{reason}; retry"))),
+                }
+            };
+            let epoch = consensus.view().epoch;
+            match self
+                .peers
+                .read_index(&leader, consensus.node_id(), epoch, deadline)
+                .await
+            {
+                Ok(answer) if answer.epoch >= epoch => break answer.high_watermark,
+                Ok(answer) => {
+                    return Err(Status::unavailable(format!(
+                        "the leader {leader} answered for epoch {}, before this node's {epoch}; \
+                         retry",
+                        answer.epoch
+                    )));
+                }
+                // A leader of an earlier version: this node's own end is the best answer there is.
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    return Ok(self.store.visible_end());
+                }
+                Err(status) => {
+                    return Err(Status::unavailable(format!(
+                        "cannot confirm the end of the log with the leader {leader} ({}); retry",
+                        status.message()
+                    )));
+                }
             }
         };
         let mut visible = self.store.subscribe();
@@ -165,16 +186,21 @@ impl LogService {
             if end >= target {
                 return Ok(end);
             }
-            match tokio::time::timeout_at(deadline, visible.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Status::unavailable("the node is shutting down")),
-                Err(_) => {
-                    return Err(Status::unavailable(format!(
-                        "node {} is behind the leader {leader}: it serves offsets below {end}, \
-                         the leader has committed up to {target}; retry, or read from the leader",
-                        self.settings.id
-                    )));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("the node is shutting down"));
                 }
+                changed = tokio::time::timeout_at(deadline, visible.changed()) => match changed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(Status::unavailable("the node is shutting down")),
+                    Err(_) => {
+                        return Err(Status::unavailable(format!(
+                            "node {} is behind the leader: it serves offsets below {end}, the \
+                             leader has committed up to {target}; retry, or read from the leader",
+                            self.settings.id
+                        )));
+                    }
+                },
             }
         }
     }
@@ -326,10 +352,17 @@ impl LogApi for LogService {
         request: Request<ConsumeRequest>,
     ) -> Result<Response<ConsumeResponse>, Status> {
         let request = request.into_inner();
+        // A time is looked up among the records the confirmed end covers, or a follower behind
+        // the leader would answer with a record older than the time.
+        let mut confirmed = request.since_timestamp_ms != 0;
+        if confirmed {
+            self.confirmed_end().await?;
+        }
         let offset = start_offset(&self.store, &request).await?;
         let mut end = self.store.visible_end();
-        if offset >= end {
+        if offset >= end && !confirmed {
             end = self.confirmed_end().await?;
+            confirmed = true;
         }
         let start = self.store.start_offset();
         if offset < start || offset >= end {
@@ -339,32 +372,41 @@ impl LogApi for LogService {
         // changes, voter sets) are the log's own, and a read moves past them as a Kafka
         // consumer's position does.
         let mut next = offset;
-        while next < end {
-            let before = next;
-            for batch in self.store.read(next, 0).await? {
-                if batch.next_offset() <= next {
-                    continue;
+        loop {
+            while next < end {
+                let before = next;
+                for batch in self.store.read(next, 0).await? {
+                    if batch.next_offset() <= next {
+                        continue;
+                    }
+                    if batch.is_control() {
+                        next = batch.next_offset();
+                        continue;
+                    }
+                    if let Some(record) = batch
+                        .records()
+                        .find(|record| record.offset >= next && record.offset < end)
+                    {
+                        return Ok(Response::new(ConsumeResponse {
+                            record: Some(to_proto(record)),
+                        }));
+                    }
+                    next = end;
+                    break;
                 }
-                if batch.is_control() {
-                    next = batch.next_offset();
-                    continue;
+                if next == before {
+                    return Err(Status::data_loss(format!(
+                        "the batch read for offset {next} holds no readable record at or after it"
+                    )));
                 }
-                if let Some(record) = batch
-                    .records()
-                    .find(|record| record.offset >= next && record.offset < end)
-                {
-                    return Ok(Response::new(ConsumeResponse {
-                        record: Some(to_proto(record)),
-                    }));
-                }
-                next = end;
+            }
+            // Only control records up to this node's end: a record acknowledged after them
+            // may not have reached it yet.
+            if confirmed {
                 break;
             }
-            if next == before {
-                return Err(Status::data_loss(format!(
-                    "the batch read for offset {next} holds no readable record at or after it"
-                )));
-            }
+            end = self.confirmed_end().await?;
+            confirmed = true;
         }
         Err(Status::out_of_range(format!(
             "offset {offset} holds the cluster's own control records and no record follows \
@@ -379,9 +421,14 @@ impl LogApi for LogService {
         request: Request<ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
         let request = request.into_inner();
+        let confirmed = request.since_timestamp_ms != 0;
+        if confirmed {
+            // As in `consume`: a time is looked up below the confirmed end.
+            self.confirmed_end().await?;
+        }
         let mut next = start_offset(&self.store, &request).await?;
         let mut end = self.store.visible_end();
-        if next > end {
+        if next > end && !confirmed {
             end = self.confirmed_end().await?;
         }
         let start = self.store.start_offset();

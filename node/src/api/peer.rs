@@ -23,6 +23,10 @@ use proglog_proto::log::v1 as pb;
 use proglog_proto::log::v1::peer_client::PeerClient;
 use proglog_proto::log::v1::peer_server::Peer;
 
+/// How long the leader waits to be able to answer a `ReadIndex` (a new leader until its
+/// epoch's first record commits).
+const READ_INDEX_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 /// The `log.v1.Peer` service: hands each request to the node's consensus driver.
 #[derive(Debug, Clone)]
 pub struct PeerService {
@@ -100,17 +104,25 @@ impl Peer for PeerService {
         let identity = request.extensions().get::<PeerIdentity>().cloned();
         let request = request.into_inner();
         self.check_caller(identity.as_ref(), &request.replica_id)?;
-        let view = self.consensus.view();
-        match view.leader_epoch {
-            Some(epoch) => Ok(Response::new(pb::ReadIndexResponse {
+        let epoch = self.consensus.view().epoch;
+        if request.epoch > epoch {
+            return Err(Status::failed_precondition(format!(
+                "{} asks about epoch {}, newer than this node's {epoch}: ask its leader",
+                request.replica_id, request.epoch
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + READ_INDEX_ANSWER_WAIT;
+        match self.consensus.wait_read_index(deadline).await {
+            Ok(Some((epoch, high_watermark))) => Ok(Response::new(pb::ReadIndexResponse {
                 epoch,
-                high_watermark: view.high_watermark,
+                high_watermark,
             })),
-            None => Err(Status::failed_precondition(format!(
+            Ok(None) => Err(Status::failed_precondition(format!(
                 "node {} does not lead (epoch {} asked); ask the leader",
                 self.consensus.node_id(),
                 request.epoch
             ))),
+            Err(reason) => Err(Status::unavailable(reason)),
         }
     }
 
@@ -493,7 +505,17 @@ impl GrpcPeerTransport {
         match (ask(channel).await, fallback) {
             // Nothing listens there: a node of an earlier version, on its RPC port.
             (Err(status), Some(fallback)) if status.code() == tonic::Code::Unavailable => {
-                ask(fallback).await
+                match ask(fallback).await {
+                    // A node of this version serves no peer service on its RPC port: its peer
+                    // port is only out of reach, which says nothing about its version.
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        Err(Status::unavailable(format!(
+                            "{leader}'s peer listener is out of reach ({})",
+                            status.message()
+                        )))
+                    }
+                    answer => answer,
+                }
             }
             (answer, _) => answer,
         }

@@ -167,6 +167,46 @@ impl Consensus {
         self.view.borrow().clone()
     }
 
+    /// `(epoch, high watermark)` when this node leads and may answer where the log ends (see
+    /// [`crate::replication::replica::Replica::read_index`]); on the blocking pool, as a step
+    /// may hold the replica across an fsync.
+    pub async fn read_index(self: &Arc<Self>) -> Option<(u64, u64)> {
+        self.view().leader_epoch?;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let now = this.now();
+            this.replica.lock().read_index(now)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// [`Consensus::read_index`], waiting until `deadline` while this node leads but cannot
+    /// answer yet (its epoch's first record is not committed, or the lease lapsed). `Ok(None)`
+    /// once it does not lead; `Err` at the deadline, with why.
+    pub async fn wait_read_index(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<(u64, u64)>, String> {
+        loop {
+            if self.view().leader_epoch.is_none() {
+                return Ok(None);
+            }
+            if let Some(index) = self.read_index().await {
+                return Ok(Some(index));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "node {} leads but cannot confirm the end of the log yet: its epoch's first \
+                     record is not committed, or a majority has not fetched from it lately",
+                    self.node_id
+                ));
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + TICK)).await;
+        }
+    }
+
     /// A receiver that changes with the view.
     pub fn subscribe(&self) -> watch::Receiver<ClusterView> {
         self.view.subscribe()

@@ -464,6 +464,36 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         matches!(self.role, Role::Leader(_)).then_some(self.state.epoch)
     }
 
+    /// The high watermark a leader may give as the end of the log, with its epoch: `Some` only
+    /// while this node leads, has committed a record of its own epoch (before that, its high
+    /// watermark may lag what an earlier leader acknowledged), and a majority of voters (itself
+    /// included) fetched from it within the shortest election timeout, so none of them can
+    /// have helped elect another leader since (a voter with a live leader refuses pre-votes).
+    /// A read index, as Raft's, with the leader's lease standing in for a heartbeat round.
+    pub fn read_index(&self, now: u64) -> Option<(u64, u64)> {
+        let Role::Leader(leader) = &self.role else {
+            return None;
+        };
+        if leader
+            .epoch_start
+            .is_some_and(|start| self.high_watermark <= start)
+        {
+            return None;
+        }
+        let lease = self.config.election_timeout_ms;
+        let live = 1 + leader
+            .progress
+            .iter()
+            .filter(|(id, progress)| {
+                self.counts_as_voter(id, &progress.directory_id)
+                    && progress
+                        .last_fetch_at
+                        .is_some_and(|at| now.saturating_sub(at) < lease)
+            })
+            .count();
+        (live >= self.majority()).then_some((self.state.epoch, self.high_watermark))
+    }
+
     /// The leader of the current epoch, when known.
     pub fn leader_id(&self) -> Option<&str> {
         match &self.role {

@@ -734,3 +734,68 @@ fn a_vote_answer_names_the_voters_directory_only_to_a_candidate_that_knows_it() 
         assert_eq!(answers, [expected]);
     }
 }
+
+/// A new leader's high watermark can lag what its predecessor acknowledged until its own
+/// epoch's first record commits. It gives no read index before then, and every read index it
+/// gives covers every acknowledged record: a read through any node that asks it sees them.
+#[test]
+fn a_new_leader_gives_no_read_index_below_what_its_predecessor_acknowledged() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 5);
+    let acknowledged = net.produce(&leader, "acknowledged");
+    let committed = net.run_until(5_000, |net| {
+        net.replica(&leader).high_watermark() > acknowledged
+    });
+    assert!(committed, "offset {acknowledged} never committed");
+    // The leader fails the moment it could acknowledge, its answers carrying the new high
+    // watermark lost with it: the others hold the record but have not heard it is committed.
+    net.isolate(&leader);
+    net.crash(&leader);
+    let mut behind = false;
+    let answered = net.run_until(10_000, |net| {
+        let now = net.now;
+        let mut answered = false;
+        for id in others(&leader, &ABC) {
+            let replica = net.replica(&id);
+            if replica.leader_epoch().is_none() {
+                continue;
+            }
+            behind |= replica.high_watermark() <= acknowledged;
+            if let Some((_, high_watermark)) = replica.read_index(now) {
+                assert!(
+                    high_watermark > acknowledged,
+                    "{id} gave {high_watermark} as the end, before the acknowledged {acknowledged}"
+                );
+                answered = true;
+            }
+        }
+        answered
+    });
+    assert!(answered, "no new leader ever gave a read index");
+    assert!(
+        behind,
+        "the new leader never lagged: the scenario did not reach the case it is about"
+    );
+}
+
+/// A leader cut off from the others still believes it leads for a while (it steps down only
+/// after the check-quorum window), but gives no read index once no majority fetched from it
+/// within an election timeout: by then the others may have elected a leader and acknowledged
+/// records it has never seen.
+#[test]
+fn a_cut_off_leader_gives_no_read_index_once_its_lease_lapses() {
+    let mut net = Net::new(&ABC, &ABC);
+    let leader = net.elect();
+    produce_and_settle(&mut net, &leader, 3);
+    let now = net.now;
+    assert!(net.replica(&leader).read_index(now).is_some());
+    net.isolate(&leader);
+    net.run(200);
+    let now = net.now;
+    assert!(
+        net.replica(&leader).leader_epoch().is_some(),
+        "the cut-off leader already stepped down: the scenario misses the window it is about"
+    );
+    assert_eq!(net.replica(&leader).read_index(now), None);
+}

@@ -222,7 +222,7 @@ pub struct Log {
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, millis)
 }
 
 impl Log {
@@ -1041,9 +1041,7 @@ impl Inner {
             .options
             .segment_max_age
             .zip(segment_started_ms)
-            .is_some_and(|(age, started_ms)| {
-                now_ms().saturating_sub(started_ms) >= age.as_millis() as i64
-            });
+            .is_some_and(|(age, started_ms)| now_ms().saturating_sub(started_ms) >= millis(age));
         let offsets_full = next_offset - active.base_offset() > u64::from(u32::MAX);
         too_big || too_old || offsets_full
     }
@@ -1474,9 +1472,10 @@ impl Inner {
                 .options
                 .retention_bytes
                 .is_some_and(|limit| total.saturating_sub(size) >= limit);
-            let too_old = self.options.retention_age.is_some_and(|age| {
-                seg.max_timestamp() < now_ms.saturating_sub(age.as_millis() as i64)
-            });
+            let too_old = self
+                .options
+                .retention_age
+                .is_some_and(|age| seg.max_timestamp() < now_ms.saturating_sub(millis(age)));
             if !(over_size || too_old) || seg.next_offset() > below {
                 break;
             }
@@ -1497,4 +1496,10 @@ impl Inner {
         outcome.start_offset = self.start_offset.load(Ordering::Acquire);
         Ok(outcome)
     }
+}
+
+/// `duration` in milliseconds, `i64::MAX` when longer: an age too large to count never wraps
+/// into a negative one (which would make every segment old).
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
