@@ -480,17 +480,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         {
             return None;
         }
-        let lease = self.config.election_timeout_ms;
-        let live = 1 + leader
-            .progress
-            .iter()
-            .filter(|(id, progress)| {
-                self.counts_as_voter(id, &progress.directory_id)
-                    && progress
-                        .last_fetch_at
-                        .is_some_and(|at| now.saturating_sub(at) < lease)
-            })
-            .count();
+        let live = self.voters_fetched_within(leader, now, self.config.election_timeout_ms);
         (live >= self.majority()).then_some((self.state.epoch, self.high_watermark))
     }
 
@@ -953,17 +943,7 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         let Role::Leader(leader) = &self.role else {
             return Ok(());
         };
-        let window = 2 * self.config.election_timeout_ms;
-        let live = 1 + leader
-            .progress
-            .iter()
-            .filter(|(id, progress)| {
-                self.counts_as_voter(id, &progress.directory_id)
-                    && progress
-                        .last_fetch_at
-                        .is_some_and(|at| now.saturating_sub(at) < window)
-            })
-            .count();
+        let live = self.voters_fetched_within(leader, now, 2 * self.config.election_timeout_ms);
         if live >= self.majority() {
             return Ok(());
         }
@@ -976,6 +956,20 @@ impl<L: ReplicaLog, Q: QuorumStore> Replica<L, Q> {
         self.update_state(|state| state.leader_id = None)?;
         self.role = Role::follower(None, now + self.random_election_timeout());
         Ok(())
+    }
+
+    /// The voters, this leader included, that fetched from it within the last `window` ms.
+    fn voters_fetched_within(&self, leader: &LeaderState, now: u64, window: u64) -> usize {
+        1 + leader
+            .progress
+            .iter()
+            .filter(|(id, progress)| {
+                self.counts_as_voter(id, &progress.directory_id)
+                    && progress
+                        .last_fetch_at
+                        .is_some_and(|at| now.saturating_sub(at) < window)
+            })
+            .count()
     }
 
     /// Why this node must not vote for the candidate of `request`, whatever the logs say.
