@@ -176,12 +176,21 @@ pub async fn consume_at(client: &mut LogClient<tonic::transport::Channel>, offse
         .unwrap()
 }
 
-/// Every record a producer wrote below the node's high watermark, by offset, read as a client
-/// reads: each `Consume` at the offset after the record before (reads move past control
-/// records), until the end.
+/// Every record a producer wrote below the node's high watermark, by offset.
 pub async fn committed_records(node: &NodeProcess) -> BTreeMap<u64, Record> {
     let high_watermark = status(node).await.unwrap().high_watermark;
     let mut client = LogClient::new(node.channel().await.unwrap());
+    data_records_below(&mut client, high_watermark, node.id()).await
+}
+
+/// Every record a producer wrote below `high_watermark` on the node `client` talks to (`id`),
+/// by offset, read as a client reads: each `Consume` at the offset after the record before
+/// (reads move past control records, which it checks none is), each within 5 s, until the end.
+pub async fn data_records_below(
+    client: &mut LogClient<tonic::transport::Channel>,
+    high_watermark: u64,
+    id: &str,
+) -> BTreeMap<u64, Record> {
     let mut records = BTreeMap::new();
     let mut offset = 0;
     while offset < high_watermark {
@@ -189,16 +198,18 @@ pub async fn committed_records(node: &NodeProcess) -> BTreeMap<u64, Record> {
             offset,
             ..Default::default()
         };
-        let record = match client.consume(request).await {
+        let record = match tokio::time::timeout(Duration::from_secs(5), client.consume(request))
+            .await
+            .unwrap_or_else(|_| panic!("consume of {offset} from {id} timed out"))
+        {
             Ok(response) => response.into_inner().record.unwrap(),
             // Only control records from here to the end.
             Err(status) if status.code() == tonic::Code::OutOfRange => break,
-            Err(status) => panic!("consume of {offset} from {}: {status}", node.id()),
+            Err(status) => panic!("consume of {offset} from {id}: {status}"),
         };
         assert!(
             record.offset >= offset && !CONTROL_TYPES.contains(&record.r#type),
-            "{record:?} answers a read of {offset} on {}",
-            node.id()
+            "{record:?} answers a read of {offset} on {id}"
         );
         offset = record.offset + 1;
         records.insert(record.offset, record);

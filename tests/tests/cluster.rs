@@ -797,25 +797,13 @@ async fn reads_through_any_node_see_every_acknowledged_write() {
     let mut nodes = start_cluster().await;
     let all = [0, 1, 2];
     let leader = wait_for_leader(&nodes, &all).await;
-    let mut producer = LogClient::new(nodes[leader].channel().await.unwrap());
     let mut readers = Vec::new();
     for node in &nodes {
         readers.push(LogClient::new(node.channel().await.unwrap()));
     }
     for round in 0..30 {
         let value = format!("write-{round}");
-        let offset = producer
-            .produce(ProduceRequest {
-                record: Some(Record {
-                    value: value.clone().into_bytes().into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .offset;
+        let offset = produce(&nodes[leader], &value).await.unwrap();
         // Each round asks a different node first, so followers are asked at once too.
         for step in 0..3 {
             let index = (round + step) % 3;

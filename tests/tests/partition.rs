@@ -27,8 +27,8 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use proglog_proto::log::v1::{ConsumeRequest, ProduceRequest, Record};
-use proglog_tests::loopback::{Status, status_over};
+use proglog_proto::log::v1::{ProduceRequest, Record};
+use proglog_tests::loopback::{Status, data_records_below, status_over};
 use proglog_tests::netns::NetLab;
 use proglog_tests::node_process::{NodeOptions, NodeProcess, node_binary};
 use tokio::sync::mpsc;
@@ -42,11 +42,6 @@ const HTTP_PORT: u16 = 9400;
 /// for half of it, so writes sent right after the partition have at least 750 ms to reach the
 /// isolated leader while it still leads.
 const ELECTION_TIMEOUT_MS: &str = "500";
-/// The log's own records (leader changes, voter sets), not data.
-const CONTROL_TYPES: [u32; 2] = [
-    proglog_node::replication::replica::LEADER_CHANGE_RECORD_TYPE,
-    proglog_node::replication::replica::VOTERS_RECORD_TYPE,
-];
 /// How long any awaited condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
 /// How long a single call to a node may take.
@@ -332,7 +327,7 @@ fn uncommitted_offset(error: &str) -> Option<u64> {
         .ok()
 }
 
-/// Every record below the node's high watermark, by offset.
+/// Every record a producer wrote below the node's high watermark, by offset.
 async fn committed_records(
     lab: &NetLab,
     nodes: &[NodeProcess],
@@ -341,31 +336,7 @@ async fn committed_records(
     let node = &nodes[index];
     let high_watermark = status(lab, index).await.unwrap().high_watermark;
     let mut client = node.log_client().await.unwrap();
-    let mut records = BTreeMap::new();
-    // Reads move past control records (the log's own), so this holds the producers' records.
-    let mut offset = 0;
-    while offset < high_watermark {
-        let request = ConsumeRequest {
-            offset,
-            ..Default::default()
-        };
-        let record = match tokio::time::timeout(CALL_TIMEOUT, client.consume(request))
-            .await
-            .unwrap_or_else(|_| panic!("consume of {offset} from {} timed out", node.id()))
-        {
-            Ok(response) => response.into_inner().record.unwrap(),
-            // Only control records from here to the end.
-            Err(status) if status.code() == tonic::Code::OutOfRange => break,
-            Err(status) => panic!("consume of {offset} from {}: {status}", node.id()),
-        };
-        assert!(
-            record.offset >= offset,
-            "{record:?} answers a read of {offset}"
-        );
-        offset = record.offset + 1;
-        records.insert(record.offset, record);
-    }
-    records
+    data_records_below(&mut client, high_watermark, node.id()).await
 }
 
 /// Polls until every node follows `leader` (which leads), has the same end offset and high
@@ -524,11 +495,6 @@ async fn an_isolated_leader_stops_acknowledging_and_truncates_its_tail_after_hea
     for (index, log) in logs.iter().enumerate() {
         let mut seen = HashSet::new();
         for (offset, record) in log {
-            assert!(
-                !CONTROL_TYPES.contains(&record.r#type),
-                "a control record reached a client at offset {offset} on {}",
-                IDS[index]
-            );
             let value = String::from_utf8(record.value.to_vec()).unwrap();
             assert!(
                 !isolated.contains(value.as_str()),

@@ -630,3 +630,49 @@ async fn call_peer(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::ClusterDirectory;
+    use std::collections::BTreeMap;
+
+    /// A leader of this version serves no peer service on its RPC port. When its peer listener
+    /// is out of reach, the fallback to the RPC port answers UNIMPLEMENTED, which must not read
+    /// as "a leader of an earlier version" (whose answer is to serve reads from this node's own
+    /// end): the leader is only out of reach, so the read index is UNAVAILABLE.
+    #[tokio::test]
+    async fn an_unreachable_peer_listener_is_not_an_earlier_version() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rpc_addr = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn({
+            let stop = stop.clone();
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+        });
+        let directory = ClusterDirectory::new(
+            BTreeMap::from([("leader".to_owned(), rpc_addr.to_string())]),
+            None,
+        )
+        .with_peer_listeners(closed_port, BTreeMap::new());
+        let transport = GrpcPeerTransport::new(Arc::new(directory), None, None, 1 << 20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let status = transport
+            .read_index("leader", "follower", 1, deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("out of reach"), "{status:?}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
