@@ -1,9 +1,17 @@
-//! The join task: keeps trying the seeds until one join succeeds.
+//! The join task: keeps trying the seeds until one join succeeds, then keeps watching them.
 //!
 //! A node always joins its seeds when it starts, even one that was in the cluster before a
 //! restart: serf's own reconnect would find it again only after about 20 s. Seeds are
 //! resolved by DNS on every attempt, because in Kubernetes a pod's DNS name appears only
 //! once it is scheduled, and a headless service name resolves to whichever pods are up.
+//!
+//! Once joined, the task checks the seeds every [`SEED_CHECK_INTERVAL`], as NATS servers keep
+//! dialling their configured routes: a seed address that is no alive member's gossip address
+//! is joined again. That heals a view that lost a member (a peer that crashed and came back
+//! without seeds naming this node, or news of a join that never arrived), which serf's own
+//! reconnect would retry only every 30 s and only for members it still remembers. A join to a
+//! live node is one push-pull exchange of state; a seed that is down costs one refused
+//! connection per check.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::gossip::{self, GossipNode};
+use super::member::{MemberStatus, MemberTable};
 
 /// First wait between attempts: a seed that is starting at the same time is usually up by then.
 pub const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -21,6 +30,8 @@ pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// inside serf is not known) must not stop the retries, so it is dropped and the next attempt
 /// made.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a node that has joined checks that every seed address is an alive member.
+pub const SEED_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Which addresses are this node, so a seed list that names it (every pod of a StatefulSet
 /// gets the same list) does not make it try to join itself: that would waste every attempt,
@@ -54,22 +65,63 @@ enum Attempt {
     Failed,
 }
 
-/// Runs until a join succeeds, the seeds turn out to name only this node, serf stops, or
-/// `stop` is cancelled.
+/// Runs until serf stops or `stop` is cancelled: first until a join succeeds or the seeds turn
+/// out to name only this node, then checking the seeds every [`SEED_CHECK_INTERVAL`].
 pub(super) async fn run(
     node: GossipNode,
     seeds: Vec<String>,
     own: OwnAddrs,
+    table: MemberTable,
     stop: CancellationToken,
 ) {
+    if !join_first(&node, &seeds, own, &stop).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SEED_CHECK_INTERVAL) => {}
+        }
+        if !gossip::is_alive(&node) {
+            return;
+        }
+        let alive: Vec<SocketAddr> = table
+            .snapshot()
+            .into_iter()
+            .filter(|member| member.status == MemberStatus::Alive)
+            .map(|member| member.gossip_addr)
+            .collect();
+        let outcome = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            outcome = attempt(&node, &seeds, own, &alive) => outcome,
+        };
+        if let Attempt::Joined(joined) = outcome {
+            tracing::info!(
+                joined,
+                "gossip: joined seeds that were not alive members again",
+            );
+        }
+    }
+}
+
+/// The first join: true once a join succeeded or the seeds name only this node, false if
+/// serf stopped or `stop` was cancelled first.
+async fn join_first(
+    node: &GossipNode,
+    seeds: &[String],
+    own: OwnAddrs,
+    stop: &CancellationToken,
+) -> bool {
     let mut delay = JOIN_BACKOFF_MIN;
     let mut attempts: u32 = 0;
     loop {
         attempts += 1;
         let outcome = tokio::select! {
             biased;
-            () = stop.cancelled() => return,
-            outcome = attempt(&node, &seeds, own) => outcome,
+            () = stop.cancelled() => return false,
+            outcome = attempt(node, seeds, own, &[]) => outcome,
         };
         match outcome {
             Attempt::Joined(joined) => {
@@ -78,19 +130,19 @@ pub(super) async fn run(
                     attempts,
                     "gossip: joined the cluster through the seeds"
                 );
-                return;
+                return true;
             }
             Attempt::OnlySelf => {
                 tracing::info!(
                     seeds = ?seeds,
                     "gossip: the seeds name only this node; starting a new cluster",
                 );
-                return;
+                return true;
             }
             Attempt::Failed => {}
         }
-        if !gossip::is_alive(&node) {
-            return;
+        if !gossip::is_alive(node) {
+            return false;
         }
         // Quiet (debug) while backing off; once at the cap, say so at info every few seconds,
         // so a node stuck waiting for its seeds shows it in default logs without flooding them.
@@ -106,16 +158,21 @@ pub(super) async fn run(
         }
         tokio::select! {
             biased;
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return false,
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(JOIN_BACKOFF_MAX);
     }
 }
 
-/// Resolves every seed and tries each address that is not this node, all of them (joining
-/// more than one costs little and helps if the first is on its way out).
-async fn attempt(node: &GossipNode, seeds: &[String], own: OwnAddrs) -> Attempt {
+/// Resolves every seed and tries each address that is neither this node nor in `skip`, all of
+/// them (joining more than one costs little and helps if the first is on its way out).
+async fn attempt(
+    node: &GossipNode,
+    seeds: &[String],
+    own: OwnAddrs,
+    skip: &[SocketAddr],
+) -> Attempt {
     let mut joined = 0;
     let mut others = 0;
     let mut unresolved = 0;
@@ -128,7 +185,10 @@ async fn attempt(node: &GossipNode, seeds: &[String], own: OwnAddrs) -> Attempt 
                 continue;
             }
         };
-        for addr in addrs.into_iter().filter(|a| !own.contains(*a)) {
+        for addr in addrs
+            .into_iter()
+            .filter(|a| !own.contains(*a) && !skip.contains(a))
+        {
             others += 1;
             match tokio::time::timeout(JOIN_TIMEOUT, gossip::join(node, addr)).await {
                 Ok(Ok(())) => {

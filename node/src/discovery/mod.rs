@@ -48,7 +48,7 @@ pub use config::{DEFAULT_GOSSIP_PORT, DiscoveryConfig, GossipProfile, parse_key}
 pub use directory::ClusterDirectory;
 pub use error::{DiscoveryError, GossipCause};
 pub use events::EVENT_CHANNEL_CAPACITY;
-pub use join::{JOIN_BACKOFF_MAX, JOIN_BACKOFF_MIN};
+pub use join::{JOIN_BACKOFF_MAX, JOIN_BACKOFF_MIN, SEED_CHECK_INTERVAL};
 pub use member::{Member, MemberStatus, MembershipEvent};
 
 use gossip::GossipNode;
@@ -90,6 +90,8 @@ impl Discovery {
     /// waiting for a join: the seeds are joined in the background, retried with backoff
     /// ([`JOIN_BACKOFF_MIN`] to [`JOIN_BACKOFF_MAX`]) until one answers or `shutdown` is
     /// cancelled, because in a cluster that is starting up the seeds may come up after us.
+    /// After that, every [`SEED_CHECK_INTERVAL`], a seed address that is no alive member's is
+    /// joined again, so a view that lost a member heals.
     ///
     /// The receiver gets a [`MembershipEvent`] for every change to another member. It holds
     /// [`EVENT_CHANNEL_CAPACITY`] events; when it is full, events are dropped (with a warning)
@@ -135,7 +137,13 @@ impl Discovery {
                 bound: local_gossip_addr,
                 advertised,
             };
-            tokio::spawn(join::run(node.clone(), config.seeds.clone(), own, shutdown));
+            tokio::spawn(join::run(
+                node.clone(),
+                config.seeds.clone(),
+                own,
+                table.clone(),
+                shutdown,
+            ));
         }
 
         tracing::info!(

@@ -278,6 +278,43 @@ async fn a_node_joins_a_seed_that_comes_up_later() {
     a.stop().await;
 }
 
+/// A member that crashed and came back without seeds of its own is found again by the nodes
+/// whose seeds name it, long before serf's own reconnect (every 30 s) would try it: a joined
+/// node keeps checking its seeds, so a view that lost a member heals.
+#[tokio::test]
+async fn a_seed_that_crashed_and_came_back_is_joined_again() {
+    let b_addr = free_port();
+    let mut b_config = config("b", &[]);
+    b_config.bind_addr = b_addr;
+    let b = Node::start(b_config.clone()).await;
+    let a = Node::start(config("a", &[b_addr])).await;
+    wait_until("a and b see each other", || {
+        a.alive_ids() == ["a", "b"] && b.alive_ids() == ["a", "b"]
+    })
+    .await;
+
+    // b crashes: no leave, so a declares it failed.
+    b.shutdown.cancel();
+    gossip::shutdown(&b.discovery.inner.node).await.unwrap();
+    drop(b);
+    wait_until("a sees b failed", || {
+        a.status_of("b") == Some(MemberStatus::Failed)
+    })
+    .await;
+
+    // b comes back on its address with no seeds: only a can bring the two together again.
+    let started = Instant::now();
+    let b = Node::start(b_config).await;
+    wait_until("a joins b again", || {
+        a.alive_ids() == ["a", "b"] && b.alive_ids() == ["a", "b"]
+    })
+    .await;
+    eprintln!("a found b again {:?} after it came back", started.elapsed());
+
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn only_nodes_with_the_same_key_get_in() {
     let key = parse_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
