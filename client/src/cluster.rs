@@ -16,19 +16,45 @@ pub struct ClusterClient {
     seeds: Vec<String>,
     members: Vec<Server>,
     next_reader: usize,
+    /// The log every connection handed out is for (see [`Client::with_log`]).
+    log: String,
 }
 
 impl ClusterClient {
-    /// Asks the seeds, in order, for the cluster's members.
+    /// Asks the seeds, in order, for the cluster's members, for work with the `default` log.
     pub async fn connect(seeds: &[String], tls: &TlsOptions) -> Result<Self, ClientError> {
+        Self::connect_to_log(seeds, tls, crate::DEFAULT_LOG).await
+    }
+
+    /// Asks the seeds, in order, for the cluster's members and the leader of the log named
+    /// `log`, for work with that log. Refused before any call when the name breaks the rules
+    /// in [`crate::names`].
+    pub async fn connect_to_log(
+        seeds: &[String],
+        tls: &TlsOptions,
+        log: &str,
+    ) -> Result<Self, ClientError> {
+        crate::names::check_log_name(log).map_err(ClientError::InvalidLogName)?;
         let mut client = ClusterClient {
             tls: tls.clone(),
             seeds: seeds.to_vec(),
             members: Vec::new(),
             next_reader: 0,
+            log: log.to_owned(),
         };
         client.refresh().await?;
         Ok(client)
+    }
+
+    /// The log the connections handed out are for.
+    pub fn log(&self) -> &str {
+        &self.log
+    }
+
+    async fn open(&self, addr: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addr, &self.tls)
+            .await?
+            .with_log(&self.log)
     }
 
     /// The members as last learned.
@@ -40,7 +66,7 @@ impl ClusterClient {
     pub async fn refresh(&mut self) -> Result<(), ClientError> {
         let mut last_error = None;
         for seed in self.seeds.clone() {
-            match Client::connect_with(&seed, &self.tls).await {
+            match self.open(&seed).await {
                 Ok(mut client) => match client.servers().await {
                     Ok(servers) => {
                         self.members = servers;
@@ -72,7 +98,7 @@ impl ClusterClient {
             .find(|server| server.is_leader)
             .map(|server| server.rpc_addr.clone());
         if let Some(addr) = leader
-            && let Ok(client) = Client::connect_with(&addr, &self.tls).await
+            && let Ok(client) = self.open(&addr).await
         {
             return Ok(client);
         }
@@ -84,7 +110,8 @@ impl ClusterClient {
         if !self.members.is_empty() {
             let member = &self.members[self.next_reader % self.members.len()];
             self.next_reader = self.next_reader.wrapping_add(1);
-            if let Ok(client) = Client::connect_with(&member.rpc_addr, &self.tls).await {
+            let addr = member.rpc_addr.clone();
+            if let Ok(client) = self.open(&addr).await {
                 return Ok(client);
             }
         }
@@ -94,7 +121,7 @@ impl ClusterClient {
     async fn any_seed(&self) -> Result<Client, ClientError> {
         let mut last_error = None;
         for seed in &self.seeds {
-            match Client::connect_with(seed, &self.tls).await {
+            match self.open(seed).await {
                 Ok(client) => return Ok(client),
                 Err(err) => last_error = Some(err),
             }

@@ -50,10 +50,13 @@
 //! - [`log::v1`]: the generated messages and the `Log` service's tonic client.
 //! - [`Client`], [`Produce`], [`TlsOptions`], [`ClientError`]: one node (this file).
 //! - [`ClusterClient`]: a whole cluster (`cluster.rs`).
+//! - [`names`]: the rules for log names, which nodes and clients share.
 
 mod cluster;
+pub mod names;
 
 pub use cluster::ClusterClient;
+pub use names::{DEFAULT_LOG, LogNameError};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,6 +116,8 @@ pub enum ClientError {
         /// What is wrong.
         reason: String,
     },
+    /// A log name breaks the naming rules (see [`names`]).
+    InvalidLogName(LogNameError),
     /// The node answered with an error status.
     Status(Status),
 }
@@ -136,6 +141,7 @@ impl std::fmt::Display for ClientError {
                 source,
             } => write!(f, "cannot read {option} {}: {source}", path.display()),
             ClientError::TlsOptions { reason } => write!(f, "invalid TLS options: {reason}"),
+            ClientError::InvalidLogName(error) => write!(f, "{error}"),
             ClientError::Status(status) => {
                 write!(f, "{}: {}", code_name(status.code()), status.message())
             }
@@ -148,6 +154,7 @@ impl std::error::Error for ClientError {
         match self {
             ClientError::Connect { source, .. } => Some(source),
             ClientError::TlsFile { source, .. } => Some(source),
+            ClientError::InvalidLogName(error) => Some(error),
             _ => None,
         }
     }
@@ -166,6 +173,7 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "node unavailable",
         Code::Unauthenticated => "not authenticated",
         Code::PermissionDenied => "permission denied",
+        Code::NotFound => "not found",
         Code::DataLoss => "data damaged",
         _ => "request failed",
     }
@@ -234,10 +242,14 @@ impl TlsOptions {
     }
 }
 
-/// A connection to one node.
+/// A connection to one node, for one log (the `default` log unless [`Client::with_log`] names
+/// another).
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: LogClient<Channel>,
+    /// The `log` field of every request; empty for the `default` log, so the requests are
+    /// exactly what the Go proglog's clients send.
+    log: String,
 }
 
 /// A record to produce.
@@ -318,7 +330,30 @@ impl Client {
             })?;
         Ok(Client {
             inner: LogClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            log: String::new(),
         })
+    }
+
+    /// The same connection, for the log named `name`; refused here, before any call, when the
+    /// name breaks the rules in [`names`]. A log the cluster does not hold is the node's
+    /// `NOT_FOUND`, naming it.
+    pub fn with_log(mut self, name: &str) -> Result<Self, ClientError> {
+        names::check_log_name(name).map_err(ClientError::InvalidLogName)?;
+        self.log = if name == DEFAULT_LOG {
+            String::new()
+        } else {
+            name.to_owned()
+        };
+        Ok(self)
+    }
+
+    /// The log this client's calls are about.
+    pub fn log(&self) -> &str {
+        if self.log.is_empty() {
+            DEFAULT_LOG
+        } else {
+            &self.log
+        }
     }
 
     /// Appends one record; returns its offset.
@@ -327,6 +362,7 @@ impl Client {
             .inner
             .produce(ProduceRequest {
                 record: Some(record.into_proto()),
+                log: self.log.clone(),
                 ..Default::default()
             })
             .await?;
@@ -343,6 +379,7 @@ impl Client {
             .inner
             .produce_batch(ProduceBatchRequest {
                 records,
+                log: self.log.clone(),
                 ..Default::default()
             })
             .await?
@@ -356,8 +393,10 @@ impl Client {
         &mut self,
         records: impl Stream<Item = Produce> + Send + 'static,
     ) -> Result<impl Stream<Item = Result<u64, ClientError>>, ClientError> {
-        let requests = records.map(|record| ProduceRequest {
+        let log = self.log.clone();
+        let requests = records.map(move |record| ProduceRequest {
             record: Some(record.into_proto()),
+            log: log.clone(),
             ..Default::default()
         });
         let responses = self.inner.produce_stream(requests).await?.into_inner();
@@ -372,6 +411,7 @@ impl Client {
             .inner
             .consume(ConsumeRequest {
                 offset,
+                log: self.log.clone(),
                 ..ConsumeRequest::default()
             })
             .await?;
@@ -384,9 +424,9 @@ impl Client {
     /// `None` when there is none yet.
     pub async fn consume_since(&mut self, since_ms: i64) -> Result<Option<Record>, ClientError> {
         let request = ConsumeRequest {
-            offset: 0,
             since_timestamp_ms: since_ms,
-            until_offset: 0,
+            log: self.log.clone(),
+            ..ConsumeRequest::default()
         };
         match self.inner.consume(request).await {
             Ok(response) => Ok(response.into_inner().record),
@@ -405,7 +445,8 @@ impl Client {
         let request = ConsumeRequest {
             offset,
             since_timestamp_ms: since_ms.unwrap_or(0),
-            until_offset: 0,
+            log: self.log.clone(),
+            ..ConsumeRequest::default()
         };
         self.stream(request).await
     }
@@ -419,8 +460,9 @@ impl Client {
     ) -> Result<impl Stream<Item = Result<Record, ClientError>>, ClientError> {
         let request = ConsumeRequest {
             offset,
-            since_timestamp_ms: 0,
             until_offset: until,
+            log: self.log.clone(),
+            ..ConsumeRequest::default()
         };
         self.stream(request).await
     }
@@ -440,17 +482,21 @@ impl Client {
     pub async fn offsets(&mut self) -> Result<(u64, u64), ClientError> {
         let response = self
             .inner
-            .get_offsets(GetOffsetsRequest {})
+            .get_offsets(GetOffsetsRequest {
+                log: self.log.clone(),
+            })
             .await?
             .into_inner();
         Ok((response.start_offset, response.end_offset))
     }
 
-    /// The cluster's members.
+    /// The cluster's members, with the leader of this client's log marked.
     pub async fn servers(&mut self) -> Result<Vec<Server>, ClientError> {
         Ok(self
             .inner
-            .get_servers(GetServersRequest {})
+            .get_servers(GetServersRequest {
+                log: self.log.clone(),
+            })
             .await?
             .into_inner()
             .servers)

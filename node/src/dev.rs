@@ -155,7 +155,7 @@ async fn wait_for_leader(nodes: &mut [DevNode]) -> anyhow::Result<String> {
             }
         }
         if let Ok(mut client) = LogClient::connect(format!("http://{}", nodes[0].rpc_addr)).await
-            && let Ok(servers) = client.get_servers(GetServersRequest {}).await
+            && let Ok(servers) = client.get_servers(GetServersRequest::default()).await
             && let Some(leader) = servers.get_ref().servers.iter().find(|s| s.is_leader)
         {
             return Ok(leader.id.clone());

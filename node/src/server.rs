@@ -222,7 +222,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
             },
             Arc::clone(metrics.load()),
         ),
-    );
+    )
+    .with_acl(security.authorizer.clone());
     let max_message = config.log.max_batch_bytes as usize + MESSAGE_OVERHEAD;
     let health = tonic_health::server::HealthReporter::new();
     health.set_serving::<LogServer<LogService>>().await;

@@ -313,7 +313,7 @@ pub async fn http_get(node: &NodeProcess, path: &str) -> String {
 pub async fn offsets(node: &NodeProcess) -> (u64, u64) {
     let mut client = LogClient::new(node.channel().await.unwrap());
     let offsets = client
-        .get_offsets(GetOffsetsRequest {})
+        .get_offsets(GetOffsetsRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -305,7 +305,7 @@ async fn a_cluster_forms_from_initial_voters_and_gossip_alone() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let servers = loop {
         let servers = client
-            .get_servers(proglog_proto::log::v1::GetServersRequest {})
+            .get_servers(proglog_proto::log::v1::GetServersRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -484,6 +484,7 @@ async fn acks_leader_answers_without_a_majority_and_quorum_acks_do_not() {
             ..Default::default()
         }),
         acks: acks as i32,
+        ..Default::default()
     };
     let quorum = tokio::time::timeout(
         Duration::from_secs(10),
@@ -809,7 +810,7 @@ async fn reads_through_any_node_see_every_acknowledged_write() {
             let index = (round + step) % 3;
             let reader = &mut readers[index];
             let end = reader
-                .get_offsets(GetOffsetsRequest {})
+                .get_offsets(GetOffsetsRequest::default())
                 .await
                 .unwrap()
                 .into_inner()

@@ -185,7 +185,7 @@ async fn a_full_disk_makes_the_node_read_only_until_space_returns() {
     assert_intact(&node, &acknowledged).await;
     let mut client = node.log_client().await.unwrap();
     let end = client
-        .get_offsets(proglog_proto::log::v1::GetOffsetsRequest {})
+        .get_offsets(proglog_proto::log::v1::GetOffsetsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -260,7 +260,10 @@ async fn a_follower_with_a_full_disk_serves_what_it_has_and_catches_up() {
     // Asked where the log ends, it cannot answer with every acknowledged record in its answer,
     // so it says it is behind rather than give a stale end.
     let mut client = LogClient::new(nodes[FULL].channel().await.unwrap());
-    let refused = client.get_offsets(GetOffsetsRequest {}).await.unwrap_err();
+    let refused = client
+        .get_offsets(GetOffsetsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(
         refused.message().contains("behind the leader"),

@@ -119,10 +119,13 @@ async fn consume_stream_error(
 
 /// `(offset, value)` of every record in the log, read with one `ConsumeStream` from 0.
 async fn read_all(client: &mut LogClient<Channel>) -> anyhow::Result<Vec<(u64, Bytes)>> {
-    let end = within("GetOffsets", client.get_offsets(GetOffsetsRequest {}))
-        .await??
-        .into_inner()
-        .end_offset;
+    let end = within(
+        "GetOffsets",
+        client.get_offsets(GetOffsetsRequest::default()),
+    )
+    .await??
+    .into_inner()
+    .end_offset;
     let mut records = Vec::new();
     if end == 0 {
         return Ok(records);
@@ -275,6 +278,7 @@ async fn an_unknown_acks_value_is_invalid_argument() -> anyhow::Result<()> {
         .produce_batch(ProduceBatchRequest {
             records: vec![record("unknown acks")],
             acks: -1,
+            ..Default::default()
         })
         .await;
     let stream = client
@@ -792,10 +796,13 @@ async fn sigterm_loses_no_acknowledged_record() -> anyhow::Result<()> {
 async fn get_servers_names_this_node_as_leader() -> anyhow::Result<()> {
     let node = NodeProcess::start(NodeOptions::default().id("node-under-test")).await?;
     let mut client = node.log_client().await?;
-    let servers = within("GetServers", client.get_servers(GetServersRequest {}))
-        .await??
-        .into_inner()
-        .servers;
+    let servers = within(
+        "GetServers",
+        client.get_servers(GetServersRequest::default()),
+    )
+    .await??
+    .into_inner()
+    .servers;
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert_eq!(servers[0].id, "node-under-test");
     assert_eq!(servers[0].rpc_addr, node.rpc_addr().to_string());
@@ -805,10 +812,13 @@ async fn get_servers_names_this_node_as_leader() -> anyhow::Result<()> {
     let node =
         NodeProcess::start(NodeOptions::default().flag("--advertise-addr", advertised)).await?;
     let mut client = node.log_client().await?;
-    let servers = within("GetServers", client.get_servers(GetServersRequest {}))
-        .await??
-        .into_inner()
-        .servers;
+    let servers = within(
+        "GetServers",
+        client.get_servers(GetServersRequest::default()),
+    )
+    .await??
+    .into_inner()
+    .servers;
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert_eq!(servers[0].rpc_addr, advertised);
     Ok(())
@@ -981,10 +991,13 @@ async fn python_grpcio_client_interoperates() -> anyhow::Result<()> {
             "type at offset {offset}"
         );
     }
-    let end = within("GetOffsets", client.get_offsets(GetOffsetsRequest {}))
-        .await??
-        .into_inner()
-        .end_offset;
+    let end = within(
+        "GetOffsets",
+        client.get_offsets(GetOffsetsRequest::default()),
+    )
+    .await??
+    .into_inner()
+    .end_offset;
     assert_eq!(
         end,
         produced.len() as u64,
@@ -1066,5 +1079,220 @@ async fn the_cli_gives_up_on_a_silent_server_at_its_timeout() -> anyhow::Result<
         );
     }
     held.abort();
+    Ok(())
+}
+
+/// Every `log.v1.Log` call names its log in `log`: empty and `default` are the one log every
+/// cluster has; a name that breaks the rules is INVALID_ARGUMENT and a log the cluster does not
+/// hold is NOT_FOUND, each naming it, on every method, and neither writes anything. The CLI's
+/// `--log` does the same.
+#[tokio::test]
+async fn calls_name_their_log_and_unknown_or_bad_names_are_refused() -> anyhow::Result<()> {
+    let node = NodeProcess::start(NodeOptions::default()).await?;
+    let mut client = node.log_client().await?;
+    let first = produce(&mut client, record("to the default log")).await?;
+    let named = within(
+        "Produce to `default`",
+        client.produce(ProduceRequest {
+            record: Some(record("named default")),
+            log: "default".into(),
+            ..Default::default()
+        }),
+    )
+    .await??
+    .into_inner()
+    .offset;
+    ensure!(named == first + 1, "one log: {first} then {named}");
+    let read = within(
+        "Consume from `default`",
+        client.consume(ConsumeRequest {
+            offset: first,
+            log: "default".into(),
+            ..Default::default()
+        }),
+    )
+    .await??
+    .into_inner();
+    ensure!(read.record.map(|r| r.value) == Some(Bytes::from("to the default log")));
+    let end = within(
+        "GetOffsets",
+        client.get_offsets(GetOffsetsRequest::default()),
+    )
+    .await??
+    .into_inner()
+    .end_offset;
+
+    let long = "x".repeat(250);
+    for (log, code, says) in [
+        ("orders", Code::NotFound, "log `orders` does not exist"),
+        (
+            "no/slash",
+            Code::InvalidArgument,
+            "invalid log name \"no/slash\"",
+        ),
+        (".", Code::InvalidArgument, "reserved"),
+        (long.as_str(), Code::InvalidArgument, "too long"),
+    ] {
+        let log = log.to_owned();
+        let mut refusals = vec![
+            (
+                "Produce",
+                client
+                    .produce(ProduceRequest {
+                        record: Some(record("never written")),
+                        log: log.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "ProduceBatch",
+                client
+                    .produce_batch(ProduceBatchRequest {
+                        records: vec![record("never written")],
+                        log: log.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "Consume",
+                client
+                    .consume(ConsumeRequest {
+                        log: log.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "ConsumeStream",
+                client
+                    .consume_stream(ConsumeRequest {
+                        log: log.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "GetOffsets",
+                client
+                    .get_offsets(GetOffsetsRequest { log: log.clone() })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "GetServers",
+                client
+                    .get_servers(GetServersRequest { log: log.clone() })
+                    .await
+                    .map(drop),
+            ),
+        ];
+        // A stream whose second request names the log: the first is appended, the second
+        // ends the stream.
+        let mut answers = within(
+            "ProduceStream",
+            client.produce_stream(stream::iter([
+                ProduceRequest {
+                    record: Some(record("streamed to default")),
+                    ..Default::default()
+                },
+                ProduceRequest {
+                    record: Some(record("never written")),
+                    log: log.clone(),
+                    ..Default::default()
+                },
+            ])),
+        )
+        .await??
+        .into_inner();
+        let appended = within("ProduceStream's first answer", answers.message())
+            .await??
+            .context("the stream ended before its first answer")?;
+        ensure!(appended.offset >= end, "{appended:?}");
+        refusals.push((
+            "ProduceStream",
+            within("ProduceStream's end", answers.message())
+                .await?
+                .map(drop),
+        ));
+        for (method, result) in refusals {
+            let status = expect_error(&format!("{method} to {log:?}"), result)?;
+            ensure!(
+                status.code() == code && status.message().contains(says),
+                "{method} to a log named {log:?}: {status:?}"
+            );
+            ensure!(
+                status.message().len() < 400,
+                "{method}: the name is cut short in the message"
+            );
+        }
+    }
+    // Only the records to `default` were written: three streamed ones, nothing else.
+    let records = read_all(&mut client).await?;
+    let values: Vec<&[u8]> = records.iter().map(|(_, value)| value.as_ref()).collect();
+    ensure!(
+        values
+            == [
+                b"to the default log".as_slice(),
+                b"named default",
+                b"streamed to default",
+                b"streamed to default",
+                b"streamed to default",
+                b"streamed to default",
+            ],
+        "{values:?}"
+    );
+
+    // The CLI: `--log default` works, an unknown log and a bad name are refused, naming them.
+    let cli = proglog_tests::node_process::node_binary()?.with_file_name("proglog");
+    let run = |args: Vec<String>| {
+        let cli = cli.clone();
+        async move {
+            within(
+                "the CLI",
+                tokio::process::Command::new(&cli)
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .output(),
+            )
+            .await?
+            .context("run the CLI")
+        }
+    };
+    let addr = node.rpc_addr().to_string();
+    let ok = run(vec![
+        "--addr".into(),
+        addr.clone(),
+        "--log".into(),
+        "default".into(),
+        "produce".into(),
+        "by the cli".into(),
+    ])
+    .await?;
+    ensure!(ok.status.success(), "{ok:?}");
+    for (log, says) in [
+        ("orders", "log `orders` does not exist"),
+        ("a b", "invalid log name \"a b\""),
+    ] {
+        let refused = run(vec![
+            "--addr".into(),
+            addr.clone(),
+            "--log".into(),
+            log.into(),
+            "produce".into(),
+            "never written".into(),
+        ])
+        .await?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success() && stderr.contains(says),
+            "--log {log:?}: {refused:?}"
+        );
+    }
     Ok(())
 }

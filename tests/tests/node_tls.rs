@@ -42,11 +42,14 @@ e = some(where (p.eft == allow))
 m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
 ";
 
-/// proglog's policy (root may do anything) plus a consume-only subject.
+/// proglog's policy (root may do anything) plus a consume-only subject, and grants on single
+/// logs: `billing` may produce to `default`, `payments-writer` to `payments` only.
 const POLICY: &str = "p, root, *, produce
 p, root, *, consume
 p, reader, *, consume
 p, writer, *, produce
+p, billing, default, produce
+p, payments-writer, payments, produce
 ";
 
 /// Awaits `future`, failing if it takes longer than [`CALL_DEADLINE`].
@@ -363,6 +366,59 @@ async fn acl_authorizes_by_certificate_common_name() -> anyhow::Result<()> {
     )
     .await??;
     assert_eq!(health.into_inner().status, 1, "SERVING");
+    Ok(())
+}
+
+/// A policy line naming a log grants that log only; `*` still grants every log. A grant is
+/// decided before whether the log exists, so an identity learns nothing of logs it may not use.
+#[tokio::test]
+async fn acl_grants_apply_to_the_log_they_name() -> anyhow::Result<()> {
+    let pki = Pki::new("proglog test CA")?;
+    let server = pki.issue("server", "node-0", 1)?;
+    let billing = pki.issue("billing", "billing", 2)?;
+    let payments = pki.issue("payments-writer", "payments-writer", 3)?;
+    let reader = pki.issue("reader", "reader", 4)?;
+    let node = NodeProcess::start(with_acl(mtls_node(&pki, &server), &pki)?).await?;
+
+    let mut billing_client = connect(&node, &pki.client_options(Some(&billing))).await?;
+    assert_eq!(
+        within("produce", billing_client.produce(produce("billed"))).await??,
+        0
+    );
+    let denied = match within("consume", billing_client.consume(0)).await? {
+        Err(ClientError::Status(status)) => status,
+        other => bail!("expected PERMISSION_DENIED, got {other:?}"),
+    };
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    ensure!(
+        denied
+            .message()
+            .contains("`billing` is not permitted to consume on log `default`"),
+        "{}",
+        denied.message()
+    );
+
+    let payments_client = connect(&node, &pki.client_options(Some(&payments))).await?;
+    let status =
+        status_of(within("produce", payments_client.clone().produce(produce("no"))).await?)?;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    ensure!(
+        status.message().contains("on log `default`"),
+        "{}",
+        status.message()
+    );
+    // Allowed on `payments`, which this cluster does not hold: NOT_FOUND.
+    let mut to_payments = payments_client.with_log("payments")?;
+    let status = status_of(within("produce", to_payments.produce(produce("no"))).await?)?;
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    // Not allowed on `payments`: PERMISSION_DENIED, whether or not it exists.
+    let mut billing_payments = billing_client.with_log("payments")?;
+    let status = status_of(within("produce", billing_payments.produce(produce("no"))).await?)?;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let mut reader_client = connect(&node, &pki.client_options(Some(&reader))).await?;
+    let record = within("consume", reader_client.consume(0)).await??;
+    assert_eq!(record.value, Bytes::from("billed"));
     Ok(())
 }
 

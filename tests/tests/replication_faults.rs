@@ -207,6 +207,7 @@ async fn retention_stays_below_the_high_watermark_while_the_followers_are_stoppe
                     ..Default::default()
                 }),
                 acks: Acks::Leader as i32,
+                ..Default::default()
             })
             .await
             .unwrap()

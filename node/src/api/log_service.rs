@@ -17,9 +17,11 @@ use super::peer::GrpcPeerTransport;
 use super::status::to_status;
 use super::store::{LogStore, NewRecord};
 use super::streams::{QueueStream, StreamBudget, WaitEnd};
+use crate::security::{Action, Authorizer, PeerIdentity};
 use crate::storage::{
     BATCH_HEADER_LEN, BoundedRead, RECORD_HEADER_LEN, StorageError, StoredRecord,
 };
+use proglog_client::names::{DEFAULT_LOG, resolve_log_name};
 use proglog_proto::log::v1::log_client::LogClient;
 use proglog_proto::log::v1::log_server::Log as LogApi;
 use proglog_proto::log::v1::{
@@ -58,6 +60,8 @@ pub struct LogService {
     peers: Arc<GrpcPeerTransport>,
     /// The node's bounds on streams and the memory they hold.
     budget: Arc<StreamBudget>,
+    /// The ACL, when one is configured: decides each call on the log it names.
+    acl: Option<Arc<Authorizer>>,
 }
 
 impl LogService {
@@ -75,7 +79,24 @@ impl LogService {
             shutdown,
             peers,
             budget,
+            acl: None,
         }
+    }
+
+    /// The same service, deciding every call with `acl` on the log the call names.
+    pub fn with_acl(mut self, acl: Option<Arc<Authorizer>>) -> Self {
+        self.acl = acl;
+        self
+    }
+
+    /// Checks a request's `log` field before anything else is done with the request.
+    fn open_log<T>(&self, request: &Request<T>, field: &str, action: Action) -> Result<(), Status> {
+        open_log(
+            self.acl.as_deref(),
+            PeerIdentity::of(request),
+            field,
+            action,
+        )
     }
 
     /// Relays a whole `ProduceStream` to the leader: requests in order, answers back in order,
@@ -88,6 +109,9 @@ impl LogService {
     ) -> Result<Response<ReceiverStream<Result<ProduceResponse, Status>>>, Status> {
         let slot = self.budget.open()?;
         let mut client = self.leader_client(leader)?;
+        // Each request is decided here, on the client's identity: the leader sees this node's.
+        let acl = self.acl.clone();
+        let peer = PeerIdentity::of(&request).cloned();
         let (requests_tx, requests_rx) = mpsc::channel(self.settings.stream_buffer);
         let mut inbound = request.into_inner();
         let shutdown = self.shutdown.clone();
@@ -100,7 +124,15 @@ impl LogService {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     next = inbound.next() => match next {
-                        Some(Ok(request)) => if requests_tx.send(request).await.is_err() { return },
+                        Some(Ok(request)) => {
+                            if let Err(status) = open_log(acl.as_deref(), peer.as_ref(), &request.log, Action::Produce) {
+                                let _ = error_tx.send(Err(status)).await;
+                                return;
+                            }
+                            if requests_tx.send(request).await.is_err() {
+                                return;
+                            }
+                        }
                         Some(Err(status)) => {
                             let _ = error_tx.send(Err(status)).await;
                             return;
@@ -218,6 +250,29 @@ impl LogService {
     }
 }
 
+/// The log a request's `log` field names, once `peer` may `action` on it: `INVALID_ARGUMENT`
+/// for a name that breaks the naming rules, `PERMISSION_DENIED` when the ACL does not allow it
+/// (decided before existence, so a caller learns nothing of logs it may not use), `NOT_FOUND`
+/// naming a log the cluster does not hold. Every cluster holds the log `default`.
+fn open_log(
+    acl: Option<&Authorizer>,
+    peer: Option<&PeerIdentity>,
+    field: &str,
+    action: Action,
+) -> Result<(), Status> {
+    let name =
+        resolve_log_name(field).map_err(|error| Status::invalid_argument(error.to_string()))?;
+    if let Some(acl) = acl {
+        acl.authorize_log(peer, name, action)?;
+    }
+    if name != DEFAULT_LOG {
+        return Err(Status::not_found(format!(
+            "log `{name}` does not exist; this cluster holds the log `{DEFAULT_LOG}`"
+        )));
+    }
+    Ok(())
+}
+
 /// How long a question about the log's end waits for this node to catch up with the leader's
 /// high watermark (followers learn it within a fetch round trip).
 const READ_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -333,6 +388,7 @@ impl LogApi for LogService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        self.open_log(&request, &request.get_ref().log, Action::Produce)?;
         let acks_leader = acks_leader(request.get_ref().acks)?;
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
         if let Some(leader) = self.store.route_to_leader(forwarded).await? {
@@ -351,6 +407,7 @@ impl LogApi for LogService {
         &self,
         request: Request<ConsumeRequest>,
     ) -> Result<Response<ConsumeResponse>, Status> {
+        self.open_log(&request, &request.get_ref().log, Action::Consume)?;
         let request = request.into_inner();
         // A time is looked up among the records the confirmed end covers, or a follower behind
         // the leader would answer with a record older than the time.
@@ -420,6 +477,7 @@ impl LogApi for LogService {
         &self,
         request: Request<ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        self.open_log(&request, &request.get_ref().log, Action::Consume)?;
         let request = request.into_inner();
         let confirmed = request.since_timestamp_ms != 0;
         if confirmed {
@@ -577,6 +635,7 @@ impl LogApi for LogService {
             return self.forward_produce_stream(&leader, request).await;
         }
         let slot = self.budget.open()?;
+        let peer = PeerIdentity::of(&request).cloned();
         // Requests are appended in the order they arrive, so offsets follow request order.
         // Whatever has arrived while the previous append synced (up to `produce_pipeline`
         // requests) goes into the next batch: one append and one fsync for many records. The
@@ -588,6 +647,7 @@ impl LogApi for LogService {
         let store = Arc::clone(&self.store);
         let settings = Arc::clone(&self.settings);
         let shutdown = self.shutdown.clone();
+        let acl = self.acl.clone();
         tokio::spawn(async move {
             let _slot = slot;
             loop {
@@ -609,6 +669,7 @@ impl LogApi for LogService {
                     let record = request
                         .map_err(|status| oversize_status(status, settings.max_record_bytes))
                         .and_then(|request| {
+                            open_log(acl.as_deref(), peer.as_ref(), &request.log, Action::Produce)?;
                             acks_leader(request.acks)?;
                             to_new_record(request.record, "ProduceRequest")
                         })
@@ -646,8 +707,9 @@ impl LogApi for LogService {
 
     async fn get_servers(
         &self,
-        _request: Request<GetServersRequest>,
+        request: Request<GetServersRequest>,
     ) -> Result<Response<GetServersResponse>, Status> {
+        self.open_log(&request, &request.get_ref().log, Action::Consume)?;
         // Every member discovery knows (this node included), and which one leads.
         let leader = self.store.consensus().view().leader_id;
         let mut servers: Vec<Server> = self
@@ -676,6 +738,7 @@ impl LogApi for LogService {
         &self,
         request: Request<ProduceBatchRequest>,
     ) -> Result<Response<ProduceBatchResponse>, Status> {
+        self.open_log(&request, &request.get_ref().log, Action::Produce)?;
         let acks_leader = acks_leader(request.get_ref().acks)?;
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
         if let Some(leader) = self.store.route_to_leader(forwarded).await? {
@@ -702,8 +765,9 @@ impl LogApi for LogService {
 
     async fn get_offsets(
         &self,
-        _request: Request<GetOffsetsRequest>,
+        request: Request<GetOffsetsRequest>,
     ) -> Result<Response<GetOffsetsResponse>, Status> {
+        self.open_log(&request, &request.get_ref().log, Action::Consume)?;
         let end_offset = self.confirmed_end().await?;
         Ok(Response::new(GetOffsetsResponse {
             start_offset: self.store.start_offset(),

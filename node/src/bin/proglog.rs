@@ -52,6 +52,10 @@ struct Cli {
     /// (`500ms`, `10s`, `1m`).
     #[arg(long, env = "PROGLOG_TIMEOUT", default_value = "10s", value_parser = parse_timeout, global = true)]
     timeout: Duration,
+    /// The log to produce to and consume from: 1 to 249 characters of a-z, A-Z, 0-9, '.', '_'
+    /// and '-'.
+    #[arg(long, env = "PROGLOG_LOG", default_value = proglog_client::DEFAULT_LOG, value_parser = parse_log_name, global = true)]
+    log: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
@@ -392,6 +396,12 @@ fn servers(members: &[Server], output: Output) -> Result<()> {
     Ok(())
 }
 
+fn parse_log_name(name: &str) -> Result<String, String> {
+    proglog_client::names::check_log_name(name)
+        .map(|()| name.to_owned())
+        .map_err(|error| error.to_string())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let tls = TlsOptions {
         ca_cert: cli.tls_ca,
@@ -412,7 +422,7 @@ async fn run(cli: Cli) -> Result<()> {
     let mut cluster = within(
         timeout,
         format_args!("reach a node at {}", cli.addr),
-        ClusterClient::connect(&seeds, &tls),
+        ClusterClient::connect_to_log(&seeds, &tls, &cli.log),
     )
     .await?;
     match cli.command {

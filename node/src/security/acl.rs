@@ -1,6 +1,7 @@
 //! ACL authorization with proglog's Casbin model: subject = the client certificate's common
-//! name, object `*`, action `produce` or `consume` (proglog's), plus `replicate` for the peer
-//! service (grant it to node certificates) and `admin` for the admin service.
+//! name, object = the log's name (or `*`), action `produce` or `consume` (proglog's), plus
+//! `replicate` for the peer service (grant it to node certificates) and `admin` for the admin
+//! service, both on object `*`.
 //!
 //! proglog's `model.conf` and `policy.csv` work unchanged:
 //!
@@ -15,8 +16,15 @@
 //! m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
 //! ```
 //!
-//! with policy lines such as `p, root, *, produce`. The decision is made in one place, the
-//! [`AclLayer`](super::AclLayer), from the gRPC method path; see [`method_access`].
+//! with policy lines such as `p, root, *, produce`: `*` grants the action on every log, and a
+//! line naming a log (`p, billing, payments, produce`) grants it on that log only. A call to
+//! a log is allowed when the policy allows the subject the action on the log's name or on `*`,
+//! so proglog's exact-match model needs no wildcard matcher.
+//!
+//! The [`AclLayer`](super::AclLayer) authenticates every call and decides every call whose
+//! method alone says what it needs (peer and admin services, unknown methods); a `log.v1.Log`
+//! call, whose log is in its message, is decided by the service once it has read the message
+//! ([`Authorizer::authorize_log`]), before it does anything.
 
 use std::path::PathBuf;
 
@@ -25,7 +33,7 @@ use tonic::Status;
 
 use super::{PeerIdentity, SecurityError};
 
-/// The Casbin object of every request: proglog authorizes per action, not per resource.
+/// The Casbin object that stands for every log (and the object of peer and admin calls).
 pub const WILDCARD_OBJECT: &str = "*";
 
 /// The gRPC service whose methods need authorization; every other service (health,
@@ -208,16 +216,18 @@ impl Authorizer {
         Ok((enforcer, (model_text.into_bytes(), policy_bytes)))
     }
 
-    /// Whether `subject` may perform `action` (on object `*`).
-    pub fn allows(&self, subject: &str, action: Action) -> Result<bool, Status> {
+    /// Whether `subject` may perform `action` on `object` (a log's name, or `*`).
+    pub fn allows(&self, subject: &str, object: &str, action: Action) -> Result<bool, Status> {
         self.enforcer
             .read()
-            .enforce((subject, WILDCARD_OBJECT, action.as_str()))
+            .enforce((subject, object, action.as_str()))
             .map_err(|err| Status::internal(format!("ACL evaluation failed: {err}")))
     }
 
     /// Authorizes a call to `path` from `peer`: `UNAUTHENTICATED` without a client certificate,
     /// `PERMISSION_DENIED` naming the subject and the action when the policy does not allow it.
+    /// A `log.v1.Log` call is only authenticated here: its log is in its message, and the
+    /// service decides it with [`Authorizer::authorize_log`].
     pub fn authorize(&self, path: &str, peer: Option<&PeerIdentity>) -> Result<(), Status> {
         let action = match method_access(path) {
             MethodAccess::Open => return Ok(()),
@@ -228,26 +238,63 @@ impl Authorizer {
                 )));
             }
         };
-        let Some(peer) = peer.filter(|peer| peer.certificates().is_some()) else {
-            return Err(Status::unauthenticated(
-                "a client certificate is required (mutual TLS)",
-            ));
-        };
-        let Some(subject) = peer.common_name() else {
-            return Err(Status::unauthenticated(
-                "the client certificate has no subject common name (CN), which the ACL authorizes",
-            ));
-        };
-        if self.allows(subject, action)? {
-            Ok(())
-        } else {
-            tracing::info!(subject, action = action.as_str(), remote_addr = %peer.remote_addr(), "ACL denied a call");
-            Err(Status::permission_denied(format!(
-                "`{subject}` is not permitted to {} (ACL policy)",
-                action.as_str()
-            )))
+        let (subject, peer) = authenticated(peer)?;
+        if matches!(action, Action::Produce | Action::Consume) {
+            return Ok(());
         }
+        self.decide(subject, peer, WILDCARD_OBJECT, action)
     }
+
+    /// Authorizes `action` on the log named `log` for `peer`: allowed when the policy allows
+    /// the subject the action on `log` or on `*`.
+    pub fn authorize_log(
+        &self,
+        peer: Option<&PeerIdentity>,
+        log: &str,
+        action: Action,
+    ) -> Result<(), Status> {
+        let (subject, peer) = authenticated(peer)?;
+        self.decide(subject, peer, log, action)
+    }
+
+    fn decide(
+        &self,
+        subject: &str,
+        peer: &PeerIdentity,
+        object: &str,
+        action: Action,
+    ) -> Result<(), Status> {
+        if self.allows(subject, object, action)?
+            || (object != WILDCARD_OBJECT && self.allows(subject, WILDCARD_OBJECT, action)?)
+        {
+            return Ok(());
+        }
+        tracing::info!(subject, object, action = action.as_str(), remote_addr = %peer.remote_addr(), "ACL denied a call");
+        let on = if object == WILDCARD_OBJECT {
+            String::new()
+        } else {
+            format!(" on log `{object}`")
+        };
+        Err(Status::permission_denied(format!(
+            "`{subject}` is not permitted to {}{on} (ACL policy)",
+            action.as_str()
+        )))
+    }
+}
+
+/// The subject of a call: the common name of the client certificate it came with.
+fn authenticated(peer: Option<&PeerIdentity>) -> Result<(&str, &PeerIdentity), Status> {
+    let Some(peer) = peer.filter(|peer| peer.certificates().is_some()) else {
+        return Err(Status::unauthenticated(
+            "a client certificate is required (mutual TLS)",
+        ));
+    };
+    let Some(subject) = peer.common_name() else {
+        return Err(Status::unauthenticated(
+            "the client certificate has no subject common name (CN), which the ACL authorizes",
+        ));
+    };
+    Ok((subject, peer))
 }
 
 #[cfg(test)]
@@ -334,21 +381,21 @@ mod tests {
     async fn proglog_policy_decides_by_common_name_and_action() {
         let dir = tempfile::tempdir().unwrap();
         let acl = authorizer(&dir).await;
-        assert!(acl.allows("root", Action::Produce).unwrap());
-        assert!(acl.allows("root", Action::Consume).unwrap());
-        assert!(acl.allows("reader", Action::Consume).unwrap());
-        assert!(!acl.allows("reader", Action::Produce).unwrap());
-        assert!(!acl.allows("nobody", Action::Consume).unwrap());
+        assert!(acl.allows("root", "*", Action::Produce).unwrap());
+        assert!(acl.allows("root", "*", Action::Consume).unwrap());
+        assert!(acl.allows("reader", "*", Action::Consume).unwrap());
+        assert!(!acl.allows("reader", "*", Action::Produce).unwrap());
+        assert!(!acl.allows("nobody", "*", Action::Consume).unwrap());
 
         let ca = TestCa::new();
         let root = peer_with_cn(&ca, "root");
         let reader = peer_with_cn(&ca, "reader");
-        acl.authorize("/log.v1.Log/ProduceBatch", Some(&root))
+        acl.authorize_log(Some(&root), "default", Action::Produce)
             .unwrap();
-        acl.authorize("/log.v1.Log/GetServers", Some(&reader))
+        acl.authorize_log(Some(&reader), "default", Action::Consume)
             .unwrap();
         let denied = acl
-            .authorize("/log.v1.Log/Produce", Some(&reader))
+            .authorize_log(Some(&reader), "default", Action::Produce)
             .unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied);
         assert!(
@@ -366,12 +413,12 @@ mod tests {
             !acl.reload_if_changed().await.unwrap(),
             "nothing changed yet"
         );
-        assert!(!acl.allows("reader", Action::Produce).unwrap());
+        assert!(!acl.allows("reader", "*", Action::Produce).unwrap());
 
         let policy = dir.path().join("policy.csv");
         std::fs::write(&policy, format!("{POLICY}p, reader, *, produce\n")).unwrap();
         assert!(acl.reload_if_changed().await.unwrap());
-        assert!(acl.allows("reader", Action::Produce).unwrap());
+        assert!(acl.allows("reader", "*", Action::Produce).unwrap());
 
         // A model that does not parse is refused; the rules in force stay.
         std::fs::write(
@@ -380,8 +427,53 @@ mod tests {
         )
         .unwrap();
         assert!(acl.reload_if_changed().await.is_err());
-        assert!(acl.allows("reader", Action::Produce).unwrap());
-        assert!(!acl.allows("nobody", Action::Consume).unwrap());
+        assert!(acl.allows("reader", "*", Action::Produce).unwrap());
+        assert!(!acl.allows("nobody", "*", Action::Consume).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_policy_line_naming_a_log_grants_that_log_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let acl = authorizer(&dir).await;
+        std::fs::write(
+            dir.path().join("policy.csv"),
+            format!("{POLICY}p, billing, payments, produce\np, auditor, audit, consume\n"),
+        )
+        .unwrap();
+        assert!(acl.reload_if_changed().await.unwrap());
+        let ca = TestCa::new();
+        let billing = peer_with_cn(&ca, "billing");
+        let auditor = peer_with_cn(&ca, "auditor");
+        let root = peer_with_cn(&ca, "root");
+
+        acl.authorize_log(Some(&billing), "payments", Action::Produce)
+            .unwrap();
+        acl.authorize_log(Some(&auditor), "audit", Action::Consume)
+            .unwrap();
+        // `*` in a policy line still means every log.
+        for log in ["payments", "audit", "default"] {
+            acl.authorize_log(Some(&root), log, Action::Produce)
+                .unwrap();
+        }
+        for (peer, log, action) in [
+            (&billing, "default", Action::Produce),
+            (&billing, "payments", Action::Consume),
+            (&auditor, "payments", Action::Consume),
+            (&auditor, "audit", Action::Produce),
+        ] {
+            let denied = acl.authorize_log(Some(peer), log, action).unwrap_err();
+            assert_eq!(denied.code(), Code::PermissionDenied);
+            assert!(
+                denied.message().contains(&format!("on log `{log}`")),
+                "{}",
+                denied.message()
+            );
+        }
+        // A grant on one log is no grant on `*`: peer and admin calls are decided on `*`.
+        let denied = acl
+            .authorize("/log.v1.Admin/RemoveVoter", Some(&billing))
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
     }
 
     #[tokio::test]

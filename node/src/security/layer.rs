@@ -1,6 +1,8 @@
-//! `AclLayer`: the one place calls are authorized, as a tower layer around every gRPC
-//! service. It maps the method path to an action (see [`super::acl::method_access`]) and asks
-//! the [`Authorizer`]; refused calls are answered here and never reach a handler.
+//! `AclLayer`: where every call is authenticated, as a tower layer around every gRPC service.
+//! It maps the method path to an action (see [`super::acl::method_access`]) and asks the
+//! [`Authorizer`], which decides peer and admin calls and unknown methods here; refused calls
+//! are answered here and never reach a handler. A `log.v1.Log` call is decided by the service
+//! on the log its message names ([`Authorizer::authorize_log`]), before it does anything.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -9,7 +9,8 @@
 //!   handshakes; each connection carries its [`PeerIdentity`].
 //! - `identity`: [`PeerIdentity`], the peer's certificate chain and common name.
 //! - `acl`: [`AclConfig`], [`Authorizer`] (Casbin) and the method -> action mapping.
-//! - `layer`: [`AclLayer`], the one place calls are authorized.
+//! - `layer`: [`AclLayer`], where every call is authenticated and calls to the peer and admin
+//!   services are authorized (log calls are decided on their log by the service).
 //!
 //! [`ServerSecurity::load`] loads all of it at start, before anything serves.
 
