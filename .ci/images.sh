@@ -199,7 +199,8 @@ for arg in sys.argv[1:]:
     name, ip = arg.split("=")
     text = urllib.request.urlopen(f"http://{ip}:9400/metrics", timeout=3).read().decode()
     m = dict(line.split()[:2] for line in text.splitlines() if line.startswith("proglog_"))
-    nodes[name] = [m["proglog_" + g] for g in ("leader_epoch", "is_leader", "voters", "log_high_watermark")]
+    log = '{log="default"}'
+    nodes[name] = [m["proglog_" + g] for g in ("leader_epoch" + log, "is_leader" + log, "voters", "log_high_watermark" + log)]
 print("; ".join(f"{name}: epoch {e}, is_leader {l}, voters {v}, high watermark {h}"
                 for name, (e, l, v, h) in nodes.items()))
 gauges = nodes.values()

@@ -123,9 +123,10 @@ async fn metrics_and_health_reflect_the_rpcs_served() -> anyhow::Result<()> {
             r#"proglog_rpc_request_duration_seconds_bucket{le="+Inf",method="Produce"} 3"#,
             r#"proglog_rpc_in_flight{method="Produce"} 0"#,
             r#"proglog_rpc_in_flight{method="Consume"} 0"#,
-            "proglog_log_start_offset 0",
-            "proglog_log_end_offset 3",
-            "proglog_log_segments 1",
+            r#"proglog_log_start_offset{log="default"} 0"#,
+            r#"proglog_log_end_offset{log="default"} 3"#,
+            r#"proglog_log_segments{log="default"} 1"#,
+            "proglog_logs 1",
         ],
     )
     .await?;
@@ -143,7 +144,8 @@ async fn metrics_and_health_reflect_the_rpcs_served() -> anyhow::Result<()> {
     let fsync_seconds =
         sample(&body, "proglog_fsync_seconds_total").context("no proglog_fsync_seconds_total")?;
     assert!(fsync_seconds >= 0.0, "fsync seconds: {fsync_seconds}");
-    let size = sample(&body, "proglog_log_size_bytes").context("no proglog_log_size_bytes")?;
+    let size = sample(&body, r#"proglog_log_size_bytes{log="default"}"#)
+        .context("no proglog_log_size_bytes")?;
     assert!(size >= 3.0 * 16.0, "size: {size}");
     assert!(
         body.ends_with("# EOF\n"),
@@ -196,7 +198,7 @@ async fn metrics_and_health_reflect_the_rpcs_served() -> anyhow::Result<()> {
             r#"proglog_rpc_request_duration_seconds_count{method="ProduceStream"} 1"#,
             r#"proglog_rpc_in_flight{method="ProduceStream"} 0"#,
             r#"proglog_rpc_requests_total{method="Produce",code="Ok"} 3"#,
-            "proglog_log_end_offset 5",
+            r#"proglog_log_end_offset{log="default"} 5"#,
         ],
     )
     .await?;

@@ -223,7 +223,9 @@ async fn silent_connections_under_a_low_descriptor_limit_never_stop_the_log() {
             .offset;
         assert_eq!(offset, i);
     }
-    let segments = metric(&node, "proglog_log_segments").await.unwrap();
+    let segments = metric(&node, r#"proglog_log_segments{log="default"}"#)
+        .await
+        .unwrap();
     assert!(segments >= 10.0, "only {segments} segments: too few rolls");
     let consumed = producer
         .consume(ConsumeRequest {

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use proglog_client::names::DEFAULT_LOG;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -205,7 +206,9 @@ impl Collector for LogCollector {
             return Ok(());
         };
         let log = source.log_snapshot();
-        let gauges = [
+        // What belongs to one log carries its name, as every log's will once a cluster holds
+        // more than one; what belongs to the node or the cluster does not.
+        let per_log = [
             (
                 "log_start_offset",
                 "First offset the log holds",
@@ -227,12 +230,21 @@ impl Collector for LogCollector {
                 "Records below this offset are committed on a majority and visible to consumers",
                 log.high_watermark,
             ),
-            ("leader_epoch", "The current leader epoch", log.epoch),
+            ("leader_epoch", "The log's current leader epoch", log.epoch),
             (
                 "is_leader",
-                "1 while this node leads the cluster",
+                "1 while this node leads the log",
                 log.is_leader,
             ),
+        ];
+        for (name, help, value) in per_log {
+            let gauge = ConstGauge::new(value);
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(family.encode_family(&[("log", DEFAULT_LOG)])?)?;
+        }
+        let gauges = [
+            ("logs", "Logs this node holds a replica of", 1),
+            ("leaders", "Logs this node leads", log.is_leader),
             (
                 "voters",
                 "Voters in the quorum, as this node knows it",
@@ -315,15 +327,17 @@ mod tests {
         })));
         let text = metrics.encode().unwrap();
         for line in [
-            "proglog_log_start_offset 2\n",
-            "proglog_log_high_watermark 6\n",
-            "proglog_leader_epoch 4\n",
-            "proglog_is_leader 1\n",
+            "proglog_log_start_offset{log=\"default\"} 2\n",
+            "proglog_log_high_watermark{log=\"default\"} 6\n",
+            "proglog_leader_epoch{log=\"default\"} 4\n",
+            "proglog_is_leader{log=\"default\"} 1\n",
             "proglog_voters 3\n",
+            "proglog_logs 1\n",
+            "proglog_leaders 1\n",
             "proglog_disk_full 1\n",
-            "proglog_log_end_offset 7\n",
-            "proglog_log_size_bytes 4096\n",
-            "proglog_log_segments 3\n",
+            "proglog_log_end_offset{log=\"default\"} 7\n",
+            "proglog_log_size_bytes{log=\"default\"} 4096\n",
+            "proglog_log_segments{log=\"default\"} 3\n",
             "proglog_fsync_total 5\n",
             "proglog_fsync_seconds_total 1.5\n",
             "# TYPE proglog_fsync counter\n",

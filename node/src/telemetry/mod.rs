@@ -23,10 +23,17 @@
 //! | `proglog_rpc_requests_total` | counter | `method`, `code` | finished RPCs by gRPC status code name (`Ok`, `OutOfRange`, ...) |
 //! | `proglog_rpc_request_duration_seconds` | histogram | `method` | latency, 50 µs to 10 s buckets |
 //! | `proglog_rpc_in_flight` | gauge | `method` | RPCs started and not finished (open streams included) |
-//! | `proglog_log_start_offset` | gauge | | first offset the log holds |
-//! | `proglog_log_end_offset` | gauge | | offset the next record gets |
-//! | `proglog_log_size_bytes` | gauge | | bytes of data in all segments |
-//! | `proglog_log_segments` | gauge | | number of segments |
+//! | `proglog_log_start_offset` | gauge | `log` | first offset the log holds |
+//! | `proglog_log_end_offset` | gauge | `log` | offset the next record gets |
+//! | `proglog_log_size_bytes` | gauge | `log` | bytes of data in all segments |
+//! | `proglog_log_segments` | gauge | `log` | number of segments |
+//! | `proglog_log_high_watermark` | gauge | `log` | records below it are committed and visible |
+//! | `proglog_leader_epoch` | gauge | `log` | the log's current leader epoch |
+//! | `proglog_is_leader` | gauge | `log` | 1 while this node leads the log |
+//! | `proglog_logs` | gauge | | logs this node holds a replica of |
+//! | `proglog_leaders` | gauge | | logs this node leads |
+//! | `proglog_voters` | gauge | | voters in the quorum, as this node knows it |
+//! | `proglog_disk_full` | gauge | | 1 while the disk is full |
 //! | `proglog_fsync_total` | counter | | `fdatasync` calls for appends |
 //! | `proglog_fsync_seconds_total` | counter | | time spent in them (`rate(seconds)/rate(total)` is the mean fsync latency) |
 //!
