@@ -67,9 +67,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Status};
 
 use log::v1::log_client::LogClient;
+use log::v1::logs_client::LogsClient;
 use log::v1::{
-    ConsumeRequest, GetOffsetsRequest, GetServersRequest, ProduceBatchRequest, ProduceRequest,
-    Record, Server,
+    ConsumeRequest, DescribeLogRequest, GetOffsetsRequest, GetServersRequest, ListLogsRequest,
+    LogDescription, LogSummary, ProduceBatchRequest, ProduceRequest, Record, Server,
 };
 
 /// Package `log.v1`, generated from `proto/log/v1/log.proto`.
@@ -85,8 +86,9 @@ pub mod log {
 /// accept (1 GiB less a batch's overhead), with room for its framing.
 const MAX_MESSAGE_BYTES: usize = (1 << 30) + (64 << 10);
 
-/// What went wrong talking to a node.
+/// What went wrong talking to a node. New kinds of error may be added: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The address is not a valid endpoint.
     InvalidAddress {
@@ -247,6 +249,7 @@ impl TlsOptions {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: LogClient<Channel>,
+    logs: LogsClient<Channel>,
     /// The `log` field of every request; empty for the `default` log, so the requests are
     /// exactly what the Go proglog's clients send.
     log: String,
@@ -329,7 +332,8 @@ impl Client {
                 source,
             })?;
         Ok(Client {
-            inner: LogClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            inner: LogClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            logs: LogsClient::new(channel),
             log: String::new(),
         })
     }
@@ -388,11 +392,15 @@ impl Client {
     }
 
     /// Pipelined produce: sends every record of `records` without waiting, and yields each
-    /// offset in order.
-    pub async fn produce_stream(
+    /// offset in order. The stream of offsets does not borrow the client: other calls can go on
+    /// meanwhile.
+    pub async fn produce_stream<S>(
         &mut self,
-        records: impl Stream<Item = Produce> + Send + 'static,
-    ) -> Result<impl Stream<Item = Result<u64, ClientError>>, ClientError> {
+        records: S,
+    ) -> Result<impl Stream<Item = Result<u64, ClientError>> + use<S>, ClientError>
+    where
+        S: Stream<Item = Produce> + Send + 'static,
+    {
         let log = self.log.clone();
         let requests = records.map(move |record| ProduceRequest {
             record: Some(record.into_proto()),
@@ -441,7 +449,7 @@ impl Client {
         &mut self,
         offset: u64,
         since_ms: Option<i64>,
-    ) -> Result<impl Stream<Item = Result<Record, ClientError>>, ClientError> {
+    ) -> Result<impl Stream<Item = Result<Record, ClientError>> + use<>, ClientError> {
         let request = ConsumeRequest {
             offset,
             since_timestamp_ms: since_ms.unwrap_or(0),
@@ -457,7 +465,7 @@ impl Client {
         &mut self,
         offset: u64,
         until: u64,
-    ) -> Result<impl Stream<Item = Result<Record, ClientError>>, ClientError> {
+    ) -> Result<impl Stream<Item = Result<Record, ClientError>> + use<>, ClientError> {
         let request = ConsumeRequest {
             offset,
             until_offset: until,
@@ -470,7 +478,7 @@ impl Client {
     async fn stream(
         &mut self,
         request: ConsumeRequest,
-    ) -> Result<impl Stream<Item = Result<Record, ClientError>>, ClientError> {
+    ) -> Result<impl Stream<Item = Result<Record, ClientError>> + use<>, ClientError> {
         let responses = self.inner.consume_stream(request).await?.into_inner();
         Ok(responses.filter_map(|response| match response {
             Ok(response) => response.record.map(Ok),
@@ -488,6 +496,27 @@ impl Client {
             .await?
             .into_inner();
         Ok((response.start_offset, response.end_offset))
+    }
+
+    /// The cluster's logs this client's identity may read, with each one's leader.
+    pub async fn list_logs(&mut self) -> Result<Vec<LogSummary>, ClientError> {
+        Ok(self
+            .logs
+            .list_logs(ListLogsRequest {})
+            .await?
+            .into_inner()
+            .logs)
+    }
+
+    /// This client's log as its leader sees it: epoch, offsets, every replica's progress.
+    pub async fn describe_log(&mut self) -> Result<LogDescription, ClientError> {
+        Ok(self
+            .logs
+            .describe_log(DescribeLogRequest {
+                log: self.log.clone(),
+            })
+            .await?
+            .into_inner())
     }
 
     /// The cluster's members, with the leader of this client's log marked.

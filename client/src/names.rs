@@ -2,7 +2,9 @@
 //!
 //! A name is 1 to [`MAX_LOG_NAME_LEN`] characters of `a-z`, `A-Z`, `0-9`, `.`, `_` and `-`, and
 //! is neither `.` nor `..`: Kafka's rules for topic names, so names move between the two, and
-//! every name is safe as a file name, a metric label and a policy object. An empty `log` field
+//! every name is safe in a metric label, a policy line and a command line. Names are
+//! case-sensitive (`Orders` and `orders` are two logs); a name that starts with `-` is given
+//! to the CLI as `--log=-name`. An empty `log` field
 //! means [`DEFAULT_LOG`], the log every cluster has, so clients that never set the field (the
 //! Go proglog's among them) use it.
 

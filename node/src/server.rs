@@ -24,6 +24,7 @@ use crate::storage::{Log, Shortage};
 use crate::telemetry::{Health, HttpServer, Listener, Metrics, RpcMetricsLayer};
 use proglog_proto::log::v1::admin_server::AdminServer;
 use proglog_proto::log::v1::log_server::LogServer;
+use proglog_proto::log::v1::logs_server::LogsServer;
 use proglog_proto::log::v1::peer_server::PeerServer;
 
 /// HTTP/2 streams (calls) one connection may have open at once.
@@ -222,8 +223,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
             },
             Arc::clone(metrics.load()),
         ),
-    )
-    .with_acl(security.authorizer.clone());
+        security.authorizer.clone(),
+    );
     let max_message = config.log.max_batch_bytes as usize + MESSAGE_OVERHEAD;
     let health = tonic_health::server::HealthReporter::new();
     health.set_serving::<LogServer<LogService>>().await;
@@ -265,7 +266,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     // Bounds per connection: streams open at once, and calls in flight (more wait). The
     // metrics layer is the outermost, so it counts what later layers reject too; the size
     // limit inside it, so an oversize request is counted as InvalidArgument; every call is
-    // authorized by the ACL layer (a pass-through without an ACL).
+    // authenticated by the ACL layer (a pass-through without an ACL), which also decides the
+    // peer and admin calls; the log services decide theirs on the log each call names.
     macro_rules! builder {
         () => {
             tonic::transport::Server::builder()
@@ -332,6 +334,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         .add_service(health_server)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
+        .add_service(LogsServer::new(service.clone()))
         .add_service(
             LogServer::new(service)
                 .max_decoding_message_size(max_message)

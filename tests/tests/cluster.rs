@@ -869,3 +869,130 @@ async fn reads_through_any_node_see_every_acknowledged_write() {
         node.terminate().await.unwrap();
     }
 }
+
+/// `ListLogs` and `DescribeLog` through any node: the cluster's one log with its leader, and
+/// a describe answered by the leader with every other replica's progress, also from the CLI.
+/// With a follower's leader gone, the follower answers from its own view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_listed_and_described_through_any_node() {
+    use proglog_client::Client;
+    let mut nodes = start_cluster().await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let acknowledged = produce(&nodes[leader], "described").await.unwrap();
+    let leader_id = IDS[leader];
+    let cli = proglog_tests::node_process::node_binary()
+        .unwrap()
+        .with_file_name("proglog");
+    for node in &nodes {
+        let addr = node.rpc_addr().to_string();
+        let mut client = Client::connect(&addr).await.unwrap();
+        let logs = client.list_logs().await.unwrap();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert_eq!(logs[0].name, "default");
+        assert_eq!(logs[0].leader_id, leader_id);
+        // Every replica fetches within a round trip: poll until the leader has seen both.
+        let mut last = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let described = loop {
+            let described = client.describe_log().await.unwrap();
+            let caught_up = described.replicas.len() == 2
+                && described
+                    .replicas
+                    .iter()
+                    .all(|replica| replica.fetched && replica.end_offset > acknowledged);
+            if caught_up {
+                break described;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas never caught up: {last:?}"
+            );
+            last = Some(described);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(described.name, "default");
+        assert_eq!(described.described_by, leader_id, "answered by the leader");
+        assert_eq!(described.leader_id, leader_id);
+        assert!(described.high_watermark > acknowledged, "{described:?}");
+        for replica in &described.replicas {
+            assert_ne!(replica.id, leader_id);
+            assert!(replica.voter, "{described:?}");
+        }
+
+        for args in [
+            vec!["logs", "list"],
+            vec!["--output", "json", "logs", "describe", "default"],
+        ] {
+            let output = tokio::process::Command::new(&cli)
+                .args(["--addr", &addr])
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{args:?}: {output:?}");
+            assert!(
+                stdout.contains("default") && stdout.contains(leader_id),
+                "{args:?}: {stdout}"
+            );
+        }
+        let unknown = tokio::process::Command::new(&cli)
+            .args(["--addr", &addr, "logs", "describe", "orders"])
+            .output()
+            .await
+            .unwrap();
+        assert!(!unknown.status.success());
+        assert!(
+            String::from_utf8_lossy(&unknown.stderr).contains("log `orders` does not exist"),
+            "{unknown:?}"
+        );
+    }
+
+    // A ProduceStream through a follower whose second request names an unknown log: the
+    // first is appended and answered, then the refusal ends the stream.
+    {
+        use proglog_proto::log::v1::log_client::LogClient;
+        let follower = (leader + 1) % 3;
+        let mut client = LogClient::new(nodes[follower].channel().await.unwrap());
+        let request = |value: &str, log: &str| ProduceRequest {
+            record: Some(Record {
+                value: value.as_bytes().to_vec().into(),
+                ..Default::default()
+            }),
+            log: log.to_owned(),
+            ..Default::default()
+        };
+        let mut answers = client
+            .produce_stream(futures_util::stream::iter([
+                request("before the refusal", ""),
+                request("never written", "orders"),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = answers.message().await;
+        let offset = match first {
+            Ok(Some(answer)) => answer.offset,
+            other => panic!("the first request's answer comes before the refusal: {other:?}"),
+        };
+        assert!(offset > acknowledged);
+        let refusal = answers.message().await.unwrap_err();
+        assert_eq!(refusal.code(), tonic::Code::NotFound, "{refusal:?}");
+    }
+
+    // The leader killed: a follower still answers, from its own view and without replicas.
+    nodes[leader].kill().await.unwrap();
+    let follower = (leader + 1) % 3;
+    let mut client = Client::connect(&nodes[follower].rpc_addr().to_string())
+        .await
+        .unwrap();
+    let described = tokio::time::timeout(Duration::from_secs(30), client.describe_log())
+        .await
+        .expect("a describe answers even while the leader is gone")
+        .unwrap();
+    assert!(!described.described_by.is_empty());
+    assert!(described.end_offset > acknowledged, "{described:?}");
+    for node in &mut nodes {
+        let _ = node.terminate().await;
+    }
+}

@@ -174,6 +174,17 @@ fn produce(value: &str) -> Produce {
     }
 }
 
+/// The first error of a stream call: its refusal, or the error its stream starts with.
+async fn first_of<T>(
+    stream: Result<impl futures_util::Stream<Item = Result<T, ClientError>>, ClientError>,
+) -> Result<(), ClientError> {
+    let mut stream = Box::pin(stream?);
+    match stream.next().await {
+        Some(Err(error)) => Err(error),
+        _ => Ok(()),
+    }
+}
+
 fn status_of(result: Result<u64, ClientError>) -> anyhow::Result<tonic::Status> {
     match result {
         Err(ClientError::Status(status)) => Ok(status),
@@ -378,7 +389,26 @@ async fn acl_grants_apply_to_the_log_they_name() -> anyhow::Result<()> {
     let billing = pki.issue("billing", "billing", 2)?;
     let payments = pki.issue("payments-writer", "payments-writer", 3)?;
     let reader = pki.issue("reader", "reader", 4)?;
-    let node = NodeProcess::start(with_acl(mtls_node(&pki, &server), &pki)?).await?;
+    let nobody = pki.issue("nobody", "nobody", 5)?;
+    // Two streams at most, so a stream held for a caller the ACL refuses would show.
+    let node =
+        NodeProcess::start(with_acl(mtls_node(&pki, &server), &pki)?.flag("--max-streams", "2"))
+            .await?;
+    // Streams opened by an identity with no grant, which send nothing yet: they hold no slot.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut client = connect(&node, &pki.client_options(Some(&nobody))).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Produce>(1);
+        let stream = within(
+            "ProduceStream",
+            client.produce_stream(futures_util::stream::unfold(
+                receiver,
+                |mut receiver| async { receiver.recv().await.map(|record| (record, receiver)) },
+            )),
+        )
+        .await??;
+        held.push((client, sender, Box::pin(stream)));
+    }
 
     let mut billing_client = connect(&node, &pki.client_options(Some(&billing))).await?;
     assert_eq!(
@@ -419,6 +449,76 @@ async fn acl_grants_apply_to_the_log_they_name() -> anyhow::Result<()> {
     let mut reader_client = connect(&node, &pki.client_options(Some(&reader))).await?;
     let record = within("consume", reader_client.consume(0)).await??;
     assert_eq!(record.value, Bytes::from("billed"));
+    let mut stream =
+        Box::pin(within("ConsumeStream", reader_client.consume_stream(0, None)).await??);
+    let streamed = within("the first streamed record", stream.next()).await?;
+    ensure!(
+        matches!(&streamed, Some(Ok(record)) if record.value == "billed"),
+        "the streams of a refused identity took the slots: {streamed:?}"
+    );
+    drop(stream);
+    // Their first request is refused, and nothing is written.
+    for (_, sender, stream) in &mut held {
+        sender.send(produce("no")).await?;
+        let refused = within("the refusal", stream.next()).await?;
+        ensure!(
+            matches!(&refused, Some(Err(ClientError::Status(status))) if status.code() == Code::PermissionDenied),
+            "{refused:?}"
+        );
+    }
+
+    // A list shows only the logs the caller may read; a describe needs `consume` on the log.
+    let listed = within("list", reader_client.list_logs()).await??;
+    let names: Vec<&str> = listed.iter().map(|log| log.name.as_str()).collect();
+    assert_eq!(names, ["default"]);
+    let described = within("describe", reader_client.describe_log()).await??;
+    assert_eq!(described.end_offset, 1, "{described:?}");
+    let mut billing_client = connect(&node, &pki.client_options(Some(&billing))).await?;
+    assert!(
+        within("list", billing_client.list_logs())
+            .await??
+            .is_empty()
+    );
+    let denied = match within("describe", billing_client.describe_log()).await? {
+        Err(ClientError::Status(status)) => status,
+        other => bail!("expected PERMISSION_DENIED, got {other:?}"),
+    };
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    // Every method is decided on the log: `billing` may only produce to `default`, and
+    // `payments-writer` only to `payments`.
+    let denied = |what: &str, result: Result<(), ClientError>| match result {
+        Err(ClientError::Status(status)) if status.code() == Code::PermissionDenied => Ok(()),
+        other => Err(anyhow::anyhow!(
+            "{what}: expected PERMISSION_DENIED, got {other:?}"
+        )),
+    };
+    denied("Consume", billing_client.consume(0).await.map(drop))?;
+    denied(
+        "ConsumeStream",
+        first_of(billing_client.consume_stream(0, None).await).await,
+    )?;
+    denied("GetOffsets", billing_client.offsets().await.map(drop))?;
+    denied("GetServers", billing_client.servers().await.map(drop))?;
+    let mut payments_client = connect(&node, &pki.client_options(Some(&payments))).await?;
+    denied(
+        "Produce",
+        payments_client.produce(produce("no")).await.map(drop),
+    )?;
+    denied(
+        "ProduceBatch",
+        payments_client
+            .produce_batch(vec![produce("no")])
+            .await
+            .map(drop),
+    )?;
+    let records = futures_util::stream::iter([produce("no")]);
+    denied(
+        "ProduceStream",
+        first_of(payments_client.produce_stream(records).await).await,
+    )?;
+    let end = within("offsets", reader_client.offsets()).await??;
+    assert_eq!(end, (0, 1), "nothing refused was written");
     Ok(())
 }
 

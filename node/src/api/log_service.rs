@@ -65,13 +65,15 @@ pub struct LogService {
 }
 
 impl LogService {
-    /// A service over `store`; its streams end when `shutdown` is cancelled.
+    /// A service over `store`; its streams end when `shutdown` is cancelled. With an `acl`,
+    /// every call is decided on the log it names (the ACL layer only authenticates them).
     pub fn new(
         store: Arc<LogStore>,
         settings: ServiceSettings,
         shutdown: CancellationToken,
         peers: Arc<GrpcPeerTransport>,
         budget: Arc<StreamBudget>,
+        acl: Option<Arc<Authorizer>>,
     ) -> Self {
         LogService {
             store,
@@ -79,14 +81,20 @@ impl LogService {
             shutdown,
             peers,
             budget,
-            acl: None,
+            acl,
         }
     }
 
-    /// The same service, deciding every call with `acl` on the log the call names.
-    pub fn with_acl(mut self, acl: Option<Arc<Authorizer>>) -> Self {
-        self.acl = acl;
-        self
+    pub(super) fn store(&self) -> &Arc<LogStore> {
+        &self.store
+    }
+
+    pub(super) fn acl(&self) -> Option<&Authorizer> {
+        self.acl.as_deref()
+    }
+
+    pub(super) fn peers(&self) -> &GrpcPeerTransport {
+        &self.peers
     }
 
     /// Checks a request's `log` field before anything else is done with the request.
@@ -102,60 +110,101 @@ impl LogService {
     /// Relays a whole `ProduceStream` to the leader: requests in order, answers back in order,
     /// the leader's error (if any) as the stream's end. A follower stays in the path for the
     /// stream's life; clients that route themselves skip it.
-    async fn forward_produce_stream(
+    ///
+    /// Each request is decided here, on the client's identity (the leader sees this node's),
+    /// and nothing is held for the stream, neither a slot of the stream budget nor a stream to
+    /// the leader, until its first request is allowed. A request refused, or a client stream
+    /// that fails, ends what is sent to the leader; the refusal reaches the client after the
+    /// leader's answers to every request sent before it.
+    fn forward_produce_stream(
         &self,
         leader: &str,
-        request: Request<Streaming<ProduceRequest>>,
+        mut inbound: Streaming<ProduceRequest>,
+        mut access: LogAccess,
     ) -> Result<Response<ReceiverStream<Result<ProduceResponse, Status>>>, Status> {
-        let slot = self.budget.open()?;
         let mut client = self.leader_client(leader)?;
-        // Each request is decided here, on the client's identity: the leader sees this node's.
-        let acl = self.acl.clone();
-        let peer = PeerIdentity::of(&request).cloned();
-        let (requests_tx, requests_rx) = mpsc::channel(self.settings.stream_buffer);
-        let mut inbound = request.into_inner();
+        let budget = Arc::clone(&self.budget);
+        let buffer = self.settings.stream_buffer;
+        let max_record_bytes = self.settings.max_record_bytes;
         let shutdown = self.shutdown.clone();
-        let (tx, rx) = mpsc::channel(self.settings.stream_buffer);
-        let error_tx = tx.clone();
-        // Client -> leader. A bad request from the client ends what is sent; the leader then
-        // sees the stream end.
+        let (tx, rx) = mpsc::channel(buffer);
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = inbound.next() => match next {
-                        Some(Ok(request)) => {
-                            if let Err(status) = open_log(acl.as_deref(), peer.as_ref(), &request.log, Action::Produce) {
-                                let _ = error_tx.send(Err(status)).await;
-                                return;
-                            }
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                first = inbound.next() => first,
+            };
+            let first = match first.map(|first| {
+                first
+                    .map_err(|status| oversize_status(status, max_record_bytes))
+                    .and_then(|request| access.check(&request.log).map(|()| request))
+            }) {
+                None => return,
+                Some(Ok(first)) => first,
+                Some(Err(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let _slot = match budget.open() {
+                Ok(slot) => slot,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let (requests_tx, requests_rx) = mpsc::channel(buffer);
+            let (refusal_tx, refusal_rx) = tokio::sync::oneshot::channel();
+            // Client -> leader, until the client ends, a request is refused, or shutdown.
+            let pump_stop = shutdown.clone();
+            tokio::spawn(async move {
+                if requests_tx.send(first).await.is_err() {
+                    return;
+                }
+                loop {
+                    let next = tokio::select! {
+                        _ = pump_stop.cancelled() => return,
+                        next = inbound.next() => next,
+                    };
+                    let request = match next {
+                        None => return,
+                        Some(Ok(request)) => access.check(&request.log).map(|()| request),
+                        Some(Err(status)) => Err(oversize_status(status, max_record_bytes)),
+                    };
+                    match request {
+                        Ok(request) => {
                             if requests_tx.send(request).await.is_err() {
                                 return;
                             }
                         }
-                        Some(Err(status)) => {
-                            let _ = error_tx.send(Err(status)).await;
+                        Err(status) => {
+                            let _ = refusal_tx.send(status);
                             return;
                         }
-                        None => return,
-                    },
+                    }
                 }
-            }
-        });
-        let mut outbound = Request::new(ReceiverStream::new(requests_rx));
-        outbound.metadata_mut().insert(
-            FORWARDED_METADATA,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-        let mut answers = client.produce_stream(outbound).await?.into_inner();
-        // Leader -> client.
-        tokio::spawn(async move {
-            let _slot = slot;
+            });
+            let mut outbound = Request::new(ReceiverStream::new(requests_rx));
+            outbound.metadata_mut().insert(
+                FORWARDED_METADATA,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            // Leader -> client.
+            let mut answers = match client.produce_stream(outbound).await {
+                Ok(answers) => answers.into_inner(),
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
             while let Some(answer) = answers.next().await {
                 let end = answer.is_err();
                 if tx.send(answer).await.is_err() || end {
                     return;
                 }
+            }
+            // The leader answered everything it was sent: now the refusal, if that is why.
+            if let Ok(status) = refusal_rx.await {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -254,7 +303,7 @@ impl LogService {
 /// for a name that breaks the naming rules, `PERMISSION_DENIED` when the ACL does not allow it
 /// (decided before existence, so a caller learns nothing of logs it may not use), `NOT_FOUND`
 /// naming a log the cluster does not hold. Every cluster holds the log `default`.
-fn open_log(
+pub(super) fn open_log(
     acl: Option<&Authorizer>,
     peer: Option<&PeerIdentity>,
     field: &str,
@@ -273,6 +322,40 @@ fn open_log(
     Ok(())
 }
 
+/// What a stream's caller may produce to, decided per request of the stream and remembered
+/// for the log last allowed, so a stream of records to one log asks the ACL once (as when a
+/// stream was authorized once, at its start).
+struct LogAccess {
+    acl: Option<Arc<Authorizer>>,
+    peer: Option<PeerIdentity>,
+    allowed: Option<String>,
+}
+
+impl LogAccess {
+    fn new(acl: Option<Arc<Authorizer>>, peer: Option<PeerIdentity>) -> Self {
+        LogAccess {
+            acl,
+            peer,
+            allowed: None,
+        }
+    }
+
+    /// [`open_log`] for a produce to the log `field` names.
+    fn check(&mut self, field: &str) -> Result<(), Status> {
+        if self.allowed.as_deref() == Some(field) {
+            return Ok(());
+        }
+        open_log(
+            self.acl.as_deref(),
+            self.peer.as_ref(),
+            field,
+            Action::Produce,
+        )?;
+        self.allowed = Some(field.to_owned());
+        Ok(())
+    }
+}
+
 /// How long a question about the log's end waits for this node to catch up with the leader's
 /// high watermark (followers learn it within a fetch round trip).
 const READ_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -281,7 +364,7 @@ const READ_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub const FORWARDED_METADATA: &str = "proglog-forwarded-by";
 
 /// The request as the leader should see it: the same message and deadline, marked forwarded.
-fn forwarded_request<T>(request: Request<T>) -> Request<T> {
+pub(super) fn forwarded_request<T>(request: Request<T>) -> Request<T> {
     let timeout = request.metadata().get("grpc-timeout").cloned();
     let mut forwarded = Request::new(request.into_inner());
     forwarded.metadata_mut().insert(
@@ -631,25 +714,24 @@ impl LogApi for LogService {
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
+        let mut access = LogAccess::new(self.acl.clone(), PeerIdentity::of(&request).cloned());
+        let inbound = request.into_inner();
         if let Some(leader) = self.store.route_to_leader(forwarded).await? {
-            return self.forward_produce_stream(&leader, request).await;
+            return self.forward_produce_stream(&leader, inbound, access);
         }
-        let slot = self.budget.open()?;
-        let peer = PeerIdentity::of(&request).cloned();
         // Requests are appended in the order they arrive, so offsets follow request order.
         // Whatever has arrived while the previous append synced (up to `produce_pipeline`
         // requests) goes into the next batch: one append and one fsync for many records. The
-        // first bad request ends the stream; nothing after it is appended.
-        let mut inbound = request
-            .into_inner()
-            .ready_chunks(self.settings.produce_pipeline);
+        // first bad request ends the stream; nothing after it is appended. A slot of the
+        // stream budget is taken only once the first request is allowed.
+        let mut inbound = inbound.ready_chunks(self.settings.produce_pipeline);
         let (tx, rx) = mpsc::channel(self.settings.stream_buffer);
         let store = Arc::clone(&self.store);
         let settings = Arc::clone(&self.settings);
         let shutdown = self.shutdown.clone();
-        let acl = self.acl.clone();
+        let budget = Arc::clone(&self.budget);
         tokio::spawn(async move {
-            let _slot = slot;
+            let mut slot = None;
             loop {
                 let chunk = tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -669,7 +751,7 @@ impl LogApi for LogService {
                     let record = request
                         .map_err(|status| oversize_status(status, settings.max_record_bytes))
                         .and_then(|request| {
-                            open_log(acl.as_deref(), peer.as_ref(), &request.log, Action::Produce)?;
+                            access.check(&request.log)?;
                             acks_leader(request.acks)?;
                             to_new_record(request.record, "ProduceRequest")
                         })
@@ -679,6 +761,15 @@ impl LogApi for LogService {
                         Err(status) => {
                             rejected = Some(status);
                             break;
+                        }
+                    }
+                }
+                if slot.is_none() && !records.is_empty() {
+                    match budget.open() {
+                        Ok(opened) => slot = Some(opened),
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
                         }
                     }
                 }

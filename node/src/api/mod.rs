@@ -5,6 +5,8 @@
 //! ## Layout
 //!
 //! - `log_service`: `LogService`, the `log.v1.Log` implementation.
+//! - `logs`: the `log.v1.Logs` service (list and describe the cluster's logs), also
+//!   implemented by `LogService`.
 //! - `store`: `LogStore`, the async adapter to the synchronous storage engine (blocking work on
 //!   the blocking pool, a watch channel announcing new records so streams never poll).
 //! - `limits`: a request over the gRPC message limit gets `INVALID_ARGUMENT`, like an oversize
@@ -21,6 +23,7 @@ mod admin;
 mod health;
 mod limits;
 mod log_service;
+mod logs;
 mod peer;
 mod status;
 mod store;

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
-use proglog_client::log::v1::{Record, Server};
+use proglog_client::log::v1::{LogDescription, LogSummary, Record, Server};
 use proglog_client::{Client, ClusterClient, Produce, TlsOptions};
 
 /// Produce to and consume from a proglog node.
@@ -94,6 +94,24 @@ enum Command {
     },
     /// List the cluster's members and its leader.
     Servers,
+    /// The cluster's logs.
+    Logs {
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogsCommand {
+    /// The logs this identity may read, with each one's leader and epoch.
+    List,
+    /// One log (`--log`, or NAME) as its leader sees it: offsets, high watermark, and each
+    /// replica's progress and lag.
+    Describe {
+        /// The log; `--log` when not given.
+        #[arg(value_parser = parse_log_name)]
+        name: Option<String>,
+    },
 }
 
 /// Parses `--timeout`: a duration of at least a millisecond.
@@ -396,6 +414,101 @@ fn servers(members: &[Server], output: Output) -> Result<()> {
     Ok(())
 }
 
+fn list_logs(logs: &[LogSummary], output: Output) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for log in logs {
+        match output {
+            Output::Text => writeln!(
+                out,
+                "{}\tleader {}\tepoch {}",
+                log.name,
+                if log.leader_id.is_empty() {
+                    "none"
+                } else {
+                    &log.leader_id
+                },
+                log.epoch
+            )?,
+            Output::Json => writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "name": log.name, "leader_id": log.leader_id, "epoch": log.epoch })
+            )?,
+        }
+    }
+    Ok(())
+}
+
+fn describe_log(log: &LogDescription, output: Output) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let replicas: Vec<serde_json::Value> = log
+        .replicas
+        .iter()
+        .map(|replica| {
+            serde_json::json!({
+                "id": replica.id,
+                "voter": replica.voter,
+                "fetched": replica.fetched,
+                "end_offset": replica.end_offset,
+                "lag": replica.lag,
+                "last_fetch_ago_ms": replica.last_fetch_ago_ms,
+            })
+        })
+        .collect();
+    match output {
+        Output::Json => writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "name": log.name,
+                "leader_id": log.leader_id,
+                "epoch": log.epoch,
+                "start_offset": log.start_offset,
+                "end_offset": log.end_offset,
+                "high_watermark": log.high_watermark,
+                "replicas": replicas,
+                "described_by": log.described_by,
+            })
+        )?,
+        Output::Text => {
+            writeln!(out, "log\t{}", log.name)?;
+            writeln!(
+                out,
+                "leader\t{}",
+                if log.leader_id.is_empty() {
+                    "none"
+                } else {
+                    &log.leader_id
+                }
+            )?;
+            writeln!(out, "epoch\t{}", log.epoch)?;
+            writeln!(
+                out,
+                "offsets\t{}..{} (high watermark {})",
+                log.start_offset, log.end_offset, log.high_watermark
+            )?;
+            for replica in &log.replicas {
+                let role = if replica.voter { "voter" } else { "observer" };
+                if replica.fetched {
+                    writeln!(
+                        out,
+                        "replica\t{}\t{role}\tend {}\tlag {}\tlast fetch {} ms ago",
+                        replica.id, replica.end_offset, replica.lag, replica.last_fetch_ago_ms
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "replica\t{}\t{role}\tno fetch in this epoch",
+                        replica.id
+                    )?;
+                }
+            }
+            writeln!(out, "described by\t{}", log.described_by)?;
+        }
+    }
+    Ok(())
+}
+
 fn parse_log_name(name: &str) -> Result<String, String> {
     proglog_client::names::check_log_name(name)
         .map(|()| name.to_owned())
@@ -439,7 +552,33 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = within(timeout, "reach a node to read from", cluster.reader()).await?;
             consume(&mut client, from, since, follow, count, cli.output, timeout).await
         }
+        // No members known means the first node refused to list them: ask again, so the
+        // refusal (an identity without `consume` on the log) is what the user sees.
+        Command::Servers if cluster.members().is_empty() => {
+            let mut client = within(timeout, "reach a node", cluster.reader()).await?;
+            let members = within(timeout, "list the members", client.servers()).await?;
+            servers(&members, cli.output)
+        }
         Command::Servers => servers(cluster.members(), cli.output),
+        Command::Logs {
+            command: LogsCommand::List,
+        } => {
+            let mut client = within(timeout, "reach a node", cluster.reader()).await?;
+            let logs = within(timeout, "list the logs", client.list_logs()).await?;
+            list_logs(&logs, cli.output)
+        }
+        Command::Logs {
+            command: LogsCommand::Describe { name },
+        } => {
+            let client = within(timeout, "reach a node", cluster.reader()).await?;
+            let mut client = match name {
+                Some(name) => client.with_log(&name)?,
+                None => client,
+            };
+            let what = format!("describe the log `{}`", client.log());
+            let log = within(timeout, what, client.describe_log()).await?;
+            describe_log(&log, cli.output)
+        }
     }
 }
 

@@ -10,11 +10,15 @@
 //! is joined again. That heals a view that lost a member (a peer that crashed and came back
 //! without seeds naming this node, or news of a join that never arrived), which serf's own
 //! reconnect would retry only every 30 s and only for members it still remembers. A join to a
-//! live node is one push-pull exchange of state; a seed that is down costs one refused
-//! connection per check.
+//! live node is one push-pull exchange of state. An address that stays no alive member (a
+//! seed that is down, or one that never matches the address its member advertises) is tried
+//! again after a wait that doubles each time, up to [`SEED_RECHECK_MAX`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +36,8 @@ pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a node that has joined checks that every seed address is an alive member.
 pub const SEED_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// The longest wait between two joins of one seed address that stays no alive member.
+pub const SEED_RECHECK_MAX: Duration = Duration::from_secs(300);
 
 /// Which addresses are this node, so a seed list that names it (every pod of a StatefulSet
 /// gets the same list) does not make it try to join itself: that would waste every attempt,
@@ -77,6 +83,12 @@ pub(super) async fn run(
     if !join_first(&node, &seeds, own, &stop).await {
         return;
     }
+    // Per seed address that is not an alive member: when to try it next, and the wait after
+    // that. Each try doubles the wait (up to SEED_RECHECK_MAX), so a seed that is down, or
+    // an address that never matches the one its member advertises (a VIP, NAT, another
+    // interface), costs a join now and then, not one every check; an address seen alive
+    // starts again from the shortest wait.
+    let mut backoff: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
     loop {
         tokio::select! {
             biased;
@@ -92,16 +104,37 @@ pub(super) async fn run(
             .filter(|member| member.status == MemberStatus::Alive)
             .map(|member| member.gossip_addr)
             .collect();
-        let outcome = tokio::select! {
+        let (resolved, _) = tokio::select! {
             biased;
             () = stop.cancelled() => return,
-            outcome = attempt(&node, &seeds, own, &alive) => outcome,
+            resolved = resolve(&seeds) => resolved,
         };
-        if let Attempt::Joined(joined) = outcome {
-            tracing::info!(
-                joined,
-                "gossip: joined seeds that were not alive members again",
-            );
+        backoff.retain(|addr, _| !alive.contains(addr) && resolved.contains(addr));
+        let now = Instant::now();
+        for addr in resolved
+            .into_iter()
+            .filter(|addr| !own.contains(*addr) && !alive.contains(addr))
+        {
+            let first = !backoff.contains_key(&addr);
+            let (next, wait) = backoff.entry(addr).or_insert((now, SEED_CHECK_INTERVAL));
+            if *next > now {
+                continue;
+            }
+            *next = now + *wait;
+            *wait = (*wait * 2).min(SEED_RECHECK_MAX);
+            let joined = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                joined = tokio::time::timeout(JOIN_TIMEOUT, gossip::join(&node, addr)) => joined,
+            };
+            match joined {
+                Ok(Ok(())) if first => {
+                    tracing::info!(%addr, "gossip: joined a seed that was no alive member");
+                }
+                Ok(Ok(())) => tracing::debug!(%addr, "gossip: joined a seed again"),
+                Ok(Err(error)) => tracing::debug!(%addr, %error, "gossip: seed join failed"),
+                Err(_) => tracing::debug!(%addr, "gossip: seed join timed out"),
+            }
         }
     }
 }
@@ -121,7 +154,7 @@ async fn join_first(
         let outcome = tokio::select! {
             biased;
             () = stop.cancelled() => return false,
-            outcome = attempt(node, seeds, own, &[]) => outcome,
+            outcome = attempt(node, seeds, own) => outcome,
         };
         match outcome {
             Attempt::Joined(joined) => {
@@ -165,42 +198,40 @@ async fn join_first(
     }
 }
 
-/// Resolves every seed and tries each address that is neither this node nor in `skip`, all of
-/// them (joining more than one costs little and helps if the first is on its way out).
-async fn attempt(
-    node: &GossipNode,
-    seeds: &[String],
-    own: OwnAddrs,
-    skip: &[SocketAddr],
-) -> Attempt {
-    let mut joined = 0;
-    let mut others = 0;
+/// Resolves every seed: the addresses, and how many seeds did not resolve.
+async fn resolve(seeds: &[String]) -> (Vec<SocketAddr>, usize) {
+    let mut resolved = Vec::new();
     let mut unresolved = 0;
     for seed in seeds {
-        let addrs = match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => addrs.collect::<Vec<_>>(),
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => resolved.extend(addrs),
             Err(error) => {
                 unresolved += 1;
                 tracing::debug!(seed = %seed, %error, "gossip: seed does not resolve");
-                continue;
             }
-        };
-        for addr in addrs
-            .into_iter()
-            .filter(|a| !own.contains(*a) && !skip.contains(a))
-        {
-            others += 1;
-            match tokio::time::timeout(JOIN_TIMEOUT, gossip::join(node, addr)).await {
-                Ok(Ok(())) => {
-                    joined += 1;
-                    tracing::debug!(seed = %seed, %addr, "gossip: joined through seed");
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(seed = %seed, %addr, %error, "gossip: join failed");
-                }
-                Err(_) => {
-                    tracing::info!(seed = %seed, %addr, timeout = ?JOIN_TIMEOUT, "gossip: join timed out; trying again");
-                }
+        }
+    }
+    (resolved, unresolved)
+}
+
+/// Resolves every seed and tries each address that is not this node, all of them (joining
+/// more than one costs little and helps if the first is on its way out).
+async fn attempt(node: &GossipNode, seeds: &[String], own: OwnAddrs) -> Attempt {
+    let (resolved, unresolved) = resolve(seeds).await;
+    let mut joined = 0;
+    let mut others = 0;
+    for addr in resolved.into_iter().filter(|a| !own.contains(*a)) {
+        others += 1;
+        match tokio::time::timeout(JOIN_TIMEOUT, gossip::join(node, addr)).await {
+            Ok(Ok(())) => {
+                joined += 1;
+                tracing::debug!(%addr, "gossip: joined through seed");
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%addr, %error, "gossip: join failed");
+            }
+            Err(_) => {
+                tracing::info!(%addr, timeout = ?JOIN_TIMEOUT, "gossip: join timed out; trying again");
             }
         }
     }

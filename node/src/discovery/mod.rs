@@ -74,6 +74,8 @@ struct Inner {
     /// Serialises [`Discovery::set_role`], so two concurrent changes cannot leave serf's tags
     /// and the member table disagreeing.
     tags_update: tokio::sync::Mutex<()>,
+    /// Stops the join task (a child of the shutdown token, cancelled by `leave` as well).
+    join_stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -132,6 +134,9 @@ impl Discovery {
             forward,
             shutdown.clone(),
         ));
+        // Its own token, so `leave` stops the joins first: a join that went out after the
+        // leave would announce this node alive again.
+        let join_stop = shutdown.child_token();
         if !config.seeds.is_empty() {
             let own = join::OwnAddrs {
                 bound: local_gossip_addr,
@@ -142,7 +147,7 @@ impl Discovery {
                 config.seeds.clone(),
                 own,
                 table.clone(),
-                shutdown,
+                join_stop.clone(),
             ));
         }
 
@@ -166,6 +171,7 @@ impl Discovery {
                 local_gossip_addr,
                 table,
                 tags_update: tokio::sync::Mutex::new(()),
+                join_stop,
             }),
         };
         Ok((discovery, receiver))
@@ -228,6 +234,7 @@ impl Discovery {
     /// Safe to call more than once, and from clones: later calls return at once.
     pub async fn leave(&self, timeout: Duration) {
         let inner = &self.inner;
+        inner.join_stop.cancel();
         if gossip::is_shut_down(&inner.node) {
             return;
         }
@@ -282,6 +289,7 @@ impl Drop for Inner {
     /// Serf does not stop when its handle is dropped: its ports stay bound and peers keep
     /// seeing it alive. So the last handle shuts it down, if `leave` did not.
     fn drop(&mut self) {
+        self.join_stop.cancel();
         if gossip::is_shut_down(&self.node) {
             return;
         }

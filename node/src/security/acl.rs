@@ -39,6 +39,8 @@ pub const WILDCARD_OBJECT: &str = "*";
 /// The gRPC service whose methods need authorization; every other service (health,
 /// reflection) stays open.
 pub const LOG_SERVICE: &str = "log.v1.Log";
+/// The service that lists and describes logs: needs `consume` on each log.
+pub const LOGS_SERVICE: &str = "log.v1.Logs";
 /// The peer service replicas replicate through: needs `replicate` (node certificates).
 pub const PEER_SERVICE: &str = "log.v1.Peer";
 /// The admin service: needs `admin`.
@@ -91,6 +93,13 @@ pub enum MethodAccess<'a> {
     Unknown(&'a str),
 }
 
+/// The service part of a gRPC path (`log.v1.Log` of `/log.v1.Log/Produce`).
+fn path_service(path: &str) -> Option<&str> {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .map(|(service, _)| service)
+}
+
 /// Maps a gRPC path (`/log.v1.Log/Produce`) to what it needs. proglog authorizes
 /// `GetServers` as a consume, and so does this.
 pub fn method_access(path: &str) -> MethodAccess<'_> {
@@ -100,6 +109,12 @@ pub fn method_access(path: &str) -> MethodAccess<'_> {
     match service {
         PEER_SERVICE => return MethodAccess::Requires(Action::Replicate),
         ADMIN_SERVICE => return MethodAccess::Requires(Action::Admin),
+        LOGS_SERVICE => {
+            return match method {
+                "ListLogs" | "DescribeLog" => MethodAccess::Requires(Action::Consume),
+                other => MethodAccess::Unknown(other),
+            };
+        }
         LOG_SERVICE => {}
         _ => return MethodAccess::Open,
     }
@@ -234,12 +249,15 @@ impl Authorizer {
             MethodAccess::Requires(action) => action,
             MethodAccess::Unknown(method) => {
                 return Err(Status::permission_denied(format!(
-                    "method {LOG_SERVICE}/{method} has no ACL action on this node"
+                    "method {path} has no ACL action on this node ({method} is unknown)"
                 )));
             }
         };
         let (subject, peer) = authenticated(peer)?;
-        if matches!(action, Action::Produce | Action::Consume) {
+        // Only these two services decide on the log a message names; any other service's call
+        // is decided here, on `*`.
+        if path_service(path).is_some_and(|service| [LOG_SERVICE, LOGS_SERVICE].contains(&service))
+        {
             return Ok(());
         }
         self.decide(subject, peer, WILDCARD_OBJECT, action)
@@ -374,6 +392,16 @@ mod tests {
         assert_eq!(
             method_access("/log.v1.Admin/RemoveVoter"),
             MethodAccess::Requires(Action::Admin)
+        );
+        for method in ["ListLogs", "DescribeLog"] {
+            assert_eq!(
+                method_access(&format!("/log.v1.Logs/{method}")),
+                MethodAccess::Requires(Action::Consume)
+            );
+        }
+        assert_eq!(
+            method_access("/log.v1.Logs/DeleteLog"),
+            MethodAccess::Unknown("DeleteLog")
         );
     }
 

@@ -42,8 +42,8 @@
 //! `sum by (method) (rate(proglog_rpc_requests_total{code!="Ok"}[5m]))`.
 //!
 //! `method` is the method name of a known service (`Produce` for `/log.v1.Log/Produce`): the
-//! client `Log` service, the replication `Peer` service (`Vote`, `Fetch`, ...), the `Admin`
-//! service, health and reflection. Any other path is counted as `unknown`, so a client cannot
+//! client `Log` and `Logs` services, the replication `Peer` service (`Vote`, `Fetch`, ...),
+//! the `Admin` service, health and reflection. Any other path is counted as `unknown`, so a client cannot
 //! grow the label set. A new service must add its methods to `rpc_layer::KNOWN_METHODS`.
 //! `Fetch` is a long poll: a caught-up follower's fetch waits on the leader for new records, so
 //! its duration is mostly that wait, and its rate (about one per follower per commit under
