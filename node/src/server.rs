@@ -209,6 +209,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
             produce_pipeline: config.produce_pipeline,
             max_record_bytes: config.log.max_record_bytes as usize,
             max_batch_bytes: config.log.max_batch_bytes as usize,
+            max_pending_streams: config.max_streams,
+            first_request_timeout: config.first_request_timeout,
         },
         stop.clone(),
         Arc::clone(&transport),

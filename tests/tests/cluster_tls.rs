@@ -24,8 +24,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use proglog_proto::log::v1::DescribeLogRequest;
 use proglog_proto::log::v1::admin_client::AdminClient;
 use proglog_proto::log::v1::log_client::LogClient;
+use proglog_proto::log::v1::logs_client::LogsClient;
 use proglog_proto::log::v1::peer_client::PeerClient;
 use proglog_proto::log::v1::{
     BeginQuorumEpochRequest, ClusterStatusRequest, ClusterStatusResponse, ConsumeRequest,
@@ -545,6 +547,27 @@ async fn a_produce_sent_to_a_follower_is_forwarded_with_the_nodes_identity() -> 
         "{}",
         denied.message()
     );
+
+    // A describe through the follower is answered by the leader, which accepts it from the
+    // follower's identity (`replicate`); the client was decided on the follower.
+    let mut logs = LogsClient::new(cluster.channel(follower, &cluster.reader)?);
+    let described = logs
+        .describe_log(DescribeLogRequest::default())
+        .await
+        .context("describe on a follower as reader")?
+        .into_inner();
+    assert_eq!(described.described_by, IDS[leader], "{described:?}");
+    assert_eq!(described.replicas.len(), 2, "{described:?}");
+    // Claiming to be forwarded lends nothing: the leader wants `replicate` for that.
+    let mut claimed = tonic::Request::new(DescribeLogRequest::default());
+    claimed
+        .metadata_mut()
+        .insert("proglog-forwarded-by", "1".parse()?);
+    let denied = LogsClient::new(cluster.channel(leader, &cluster.reader)?)
+        .describe_log(claimed)
+        .await
+        .expect_err("a client claiming to be a node must be refused");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     cluster.stop().await
 }
 

@@ -1296,3 +1296,51 @@ async fn calls_name_their_log_and_unknown_or_bad_names_are_refused() -> anyhow::
     }
     Ok(())
 }
+
+/// A produce stream that sends nothing holds no stream slot, waits at most
+/// `--first-request-timeout-ms`, and only `--max-streams` of them wait at once.
+#[tokio::test]
+async fn a_produce_stream_that_sends_nothing_ends_at_the_first_request_timeout()
+-> anyhow::Result<()> {
+    let node = NodeProcess::start(
+        NodeOptions::default()
+            .flag("--max-streams", "1")
+            .flag("--first-request-timeout-ms", "500"),
+    )
+    .await?;
+    let mut client = node.log_client().await?;
+    let (_sender, receiver) = mpsc::channel::<ProduceRequest>(1);
+    let silent = futures_util::stream::unfold(receiver, |mut receiver| async {
+        receiver.recv().await.map(|request| (request, receiver))
+    });
+    let mut answers = within("ProduceStream", client.produce_stream(silent))
+        .await??
+        .into_inner();
+    // A second one waiting at the same time is one too many.
+    let (_second_sender, second) = mpsc::channel::<ProduceRequest>(1);
+    let second = futures_util::stream::unfold(second, |mut receiver| async {
+        receiver.recv().await.map(|request| (request, receiver))
+    });
+    let refused = expect_error(
+        "a second waiting ProduceStream",
+        within("ProduceStream", client.produce_stream(second)).await?,
+    )?;
+    ensure!(refused.code() == Code::ResourceExhausted, "{refused:?}");
+    // The waiting stream holds no slot: a consume stream (the one slot) still opens.
+    produce(&mut client, record("one")).await?;
+    let mut stream = within("ConsumeStream", client.consume_stream(consume_request(0)))
+        .await??
+        .into_inner();
+    let first = within("the streamed record", stream.message()).await??;
+    ensure!(first.and_then(|response| response.record).is_some());
+    drop(stream);
+    let ended = expect_error(
+        "the silent ProduceStream",
+        within("its end", answers.message()).await?,
+    )?;
+    ensure!(
+        ended.code() == Code::DeadlineExceeded && ended.message().contains("first-request-timeout"),
+        "{ended:?}"
+    );
+    Ok(())
+}

@@ -394,9 +394,10 @@ async fn acl_grants_apply_to_the_log_they_name() -> anyhow::Result<()> {
     let node =
         NodeProcess::start(with_acl(mtls_node(&pki, &server), &pki)?.flag("--max-streams", "2"))
             .await?;
-    // Streams opened by an identity with no grant, which send nothing yet: they hold no slot.
+    // Streams opened by an identity with no grant, which send nothing yet: they wait (as many
+    // as --max-streams may) but hold no slot.
     let mut held = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         let mut client = connect(&node, &pki.client_options(Some(&nobody))).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel::<Produce>(1);
         let stream = within(
@@ -720,6 +721,52 @@ async fn cli_speaks_mutual_tls_and_names_unreadable_files() -> anyhow::Result<()
     ensure!(
         stderr.contains(&format!("cannot read --tls-ca {}", missing.display())),
         "{stderr}"
+    );
+    Ok(())
+}
+
+/// A produce stream is decided again after the policy changes: a grant revoked while the
+/// stream is open stops the next record.
+#[tokio::test]
+async fn a_revoked_grant_stops_an_open_produce_stream() -> anyhow::Result<()> {
+    let pki = Pki::new("proglog test CA")?;
+    let server = pki.issue("server", "node-0", 1)?;
+    let writer = pki.issue("writer", "writer", 2)?;
+    let node = NodeProcess::start(with_acl(mtls_node(&pki, &server), &pki)?).await?;
+    let mut client = connect(&node, &pki.client_options(Some(&writer))).await?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Produce>(1);
+    let mut answers = Box::pin(
+        within(
+            "ProduceStream",
+            client.produce_stream(futures_util::stream::unfold(
+                receiver,
+                |mut receiver| async { receiver.recv().await.map(|record| (record, receiver)) },
+            )),
+        )
+        .await??,
+    );
+    sender.send(produce("allowed")).await?;
+    let first = within("the first answer", answers.next()).await?;
+    ensure!(matches!(first, Some(Ok(0))), "{first:?}");
+
+    // The writer's grant goes; once the node has reloaded the policy, the stream's next
+    // record is refused.
+    pki.write("policy.csv", &POLICY.replace("p, writer, *, produce\n", ""))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut probe = connect(&node, &pki.client_options(Some(&writer))).await?;
+        if let Err(ClientError::Status(status)) = probe.produce(produce("probe")).await {
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the policy was not reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sender.send(produce("revoked")).await?;
+    let refused = within("the refusal", answers.next()).await?;
+    ensure!(
+        matches!(&refused, Some(Err(ClientError::Status(status))) if status.code() == Code::PermissionDenied),
+        "{refused:?}"
     );
     Ok(())
 }

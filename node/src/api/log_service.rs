@@ -48,6 +48,11 @@ pub struct ServiceSettings {
     pub max_record_bytes: usize,
     /// Largest batch the log accepts.
     pub max_batch_bytes: usize,
+    /// `ProduceStream`s waiting for their first request, at most (they hold no slot of the
+    /// stream budget until it is allowed).
+    pub max_pending_streams: usize,
+    /// How long a `ProduceStream` may wait before its first request.
+    pub first_request_timeout: std::time::Duration,
 }
 
 /// The `log.v1.Log` service.
@@ -62,6 +67,8 @@ pub struct LogService {
     budget: Arc<StreamBudget>,
     /// The ACL, when one is configured: decides each call on the log it names.
     acl: Option<Arc<Authorizer>>,
+    /// Permits for `ProduceStream`s waiting for their first request.
+    pending_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl LogService {
@@ -77,6 +84,7 @@ impl LogService {
     ) -> Self {
         LogService {
             store,
+            pending_streams: Arc::new(tokio::sync::Semaphore::new(settings.max_pending_streams)),
             settings: Arc::new(settings),
             shutdown,
             peers,
@@ -121,23 +129,30 @@ impl LogService {
         leader: &str,
         mut inbound: Streaming<ProduceRequest>,
         mut access: LogAccess,
+        pending: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Response<ReceiverStream<Result<ProduceResponse, Status>>>, Status> {
         let mut client = self.leader_client(leader)?;
         let budget = Arc::clone(&self.budget);
         let buffer = self.settings.stream_buffer;
         let max_record_bytes = self.settings.max_record_bytes;
+        let first_wait = self.settings.first_request_timeout;
         let shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(buffer);
         tokio::spawn(async move {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                first = inbound.next() => first,
+                first = tokio::time::timeout(first_wait, inbound.next()) => first,
             };
-            let first = match first.map(|first| {
-                first
-                    .map_err(|status| oversize_status(status, max_record_bytes))
-                    .and_then(|request| access.check(&request.log).map(|()| request))
-            }) {
+            let first = match first {
+                Err(_) => Some(Err(no_first_request(first_wait))),
+                Ok(first) => first.map(|first| {
+                    first
+                        .map_err(|status| oversize_status(status, max_record_bytes))
+                        .and_then(|request| access.check(&request.log).map(|()| request))
+                }),
+            };
+            drop(pending);
+            let first = match first {
                 None => return,
                 Some(Ok(first)) => first,
                 Some(Err(status)) => {
@@ -153,35 +168,37 @@ impl LogService {
                 }
             };
             let (requests_tx, requests_rx) = mpsc::channel(buffer);
-            let (refusal_tx, refusal_rx) = tokio::sync::oneshot::channel();
-            // Client -> leader, until the client ends, a request is refused, or shutdown.
+            let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
+            // Client -> leader, until the client ends, a request is refused, or shutdown; then
+            // it says why (before the leader can see the end), so the answers can be followed
+            // by the reason.
             let pump_stop = shutdown.clone();
             tokio::spawn(async move {
-                if requests_tx.send(first).await.is_err() {
-                    return;
-                }
-                loop {
-                    let next = tokio::select! {
-                        _ = pump_stop.cancelled() => return,
-                        next = inbound.next() => next,
-                    };
-                    let request = match next {
-                        None => return,
-                        Some(Ok(request)) => access.check(&request.log).map(|()| request),
-                        Some(Err(status)) => Err(oversize_status(status, max_record_bytes)),
-                    };
-                    match request {
-                        Ok(request) => {
-                            if requests_tx.send(request).await.is_err() {
-                                return;
+                let why = if requests_tx.send(first).await.is_err() {
+                    None
+                } else {
+                    loop {
+                        let next = tokio::select! {
+                            _ = pump_stop.cancelled() => break Some(shutting_down_stream()),
+                            next = inbound.next() => next,
+                        };
+                        let request = match next {
+                            None => break None,
+                            Some(Ok(request)) => access.check(&request.log).map(|()| request),
+                            Some(Err(status)) => Err(oversize_status(status, max_record_bytes)),
+                        };
+                        match request {
+                            Ok(request) => {
+                                if requests_tx.send(request).await.is_err() {
+                                    break None;
+                                }
                             }
-                        }
-                        Err(status) => {
-                            let _ = refusal_tx.send(status);
-                            return;
+                            Err(status) => break Some(status),
                         }
                     }
-                }
+                };
+                let _ = ended_tx.send(why);
+                drop(requests_tx);
             });
             let mut outbound = Request::new(ReceiverStream::new(requests_rx));
             outbound.metadata_mut().insert(
@@ -202,8 +219,18 @@ impl LogService {
                     return;
                 }
             }
-            // The leader answered everything it was sent: now the refusal, if that is why.
-            if let Ok(status) = refusal_rx.await {
+            // The leader answered everything it was sent. If the client's requests ended
+            // there, that is the end; if one was refused, or the node is stopping, say so; if
+            // the leader ended first, what it was not sent was not appended.
+            let why = match ended_rx.try_recv() {
+                Ok(Some(status)) => Some(status),
+                Ok(None) => None,
+                Err(_) => Some(Status::unavailable(
+                    "the leader ended the stream early: requests after the last answered one \
+                     were not appended; resend them",
+                )),
+            };
+            if let Some(status) = why {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -322,13 +349,30 @@ pub(super) fn open_log(
     Ok(())
 }
 
+/// How a `ProduceStream` ends when the node stops under it.
+fn shutting_down_stream() -> Status {
+    Status::unavailable(
+        "the node is shutting down: requests after the last answered one were not appended; \
+         resend them to a running node",
+    )
+}
+
+/// How a `ProduceStream` ends that sent no request in time.
+fn no_first_request(waited: std::time::Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "no request within {waited:?} of opening the produce stream \
+         (--first-request-timeout-ms); open a stream when there is a record to send"
+    ))
+}
+
 /// What a stream's caller may produce to, decided per request of the stream and remembered
-/// for the log last allowed, so a stream of records to one log asks the ACL once (as when a
-/// stream was authorized once, at its start).
+/// for the log last allowed while the same ACL rules are in force, so a stream of records to
+/// one log asks the ACL once, and again only after a policy reload.
 struct LogAccess {
     acl: Option<Arc<Authorizer>>,
     peer: Option<PeerIdentity>,
-    allowed: Option<String>,
+    /// The `log` field last allowed, and the ACL rules' generation it was allowed under.
+    allowed: Option<(String, u64)>,
 }
 
 impl LogAccess {
@@ -342,7 +386,11 @@ impl LogAccess {
 
     /// [`open_log`] for a produce to the log `field` names.
     fn check(&mut self, field: &str) -> Result<(), Status> {
-        if self.allowed.as_deref() == Some(field) {
+        let generation = self.acl.as_ref().map_or(0, |acl| acl.generation());
+        if let Some((allowed, at)) = &self.allowed
+            && allowed == field
+            && *at == generation
+        {
             return Ok(());
         }
         open_log(
@@ -351,7 +399,7 @@ impl LogAccess {
             field,
             Action::Produce,
         )?;
-        self.allowed = Some(field.to_owned());
+        self.allowed = Some((field.to_owned(), generation));
         Ok(())
     }
 }
@@ -716,8 +764,19 @@ impl LogApi for LogService {
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
         let mut access = LogAccess::new(self.acl.clone(), PeerIdentity::of(&request).cloned());
         let inbound = request.into_inner();
+        // Until its first request is allowed a stream holds only this permit (no slot of the
+        // stream budget, no stream to the leader), for at most the first-request timeout.
+        let pending = Arc::clone(&self.pending_streams)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} produce streams already wait for their first request (--max-streams); \
+                     open a stream when there is a record to send",
+                    self.settings.max_pending_streams
+                ))
+            })?;
         if let Some(leader) = self.store.route_to_leader(forwarded).await? {
-            return self.forward_produce_stream(&leader, inbound, access);
+            return self.forward_produce_stream(&leader, inbound, access, pending);
         }
         // Requests are appended in the order they arrive, so offsets follow request order.
         // Whatever has arrived while the previous append synced (up to `produce_pipeline`
@@ -730,21 +789,33 @@ impl LogApi for LogService {
         let settings = Arc::clone(&self.settings);
         let shutdown = self.shutdown.clone();
         let budget = Arc::clone(&self.budget);
+        let first_wait = self.settings.first_request_timeout;
         tokio::spawn(async move {
             let mut slot = None;
+            let mut pending = Some(pending);
             loop {
+                let next = async {
+                    if pending.is_some() {
+                        tokio::time::timeout(first_wait, inbound.next()).await
+                    } else {
+                        Ok(inbound.next().await)
+                    }
+                };
                 let chunk = tokio::select! {
                     _ = shutdown.cancelled() => {
-                        let _ = tx.try_send(Err(Status::unavailable(
-                            "the node is shutting down: requests after the last answered one were not appended; resend them to a running node",
-                        )));
+                        let _ = tx.try_send(Err(shutting_down_stream()));
                         return;
                     }
-                    next = inbound.next() => match next {
-                        Some(chunk) => chunk,
-                        None => return,
+                    next = next => match next {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => return,
+                        Err(_) => {
+                            let _ = tx.send(Err(no_first_request(first_wait))).await;
+                            return;
+                        }
                     },
                 };
+                pending = None;
                 let mut records = Vec::with_capacity(chunk.len());
                 let mut rejected = None;
                 for request in chunk {

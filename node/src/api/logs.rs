@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::log_service::{FORWARDED_METADATA, LogService, forwarded_request, open_log};
 use super::status::to_replication_status;
-use crate::security::{Action, PeerIdentity};
+use crate::security::{Action, PeerIdentity, WILDCARD_OBJECT};
 use proglog_client::names::DEFAULT_LOG;
 use proglog_proto::log::v1::logs_client::LogsClient;
 use proglog_proto::log::v1::logs_server::Logs as LogsApi;
@@ -45,13 +45,16 @@ impl LogsApi for LogService {
         &self,
         request: Request<DescribeLogRequest>,
     ) -> Result<Response<LogDescription>, Status> {
-        open_log(
-            self.acl(),
-            PeerIdentity::of(&request),
-            &request.get_ref().log,
-            Action::Consume,
-        )?;
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
+        let peer = PeerIdentity::of(&request);
+        if forwarded && let Some(acl) = self.acl() {
+            // A follower passes on a describe it has decided on its client's identity; the
+            // leader sees the follower's, which holds `replicate`, not `consume`.
+            acl.authorize_log(peer, WILDCARD_OBJECT, Action::Replicate)?;
+            open_log(None, peer, &request.get_ref().log, Action::Consume)?;
+        } else {
+            open_log(self.acl(), peer, &request.get_ref().log, Action::Consume)?;
+        }
         let consensus = self.store().consensus();
         let view = consensus.view();
         if view.leader_epoch.is_none()
@@ -64,7 +67,7 @@ impl LogsApi for LogService {
             match tokio::time::timeout(FORWARD_WAIT, call).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) => {
-                    tracing::debug!(leader, %status, "describe: the leader refused; answering from this node's view");
+                    tracing::warn!(leader, %status, "describe: the leader refused; answering from this node's view");
                 }
                 Err(_) => {
                     tracing::debug!(

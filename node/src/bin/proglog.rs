@@ -224,10 +224,15 @@ async fn produce(
     // Set once the input has ended: from then on the node owes the end of the stream too.
     let input_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let input_error = std::sync::Arc::new(std::sync::Mutex::new(None));
+    // The stream is opened once the first record is there (a node gives a stream that sends
+    // nothing only --first-request-timeout-ms), so `tail -f log | proglog produce` may wait.
+    let mut input = tokio_stream::wrappers::ReceiverStream::new(records(values));
+    let first = input.next().await;
     let records = {
         let sent = std::sync::Arc::clone(&sent);
         let input_error = std::sync::Arc::clone(&input_error);
-        tokio_stream::wrappers::ReceiverStream::new(records(values))
+        futures_util::stream::iter(first)
+            .chain(input)
             .filter_map(move |record| {
                 let record = match record {
                     Ok(record) => {

@@ -36,8 +36,10 @@ pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a node that has joined checks that every seed address is an alive member.
 pub const SEED_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-/// The longest wait between two joins of one seed address that stays no alive member.
-pub const SEED_RECHECK_MAX: Duration = Duration::from_secs(300);
+/// The longest wait between two joins of one seed address that stays no alive member: as
+/// often as serf's own reconnect tries a failed member, so a seed back after a long outage
+/// is found as soon as serf would find it.
+pub const SEED_RECHECK_MAX: Duration = Duration::from_secs(30);
 
 /// Which addresses are this node, so a seed list that names it (every pod of a StatefulSet
 /// gets the same list) does not make it try to join itself: that would waste every attempt,
@@ -84,7 +86,7 @@ pub(super) async fn run(
         return;
     }
     // Per seed address that is not an alive member: when to try it next, and the wait after
-    // that. Each try doubles the wait (up to SEED_RECHECK_MAX), so a seed that is down, or
+    // that. Each try doubles the wait (up to SEED_RECHECK_MAX, 30 s), so a seed that is down, or
     // an address that never matches the one its member advertises (a VIP, NAT, another
     // interface), costs a join now and then, not one every check; an address seen alive
     // starts again from the shortest wait.

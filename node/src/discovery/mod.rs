@@ -76,6 +76,8 @@ struct Inner {
     tags_update: tokio::sync::Mutex<()>,
     /// Stops the join task (a child of the shutdown token, cancelled by `leave` as well).
     join_stop: CancellationToken,
+    /// The join task, which `leave` waits for before it leaves.
+    join_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -137,18 +139,19 @@ impl Discovery {
         // Its own token, so `leave` stops the joins first: a join that went out after the
         // leave would announce this node alive again.
         let join_stop = shutdown.child_token();
+        let join_task = parking_lot::Mutex::new(None);
         if !config.seeds.is_empty() {
             let own = join::OwnAddrs {
                 bound: local_gossip_addr,
                 advertised,
             };
-            tokio::spawn(join::run(
+            *join_task.lock() = Some(tokio::spawn(join::run(
                 node.clone(),
                 config.seeds.clone(),
                 own,
                 table.clone(),
                 join_stop.clone(),
-            ));
+            )));
         }
 
         tracing::info!(
@@ -172,6 +175,7 @@ impl Discovery {
                 table,
                 tags_update: tokio::sync::Mutex::new(()),
                 join_stop,
+                join_task,
             }),
         };
         Ok((discovery, receiver))
@@ -239,6 +243,13 @@ impl Discovery {
             return;
         }
         let started = Instant::now();
+        // A join that finished after the leave began would announce this node alive again:
+        // wait for the task (it stops at its next await; a join in flight is bounded by
+        // JOIN_TIMEOUT).
+        let join_task = inner.join_task.lock().take();
+        if let Some(task) = join_task {
+            let _ = tokio::time::timeout(timeout / 2, task).await;
+        }
         let deadline = started + timeout;
         let leave_deadline = deadline - SHUTDOWN_RESERVE.min(timeout / 2);
 

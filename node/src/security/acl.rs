@@ -134,6 +134,8 @@ pub struct Authorizer {
     config: AclConfig,
     /// The files' contents the enforcer was built from.
     loaded: parking_lot::Mutex<(Vec<u8>, Vec<u8>)>,
+    /// Counts the rules put in force, so a decision remembered under older rules is made again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -150,6 +152,7 @@ impl Authorizer {
             enforcer: parking_lot::RwLock::new(enforcer),
             config: config.clone(),
             loaded: parking_lot::Mutex::new(loaded),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -171,6 +174,8 @@ impl Authorizer {
         let (enforcer, loaded) = Self::build(&self.config).await?;
         *self.enforcer.write() = enforcer;
         *self.loaded.lock() = loaded;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(true)
     }
 
@@ -229,6 +234,12 @@ impl Authorizer {
                 })?;
         let policy_bytes = tokio::fs::read(&config.policy).await.unwrap_or_default();
         Ok((enforcer, (model_text.into_bytes(), policy_bytes)))
+    }
+
+    /// Which rules are in force: it changes whenever a reload puts new ones in force, so a
+    /// caller that remembers a decision knows when to make it again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether `subject` may perform `action` on `object` (a log's name, or `*`).

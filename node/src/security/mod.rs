@@ -30,7 +30,7 @@ pub use acceptor::{
     DescriptorBudget, PEER_MAX_CONNECTIONS, RESERVED_DESCRIPTORS, TlsConnection, plain_incoming,
     raise_descriptor_limit, tls_incoming,
 };
-pub use acl::{AclConfig, Action, Authorizer, MethodAccess, method_access};
+pub use acl::{AclConfig, Action, Authorizer, MethodAccess, WILDCARD_OBJECT, method_access};
 pub use identity::{PeerIdentity, serial_number, subject_common_name};
 pub use layer::{AclLayer, AclService};
 pub use tls::{
