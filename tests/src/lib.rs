@@ -27,6 +27,7 @@
 //! - `python`: the Python gRPC interop script and the pinned virtual environment it runs in.
 //! - `loopback`: a cluster of such processes on fixed loopback ports, and the calls the cluster
 //!   tests make to it (status, produce, consume, voter changes, metrics).
+//! - [`channel_stream`] (here): a request stream fed from a channel, for streams that wait.
 
 pub mod crash_protocol;
 pub mod kube_objects;
@@ -39,3 +40,13 @@ pub mod pods;
 pub mod ports;
 pub mod python;
 pub mod tls_probe;
+
+/// A stream of what `receiver` is sent, for feeding a streaming call that should wait
+/// (a produce stream that sends its records later, or never).
+pub fn channel_stream<T: Send + 'static>(
+    receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(receiver, |mut receiver| async {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}

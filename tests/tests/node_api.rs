@@ -1310,17 +1310,13 @@ async fn a_produce_stream_that_sends_nothing_ends_at_the_first_request_timeout()
     .await?;
     let mut client = node.log_client().await?;
     let (_sender, receiver) = mpsc::channel::<ProduceRequest>(1);
-    let silent = futures_util::stream::unfold(receiver, |mut receiver| async {
-        receiver.recv().await.map(|request| (request, receiver))
-    });
+    let silent = proglog_tests::channel_stream(receiver);
     let mut answers = within("ProduceStream", client.produce_stream(silent))
         .await??
         .into_inner();
     // A second one waiting at the same time is one too many.
     let (_second_sender, second) = mpsc::channel::<ProduceRequest>(1);
-    let second = futures_util::stream::unfold(second, |mut receiver| async {
-        receiver.recv().await.map(|request| (request, receiver))
-    });
+    let second = proglog_tests::channel_stream(second);
     let refused = expect_error(
         "a second waiting ProduceStream",
         within("ProduceStream", client.produce_stream(second)).await?,

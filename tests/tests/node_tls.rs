@@ -402,10 +402,7 @@ async fn acl_grants_apply_to_the_log_they_name() -> anyhow::Result<()> {
         let (sender, receiver) = tokio::sync::mpsc::channel::<Produce>(1);
         let stream = within(
             "ProduceStream",
-            client.produce_stream(futures_util::stream::unfold(
-                receiver,
-                |mut receiver| async { receiver.recv().await.map(|record| (record, receiver)) },
-            )),
+            client.produce_stream(proglog_tests::channel_stream(receiver)),
         )
         .await??;
         held.push((client, sender, Box::pin(stream)));
@@ -738,10 +735,7 @@ async fn a_revoked_grant_stops_an_open_produce_stream() -> anyhow::Result<()> {
     let mut answers = Box::pin(
         within(
             "ProduceStream",
-            client.produce_stream(futures_util::stream::unfold(
-                receiver,
-                |mut receiver| async { receiver.recv().await.map(|record| (record, receiver)) },
-            )),
+            client.produce_stream(proglog_tests::channel_stream(receiver)),
         )
         .await??,
     );
