@@ -69,6 +69,9 @@ pub struct LogService {
     acl: Option<Arc<Authorizer>>,
     /// Permits for `ProduceStream`s waiting for their first request.
     pending_streams: Arc<tokio::sync::Semaphore>,
+    /// One describe at a time reads the replica's status (it takes the replica's lock on the
+    /// blocking pool), so callers that may only read cannot crowd out replication.
+    describe_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LogService {
@@ -85,6 +88,7 @@ impl LogService {
         LogService {
             store,
             pending_streams: Arc::new(tokio::sync::Semaphore::new(settings.max_pending_streams)),
+            describe_gate: Arc::default(),
             settings: Arc::new(settings),
             shutdown,
             peers,
@@ -103,6 +107,10 @@ impl LogService {
 
     pub(super) fn peers(&self) -> &GrpcPeerTransport {
         &self.peers
+    }
+
+    pub(super) fn describe_gate(&self) -> &tokio::sync::Mutex<()> {
+        &self.describe_gate
     }
 
     /// Checks a request's `log` field before anything else is done with the request.

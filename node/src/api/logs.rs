@@ -20,6 +20,23 @@ use proglog_proto::log::v1::{
 /// How long a follower waits for the leader's describe before answering from its own view.
 const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The deadline a caller gave (the `grpc-timeout` header: digits and a unit), if any.
+fn caller_deadline<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let unit = value.chars().last()?;
+    let amount: u64 = value.get(..value.len() - 1)?.parse().ok()?;
+    use std::time::Duration;
+    match unit {
+        'H' => Some(Duration::from_secs(amount.saturating_mul(3600))),
+        'M' => Some(Duration::from_secs(amount.saturating_mul(60))),
+        'S' => Some(Duration::from_secs(amount)),
+        'm' => Some(Duration::from_millis(amount)),
+        'u' => Some(Duration::from_micros(amount)),
+        'n' => Some(Duration::from_nanos(amount)),
+        _ => None,
+    }
+}
+
 #[tonic::async_trait]
 impl LogsApi for LogService {
     async fn list_logs(
@@ -62,9 +79,12 @@ impl LogsApi for LogService {
             && let Some(leader) = view.leader_id.as_deref()
             && let Ok(channel) = self.peers().channel_to(leader)
         {
+            // Within the caller's own deadline too, with half of it left for the answer here.
+            let wait = caller_deadline(&request)
+                .map_or(FORWARD_WAIT, |deadline| FORWARD_WAIT.min(deadline / 2));
             let mut client = LogsClient::new(channel);
             let call = client.describe_log(forwarded_request(request));
-            match tokio::time::timeout(FORWARD_WAIT, call).await {
+            match tokio::time::timeout(wait, call).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(status)) => {
                     tracing::warn!(leader, %status, "describe: the leader refused; answering from this node's view");
@@ -77,10 +97,13 @@ impl LogsApi for LogService {
                 }
             }
         }
-        let status = consensus
-            .status()
-            .await
-            .map_err(|err| to_replication_status(err, None))?;
+        let status = {
+            let _one_at_a_time = self.describe_gate().lock().await;
+            consensus
+                .status()
+                .await
+                .map_err(|err| to_replication_status(err, None))?
+        };
         let now = consensus.clock_ms();
         let replicas = status
             .replicas
@@ -107,5 +130,32 @@ impl LogsApi for LogService {
             replicas,
             described_by: status.id,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_callers_deadline_is_read_in_every_unit_and_nonsense_is_none() {
+        let with = |value: &str| {
+            let mut request = Request::new(());
+            request
+                .metadata_mut()
+                .insert("grpc-timeout", value.parse().unwrap());
+            caller_deadline(&request)
+        };
+        assert_eq!(with("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(with("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(with("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(with("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(with("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(with("9n"), Some(Duration::from_nanos(9)));
+        for nonsense in ["", "m", "12", "1x", "-1S", "99999999999999999999S"] {
+            assert_eq!(with(nonsense), None, "{nonsense:?}");
+        }
+        assert_eq!(caller_deadline(&Request::new(())), None);
     }
 }
