@@ -4,8 +4,13 @@
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::gossip::{self, Change, GossipEvents, MemberEventKind};
+use std::time::Duration;
+
+use super::gossip::{self, Change, GossipEvents, GossipNode, MemberEventKind};
 use super::member::{MemberTable, MembershipEvent};
+
+/// How often the table is compared with serf's own member list.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Capacity of the channel of [`MembershipEvent`]s. Generous: a whole cluster joining at once
 /// is a few events per node, and a consumer that falls this far behind can re-read
@@ -19,11 +24,17 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
 /// for, with a warning. The table is updated
 /// first either way, so a consumer that missed events still sees the truth in `members()`.
 ///
+/// Every [`RECONCILE_INTERVAL`] the table is also compared with serf's own member list, and a
+/// member whose entry differs is put right (and announced): events are the fast path, but one
+/// lost or applied out of order would otherwise leave a member unknown, or failed, for good,
+/// and replication unable to reach it (seen in CI: a pod never learnt the leader's address).
+///
 /// When `shutdown` is cancelled it stops forwarding (the channel closes, telling the consumer)
 /// but keeps reading until serf stops: the table stays current while the node drains, and serf
 /// never writes into a dropped receiver (it logs an error for every such event).
 pub(super) async fn run(
     events: GossipEvents,
+    node: GossipNode,
     table: MemberTable,
     local_id: String,
     forward: mpsc::Sender<MembershipEvent>,
@@ -31,6 +42,8 @@ pub(super) async fn run(
 ) {
     let mut forward = Some(forward);
     let mut dropped: u64 = 0;
+    let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let change = tokio::select! {
             biased;
@@ -42,6 +55,16 @@ pub(super) async fn run(
                 Some(change) => change,
                 None => break,
             },
+            _ = reconcile.tick() => {
+                if !gossip::is_alive(&node) {
+                    continue;
+                }
+                let differ = differences(&table, gossip::members(&node).await, &local_id);
+                if differ.is_empty() {
+                    continue;
+                }
+                Change::Upsert(MemberEventKind::Updated, differ)
+            }
         };
         match change {
             Change::Other => {}
@@ -91,4 +114,25 @@ pub(super) async fn run(
         }
     }
     tracing::debug!("gossip: event stream ended");
+}
+
+/// The members (other than `local_id`) whose entry in `table` differs from serf's view, as
+/// serf has them. Members serf no longer lists are left to its reap events.
+fn differences(
+    table: &MemberTable,
+    serf: Vec<super::member::Member>,
+    local_id: &str,
+) -> Vec<super::member::Member> {
+    let known = table.snapshot();
+    serf.into_iter()
+        .filter(|member| member.id != local_id)
+        .filter(|member| !known.contains(member))
+        .inspect(|member| {
+            tracing::info!(
+                member = %member.id,
+                status = ?member.status,
+                "gossip: member table caught up with serf (an event was missed)",
+            );
+        })
+        .collect()
 }

@@ -118,6 +118,15 @@ pub(super) async fn set_tags(
     node.set_tags(tags(id, rpc, role)).await.map_err(cause)
 }
 
+/// Serf's own view of every member (this node included), with the statuses we model.
+pub(super) async fn members(node: &GossipNode) -> Vec<Member> {
+    node.members()
+        .await
+        .iter()
+        .filter_map(|member| status_of(member).map(|status| to_member(member, status)))
+        .collect()
+}
+
 /// Tries to join the cluster through one resolved address.
 pub(super) async fn join(node: &GossipNode, addr: SocketAddr) -> Result<(), GossipCause> {
     node.join(MaybeResolvedAddress::Resolved(addr), false)

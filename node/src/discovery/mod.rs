@@ -131,6 +131,7 @@ impl Discovery {
         let (forward, receiver) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         tokio::spawn(events::run(
             events,
+            node.clone(),
             table.clone(),
             config.node_id.clone(),
             forward,

@@ -315,6 +315,29 @@ async fn a_seed_that_crashed_and_came_back_is_joined_again() {
     b.stop().await;
 }
 
+/// The member table follows serf's own view even when an event is lost: an entry put wrong
+/// (as a missed or reordered event would leave it) is put right within a reconcile round.
+#[tokio::test]
+async fn a_member_table_that_missed_an_event_catches_up_with_serf() {
+    let nodes = cluster(&["a", "b"]).await;
+    let a = &nodes[0];
+    a.discovery
+        .inner
+        .table
+        .update("b", |b| b.status = MemberStatus::Failed);
+    assert_eq!(a.alive_ids(), ["a"]);
+    a.discovery.inner.table.remove("b");
+    assert_eq!(a.alive_ids(), ["a"]);
+    wait_until("a's table lists b alive again", || {
+        a.alive_ids() == ["a", "b"]
+    })
+    .await;
+    assert!(a.discovery.rpc_addr_of("b").is_some());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn only_nodes_with_the_same_key_get_in() {
     let key = parse_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
