@@ -704,6 +704,17 @@ async fn cli_speaks_mutual_tls_and_names_unreadable_files() -> anyhow::Result<()
         "0\tover-tls"
     );
 
+    // A produce-only identity may not list the members: `servers` says so, not nothing.
+    let writer = pki.issue("writer", "writer", 3)?;
+    let mut args = tls_args(&writer);
+    args.push("servers".into());
+    let output = run(args).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success() && stderr.contains("permission denied"),
+        "servers as a produce-only identity: {output:?}"
+    );
+
     let missing = pki.dir.path().join("nope.pem");
     let output = run(vec![
         "--addr".into(),

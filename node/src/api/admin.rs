@@ -144,8 +144,8 @@ impl Admin for AdminService {
                 id: replica.id.clone(),
                 voter: replica.voter,
                 end_offset: replica.end_offset.unwrap_or(0),
-                lag: leader_end.saturating_sub(replica.end_offset.unwrap_or(0)),
-                last_fetch_ago_ms: replica.last_fetch_ms.map_or(0, |at| now.saturating_sub(at)),
+                lag: replica.lag(leader_end),
+                last_fetch_ago_ms: replica.fetched_ago_ms(now),
                 fetched: replica.last_fetch_ms.is_some(),
             })
             .collect();

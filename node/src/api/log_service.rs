@@ -121,6 +121,7 @@ impl LogService {
             field,
             action,
         )
+        .map(drop)
     }
 
     /// Relays a whole `ProduceStream` to the leader: requests in order, answers back in order,
@@ -343,19 +344,25 @@ pub(super) fn open_log(
     peer: Option<&PeerIdentity>,
     field: &str,
     action: Action,
-) -> Result<(), Status> {
+) -> Result<&'static str, Status> {
     let name =
         resolve_log_name(field).map_err(|error| Status::invalid_argument(error.to_string()))?;
     if let Some(acl) = acl {
         acl.authorize_log(peer, name, action)?;
     }
-    if name != DEFAULT_LOG {
-        return Err(Status::not_found(format!(
-            "log `{name}` does not exist; this cluster holds the log `{DEFAULT_LOG}`"
-        )));
-    }
-    Ok(())
+    HELD_LOGS
+        .iter()
+        .copied()
+        .find(|held| *held == name)
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "log `{name}` does not exist; this cluster holds the log `{DEFAULT_LOG}`"
+            ))
+        })
 }
+
+/// The logs a cluster holds: the `default` log, which every cluster has.
+pub(super) const HELD_LOGS: &[&str] = &[DEFAULT_LOG];
 
 /// How a `ProduceStream` ends when the node stops under it.
 fn shutting_down_stream() -> Status {

@@ -7,10 +7,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::log_service::{FORWARDED_METADATA, LogService, forwarded_request, open_log};
+use super::log_service::{FORWARDED_METADATA, HELD_LOGS, LogService, forwarded_request, open_log};
 use super::status::to_replication_status;
 use crate::security::{Action, PeerIdentity, WILDCARD_OBJECT};
-use proglog_client::names::DEFAULT_LOG;
 use proglog_proto::log::v1::logs_client::LogsClient;
 use proglog_proto::log::v1::logs_server::Logs as LogsApi;
 use proglog_proto::log::v1::{
@@ -46,8 +45,9 @@ impl LogsApi for LogService {
         let peer = PeerIdentity::of(&request);
         // Only the logs the caller may read, as Kafka's metadata lists only authorized topics.
         let view = self.store().consensus().view();
-        let logs = [DEFAULT_LOG]
-            .into_iter()
+        let logs = HELD_LOGS
+            .iter()
+            .copied()
             .filter(|log| open_log(self.acl(), peer, log, Action::Consume).is_ok())
             .map(|log| LogSummary {
                 name: log.to_owned(),
@@ -64,14 +64,14 @@ impl LogsApi for LogService {
     ) -> Result<Response<LogDescription>, Status> {
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
         let peer = PeerIdentity::of(&request);
-        if forwarded && let Some(acl) = self.acl() {
+        let name = if forwarded && let Some(acl) = self.acl() {
             // A follower passes on a describe it has decided on its client's identity; the
             // leader sees the follower's, which holds `replicate`, not `consume`.
             acl.authorize_log(peer, WILDCARD_OBJECT, Action::Replicate)?;
-            open_log(None, peer, &request.get_ref().log, Action::Consume)?;
+            open_log(None, peer, &request.get_ref().log, Action::Consume)?
         } else {
-            open_log(self.acl(), peer, &request.get_ref().log, Action::Consume)?;
-        }
+            open_log(self.acl(), peer, &request.get_ref().log, Action::Consume)?
+        };
         let consensus = self.store().consensus();
         let view = consensus.view();
         if view.leader_epoch.is_none()
@@ -108,20 +108,17 @@ impl LogsApi for LogService {
         let replicas = status
             .replicas
             .iter()
-            .map(|replica| {
-                let end_offset = replica.end_offset.unwrap_or(0);
-                LogReplica {
-                    id: replica.id.clone(),
-                    voter: replica.voter,
-                    end_offset,
-                    lag: status.end_offset.saturating_sub(end_offset),
-                    last_fetch_ago_ms: replica.last_fetch_ms.map_or(0, |at| now.saturating_sub(at)),
-                    fetched: replica.last_fetch_ms.is_some(),
-                }
+            .map(|replica| LogReplica {
+                id: replica.id.clone(),
+                voter: replica.voter,
+                end_offset: replica.end_offset.unwrap_or(0),
+                lag: replica.lag(status.end_offset),
+                last_fetch_ago_ms: replica.fetched_ago_ms(now),
+                fetched: replica.last_fetch_ms.is_some(),
             })
             .collect();
         Ok(Response::new(LogDescription {
-            name: DEFAULT_LOG.to_owned(),
+            name: name.to_owned(),
             leader_id: status.leader_id.unwrap_or_default(),
             epoch: status.epoch,
             start_offset: status.start_offset,

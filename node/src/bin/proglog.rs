@@ -419,6 +419,15 @@ fn servers(members: &[Server], output: Output) -> Result<()> {
     Ok(())
 }
 
+/// A leader's id as text output shows it: `none` while there is none.
+fn leader_or_none(leader_id: &str) -> &str {
+    if leader_id.is_empty() {
+        "none"
+    } else {
+        leader_id
+    }
+}
+
 fn list_logs(logs: &[LogSummary], output: Output) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for log in logs {
@@ -427,11 +436,7 @@ fn list_logs(logs: &[LogSummary], output: Output) -> Result<()> {
                 out,
                 "{}\tleader {}\tepoch {}",
                 log.name,
-                if log.leader_id.is_empty() {
-                    "none"
-                } else {
-                    &log.leader_id
-                },
+                leader_or_none(&log.leader_id),
                 log.epoch
             )?,
             Output::Json => writeln!(
@@ -477,15 +482,7 @@ fn describe_log(log: &LogDescription, output: Output) -> Result<()> {
         )?,
         Output::Text => {
             writeln!(out, "log\t{}", log.name)?;
-            writeln!(
-                out,
-                "leader\t{}",
-                if log.leader_id.is_empty() {
-                    "none"
-                } else {
-                    &log.leader_id
-                }
-            )?;
+            writeln!(out, "leader\t{}", leader_or_none(&log.leader_id))?;
             writeln!(out, "epoch\t{}", log.epoch)?;
             writeln!(
                 out,

@@ -185,6 +185,18 @@ pub struct ReplicaProgress {
     pub directory_id: String,
 }
 
+impl ReplicaProgress {
+    /// Records it is behind `leader_end`, as of its last fetch (all of them before one).
+    pub fn lag(&self, leader_end: u64) -> u64 {
+        leader_end.saturating_sub(self.end_offset.unwrap_or(0))
+    }
+
+    /// Milliseconds from its last fetch to `now` (the driver's clock); 0 before one.
+    pub fn fetched_ago_ms(&self, now: u64) -> u64 {
+        self.last_fetch_ms.map_or(0, |at| now.saturating_sub(at))
+    }
+}
+
 /// A snapshot of the replica for status, metrics and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaStatus {
